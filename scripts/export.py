@@ -1,0 +1,111 @@
+#!/usr/bin/env python
+"""Exports a checkpoint as a versioned, text-in SavedModel for TF Serving.
+
+  python scripts/export.py --checkpoint DIR|hf://ORG/NAME|kaggle://... --output BASE
+      [--name NAME] [--version N] [--top-k K] [--sequence-length L] [--no-xla]
+  python scripts/export.py --preset xlm_roberta_base_multi --random-weights --output BASE
+
+Writes BASE/NAME/VERSION atomically and prints its path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument("--checkpoint", help="checkpoint directory, hf://ORG/NAME or kaggle://HANDLE")
+  source.add_argument("--preset", help="preset name (xlm_roberta_base_multi, ...)")
+  parser.add_argument("--output", required=True, help="model base directory BASE")
+  parser.add_argument("--name", help="model name (default: from the checkpoint)")
+  parser.add_argument("--version", type=int, help="version number (default: next integer)")
+  parser.add_argument("--top-k", type=int, default=5, help="fillers per mask (default 5)")
+  parser.add_argument("--sequence-length", type=int,
+                      help="longest input in tokens, specials included (default: the model's)")
+  parser.add_argument("--task", choices=["fill_mask"], default=None,
+                      help="task to export (default: inferred from the checkpoint)")
+  parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+  parser.add_argument("--no-xla", action="store_true",
+                      help="do not compile with XLA (for servers started without "
+                           "--xla_cpu_compilation_enabled / --xla_gpu_compilation_enabled)")
+  parser.add_argument("--random-weights", action="store_true",
+                      help="with --preset: random weights (no download)")
+  parser.add_argument("--vocabulary",
+                      help="with --random-weights: SentencePiece model to use (default: a small "
+                           "embedded demo vocabulary; vocabulary_size then follows it)")
+  parser.add_argument("--warmup-batch-sizes", default="1,2,4,8",
+                      help="batch sizes the warmup requests cover (default 1,2,4,8)")
+  args = parser.parse_args(argv)
+  if args.random_weights and not args.preset:
+    parser.error("--random-weights needs --preset")
+  if args.vocabulary and not args.random_weights:
+    parser.error("--vocabulary is only used with --random-weights")
+  if args.top_k < 1:
+    parser.error("--top-k must be at least 1")
+  if args.version is not None and args.version < 1:
+    parser.error("--version must be a positive integer")
+  try:
+    args.warmup_batch_sizes = tuple(int(b) for b in args.warmup_batch_sizes.split(",") if b)
+  except ValueError:
+    parser.error("--warmup-batch-sizes must be integers separated by commas")
+  if not args.warmup_batch_sizes or min(args.warmup_batch_sizes) < 1:
+    parser.error("--warmup-batch-sizes must list positive integers")
+  return args
+
+
+def build_task(args):
+  from tfhub_models import checkpoints, demo
+  from tfhub_models.models import xlm_roberta
+
+  if args.checkpoint:
+    task = checkpoints.load(args.checkpoint, dtype=args.dtype,
+                            sequence_length=args.sequence_length)
+    name = args.name or os.path.basename(os.path.normpath(args.checkpoint.split("://")[-1]))
+    return task, name
+  if args.preset not in xlm_roberta.PRESETS:
+    raise checkpoints.CheckpointError(
+        f"unknown preset {args.preset!r}; known: {', '.join(sorted(xlm_roberta.PRESETS))}")
+  if not args.random_weights:
+    task = checkpoints.load(args.preset, dtype=args.dtype, sequence_length=args.sequence_length)
+    return task, args.name or args.preset
+  if args.vocabulary:
+    try:
+      with open(args.vocabulary, "rb") as f:
+        proto = f.read()
+    except OSError as e:
+      raise checkpoints.CheckpointError(f"--vocabulary: {e.strerror}: {args.vocabulary}") from None
+  else:
+    proto = demo.demo_sentencepiece()
+  task = demo.random_xlm_roberta(xlm_roberta.PRESETS[args.preset], proto, dtype=args.dtype,
+                                 sequence_length=args.sequence_length)
+  return task, args.name or args.preset
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  from tfhub_models import checkpoints, export
+
+  try:
+    task, name = build_task(args)
+    path = export.export(task, args.output, name, args.version, export.ExportOptions(
+        top_k=args.top_k, jit_compile=not args.no_xla,
+        warmup_batch_sizes=args.warmup_batch_sizes))
+  except (checkpoints.CheckpointError, FileExistsError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  except OSError as e:
+    print(f"error: {e.strerror or e}: {e.filename or args.output}", file=sys.stderr)
+    return 1
+  print(path)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,50 @@
+"""An embedded default model: no downloads, no files on disk.
+
+A small SentencePiece vocabulary trained on the multilingual text shipped in
+`tfhub_models/data/demo_corpus.txt`, and XLM-RoBERTa modules with random
+weights.  Its answers are real computations of an untrained model: fine for
+trying the export and serving path, meaningless as language.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import pathlib
+
+from tfhub_models.models import xlm_roberta
+from tfhub_models.tokenizers import XLMRobertaTokenizer
+
+CORPUS = pathlib.Path(__file__).parent / "data" / "demo_corpus.txt"
+
+# A small XLM-RoBERTa shape: fast to export and compile on a laptop CPU.
+TINY = xlm_roberta.XLMRobertaConfig(vocabulary_size=0, num_layers=2, num_heads=4, hidden_dim=64,
+                                    intermediate_dim=128, max_sequence_length=128)
+
+
+def train_sentencepiece(lines, vocab_size: int, model_type: str = "unigram") -> bytes:
+  """Trains a SentencePiece model on `lines` (deterministic: one thread)."""
+  import sentencepiece
+
+  model = io.BytesIO()
+  sentencepiece.SentencePieceTrainer.train(
+      sentence_iterator=iter(list(lines)), model_writer=model, vocab_size=vocab_size,
+      model_type=model_type, character_coverage=1.0, num_threads=1, minloglevel=2,
+      hard_vocab_limit=False, seed_sentencepiece_size=100000, shuffle_input_sentence=False)
+  return model.getvalue()
+
+
+@functools.lru_cache(maxsize=1)
+def demo_sentencepiece() -> bytes:
+  """The embedded demo vocabulary (trained on first use, then cached)."""
+  lines = [line for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
+  return train_sentencepiece(lines, vocab_size=1000)
+
+
+def random_xlm_roberta(config: xlm_roberta.XLMRobertaConfig, proto: bytes, *,
+                       dtype="float32", sequence_length: int | None = None):
+  """A fill-mask task with random weights whose vocabulary follows `proto`."""
+  tokenizer = XLMRobertaTokenizer(proto)
+  config = dataclasses.replace(config, vocabulary_size=tokenizer.vocabulary_size)
+  return xlm_roberta.random_task(config, tokenizer, dtype=dtype, sequence_length=sequence_length)

@@ -40,6 +40,7 @@ def registered_ops() -> set:
   return {op.name for op in ops.op}
 
 
+tf.get_logger().setLevel("ERROR")
 CORE_OPS = registered_ops()
 import tensorflow_text  # noqa: E402,F401  (registers the tensorflow-text ops)
 

@@ -1,0 +1,83 @@
+"""Shared fixtures: tiny random checkpoints and SentencePiece models made here.
+
+Nothing is downloaded: the SentencePiece model is trained on text the package
+carries, and checkpoints are written by `transformers` / keras-hub themselves
+with random weights.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ["HF_HUB_OFFLINE"] = "1"          # tests never use the network
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pytest  # noqa: E402
+
+from tfhub_models import demo  # noqa: E402
+
+CORPUS = [line for line in demo.CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def sp_proto() -> bytes:
+  """A unigram SentencePiece model (~700 pieces) trained on the demo corpus."""
+  return demo.train_sentencepiece(CORPUS, vocab_size=700)
+
+
+@pytest.fixture(scope="session")
+def sp_file(sp_proto, tmp_path_factory) -> pathlib.Path:
+  path = tmp_path_factory.mktemp("spm") / "sentencepiece.bpe.model"
+  path.write_bytes(sp_proto)
+  return path
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer(sp_file):
+  """transformers' XLMRobertaTokenizer built from the same SentencePiece model."""
+  from transformers import XLMRobertaTokenizer
+  return XLMRobertaTokenizer.from_pretrained(str(sp_file.parent))
+
+
+def write_hf_checkpoint(directory: pathlib.Path, sp_file: pathlib.Path, vocab_size: int, *,
+                        masked_lm: bool = True, seed: int = 0, **overrides) -> pathlib.Path:
+  """Saves a random transformers XLM-RoBERTa checkpoint with its SentencePiece model."""
+  import torch
+  from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM, XLMRobertaModel
+
+  settings = dict(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2,
+                  num_attention_heads=4, intermediate_size=37, max_position_embeddings=130,
+                  type_vocab_size=1, layer_norm_eps=1e-5)
+  settings.update(overrides)
+  torch.manual_seed(seed)
+  config = XLMRobertaConfig(**settings)
+  model = (XLMRobertaForMaskedLM if masked_lm else XLMRobertaModel)(config).eval()
+  # Random init leaves biases and layer norms at 0/1; perturb every weight so a
+  # wrong mapping of any of them shows up in the outputs.
+  with torch.no_grad():
+    for parameter in model.parameters():
+      parameter.add_(torch.randn_like(parameter) * 0.05)
+  model.save_pretrained(str(directory))
+  shutil.copy(sp_file, directory / "sentencepiece.bpe.model")
+  return directory
+
+
+@pytest.fixture(scope="session")
+def vocab_size(sp_proto) -> int:
+  from tfhub_models.tokenizers import XLMRobertaTokenizer
+  return XLMRobertaTokenizer(sp_proto).vocabulary_size
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoint(tmp_path_factory, sp_file, vocab_size) -> pathlib.Path:
+  """The default tiny XLMRobertaForMaskedLM checkpoint directory."""
+  return write_hf_checkpoint(tmp_path_factory.mktemp("hf_xlmr"), sp_file, vocab_size)

@@ -257,7 +257,7 @@ def build_server(registry: ModelRegistry, host: str, port: int, max_workers: int
   return server, bound
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--port", type=int, default=8500, help="gRPC port (0 = pick a free one)")
   parser.add_argument("--host", default="127.0.0.1",
@@ -266,7 +266,11 @@ def main(argv=None) -> int:
   parser.add_argument("--model_base_path", required=True)
   parser.add_argument("--enable_model_warmup", default="true", choices=["true", "false"])
   parser.add_argument("--port_file", help="write the bound gRPC port here once serving")
-  args = parser.parse_args(argv)
+  return parser
+
+
+def main(argv=None) -> int:
+  args = build_parser().parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
   tf.get_logger().setLevel(logging.ERROR)
   registry = ModelRegistry(args.model_name, args.model_base_path,

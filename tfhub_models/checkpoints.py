@@ -402,13 +402,20 @@ def detect(directory: pathlib.Path) -> tuple[str, str]:
 
 def load(source: str | os.PathLike, *, dtype="float32", sequence_length: int | None = None,
          load_weights: bool = True, task: str = "fill_mask"):
-  """Loads a checkpoint directory, handle or preset name as a task module."""
+  """Loads a checkpoint directory, handle or preset name.
+
+  Returns the task module (`XLMRobertaMaskedLM` for task="fill_mask"), or its
+  backbone alone for task="backbone" (no head weights needed).
+  """
   directory = resolve(source)
   fmt, family = detect(directory)
+  if task not in ("fill_mask", "backbone"):
+    raise CheckpointError(f"unknown task {task!r} for {family} (fill_mask, backbone)")
   loader = {("hf", "xlm_roberta"): load_xlm_roberta_hf,
             ("keras_hub", "xlm_roberta"): load_xlm_roberta_keras_hub}[(fmt, family)]
-  return loader(directory, dtype=dtype, sequence_length=sequence_length,
-                load_weights=load_weights, task=task)
+  model = loader(directory, dtype=dtype, sequence_length=sequence_length,
+                 load_weights=load_weights, task=task)
+  return model.backbone if task == "backbone" else model
 
 
 __all__ = ["CheckpointError", "resolve", "detect", "load", "read_safetensors", "read_keras_h5",

@@ -112,6 +112,13 @@ class XLMRobertaBackbone(tf.Module):
           for i in range(c.num_layers)
       ]
 
+  @classmethod
+  def from_preset(cls, preset: str, *, load_weights: bool = True,
+                  dtype="float32") -> "XLMRobertaBackbone":
+    """Loads the backbone of a checkpoint directory, hf:// or kaggle:// handle or preset."""
+    from tfhub_models import checkpoints
+    return checkpoints.load(preset, dtype=dtype, load_weights=load_weights, task="backbone")
+
   def __call__(self, token_ids, padding_mask=None, training: bool = False) -> tf.Tensor:
     """Encodes a batch.
 
@@ -138,13 +145,12 @@ class XLMRobertaBackbone(tf.Module):
 
 
 class XLMRobertaMaskedLMHead(tf.Module):
-  """Dense, GELU, layer norm, then the tied embedding decoder plus a bias."""
+  """Dense, exact GELU, layer norm, then the tied embedding decoder plus a bias."""
 
   def __init__(self, config: XLMRobertaConfig, token_embedding: layers.Embedding, *,
                dtype="float32", name: str = "masked_lm_head"):
     super().__init__(name=name)
     self.token_embedding = token_embedding
-    self.activation = layers.activation(config.hidden_activation)
     with self.name_scope:
       self.dense = layers.Dense(config.hidden_dim, config.hidden_dim, dtype=dtype, name="dense")
       self.layer_norm = layers.LayerNorm(config.hidden_dim, epsilon=config.layer_norm_epsilon,
@@ -163,7 +169,8 @@ class XLMRobertaMaskedLMHead(tf.Module):
       float32 [B, M, V].
     """
     x = tf.gather(sequence_output, tf.cast(mask_positions, tf.int32), batch_dims=1)  # [B, M, D]
-    x = self.layer_norm(self.activation(self.dense(x)))
+    # Exact GELU whatever the config's hidden_act, as upstream's LM head.
+    x = self.layer_norm(layers.gelu(self.dense(x)))
     return tf.cast(self.token_embedding.attend(x) + self.bias, tf.float32)
 
 

@@ -1,0 +1,209 @@
+"""Export: signatures, XLA, warmup, atomic versions, the session-loader check."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import ROOT
+from tfhub_models import checkpoints, export
+from tfhub_models.models import xlm_roberta
+
+TEXTS = ["The capital of France is <mask>.", "<mask> zwei <mask>", "no mask", ""]
+SEQUENCE_LENGTH = 40          # buckets 16, 32, 40
+
+
+def run_script(*args, timeout=600):
+  return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
+                        timeout=timeout, cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+
+
+@pytest.fixture(scope="module")
+def task(hf_checkpoint):
+  return checkpoints.load(hf_checkpoint, sequence_length=SEQUENCE_LENGTH)
+
+
+@pytest.fixture(scope="module")
+def exports(task, tmp_path_factory):
+  base = tmp_path_factory.mktemp("models")
+  options = dict(top_k=4, warmup_batch_sizes=(1, 2))
+  xla = export.export(task, base, "xlmr", options=export.ExportOptions(**options))
+  plain = export.export(task, base, "xlmr_no_xla",
+                        options=export.ExportOptions(jit_compile=False, **options))
+  return {"xla": xla, "no_xla": plain}
+
+
+def eager_fill_mask(task, texts, k=4):
+  inputs = task.preprocessor(tf.constant(texts))
+  return task.top_k(inputs["token_ids"], inputs["padding_mask"], k)
+
+
+@pytest.mark.parametrize("kind", ["xla", "no_xla"])
+def test_reloaded_signatures_match_eager(task, exports, kind):
+  loaded = tf.saved_model.load(str(exports[kind]))
+  assert set(loaded.signatures) == {"serving_default", "logits", "tokenize"}
+  out = loaded.signatures["serving_default"](text=tf.constant(TEXTS))
+  expected = eager_fill_mask(task, TEXTS)
+  assert out["num_masks"].numpy().tolist() == [1, 2, 0, 0]
+  assert out["top_k_ids"].shape == (4, 2, 4) and out["top_k_ids"].dtype == tf.int32
+  np.testing.assert_array_equal(out["top_k_ids"].numpy(), expected["top_k_ids"].numpy())
+  np.testing.assert_allclose(out["top_k_scores"].numpy(), expected["top_k_scores"].numpy(),
+                             atol=1e-5)
+  tokens = out["top_k_tokens"].numpy()
+  first = task.tokenizer.id_to_text(out["top_k_ids"][0, 0]).numpy()
+  assert tokens[0, 0].tolist() == first.tolist()
+  assert tokens[0, 1].tolist() == [b""] * 4 and out["top_k_ids"][0, 1].numpy().tolist() == [-1] * 4
+
+  tokenized = loaded.signatures["tokenize"](text=tf.constant(TEXTS))
+  expected_inputs = task.preprocessor(tf.constant(TEXTS))
+  np.testing.assert_array_equal(tokenized["token_ids"].numpy(),
+                                expected_inputs["token_ids"].numpy())
+  positions, _ = xlm_roberta.find_masks(expected_inputs["token_ids"], task.tokenizer.mask_token_id)
+  logits = loaded.signatures["logits"](token_ids=expected_inputs["token_ids"],
+                                       padding_mask=expected_inputs["padding_mask"],
+                                       mask_positions=positions)["logits"]
+  np.testing.assert_allclose(
+      logits.numpy(), task(expected_inputs["token_ids"], expected_inputs["padding_mask"],
+                           positions).numpy(), atol=1e-5)
+
+
+def test_logits_signature_matches_transformers(exports, hf_checkpoint, task):
+  import torch
+  from transformers import XLMRobertaForMaskedLM
+
+  loaded = tf.saved_model.load(str(exports["xla"]))
+  inputs = task.preprocessor(tf.constant(TEXTS[:2]))
+  positions, _ = xlm_roberta.find_masks(inputs["token_ids"], task.tokenizer.mask_token_id)
+  got = loaded.signatures["logits"](token_ids=inputs["token_ids"],
+                                    padding_mask=inputs["padding_mask"],
+                                    mask_positions=positions)["logits"].numpy()
+  reference = XLMRobertaForMaskedLM.from_pretrained(str(hf_checkpoint)).eval()
+  with torch.no_grad():
+    full = reference(input_ids=torch.tensor(inputs["token_ids"].numpy(), dtype=torch.long),
+                     attention_mask=torch.tensor(inputs["padding_mask"].numpy())).logits.numpy()
+  expected = np.take_along_axis(full, positions.numpy()[..., None], axis=1)
+  np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_bad_input_gets_defined_answers(exports, task):
+  serve = tf.saved_model.load(str(exports["xla"])).signatures["serving_default"]
+  empty = serve(text=tf.constant([], tf.string))
+  assert empty["top_k_ids"].shape == (0, 0, 4) and empty["num_masks"].shape == (0,)
+  long_text = "<mask> " + "word " * 200 + "<mask>"
+  out = serve(text=tf.constant([long_text.encode(), b"\xff\xfe <mask> \xc3", b"", b"   "]))
+  # The second mask lies past the cut at SEQUENCE_LENGTH, so it is not reported.
+  assert out["num_masks"].numpy().tolist() == [1, 1, 0, 0]
+  assert np.isfinite(out["top_k_scores"].numpy()).all()
+
+
+@pytest.mark.parametrize("kind", ["xla", "no_xla"])
+def test_xla_marks_in_graph(exports, kind):
+  from tensorflow.core.protobuf import saved_model_pb2
+  proto = saved_model_pb2.SavedModel.FromString(
+      (exports[kind] / "saved_model.pb").read_bytes())
+  functions = proto.meta_graphs[0].graph_def.library.function
+  compiled = [f.signature.name for f in functions
+              if "_XlaMustCompile" in f.attr and f.attr["_XlaMustCompile"].b]
+  compiled += [n.name for f in functions for n in f.node_def
+               if "_XlaMustCompile" in n.attr and n.attr["_XlaMustCompile"].b]
+  assert bool(compiled) == (kind == "xla")
+
+
+def test_warmup_covers_every_bucket_and_signature(exports, task):
+  from tensorflow_serving.apis import prediction_log_pb2
+  path = exports["xla"] / "assets.extra" / "tf_serving_warmup_requests"
+  logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
+          for r in tf.data.TFRecordDataset(str(path))]
+  by_signature = {}
+  for log in logs:
+    request = log.predict_log.request
+    assert request.model_spec.name == "xlmr"
+    by_signature.setdefault(request.model_spec.signature_name, []).append(request)
+  assert set(by_signature) == {"serving_default", "logits", "tokenize"}
+  lengths = set()
+  for request in by_signature["serving_default"]:
+    text = tf.make_ndarray(request.inputs["text"])
+    lengths.add(task.preprocessor(tf.constant(text))["token_ids"].shape[1])
+  assert lengths == set(task.preprocessor.bucket_lengths) == {16, 32, 40}
+  assert len(by_signature["serving_default"]) == 3 * 2
+
+
+@pytest.mark.parametrize("kind", ["xla", "no_xla"])
+def test_check_serving_passes(exports, kind):
+  result = run_script("scripts/check_serving.py", exports[kind])
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert "OK" in result.stdout and "SentencepieceOp" in result.stdout
+  assert ("XLA: yes" in result.stdout) == (kind == "xla")
+
+
+def test_check_serving_fails_on_python_ops(tmp_path):
+  module = tf.Module()
+  module.f = tf.function(lambda x: tf.py_function(lambda v: v * 2, [x], tf.float32),
+                         input_signature=[tf.TensorSpec([None], tf.float32)])
+  tf.saved_model.save(module, str(tmp_path / "1"), signatures={"serving_default": module.f})
+  result = run_script("scripts/check_serving.py", tmp_path / "1")
+  assert result.returncode == 1
+  assert "need a Python interpreter" in result.stdout
+  assert "no warmup requests" in result.stdout
+
+
+def test_versions_are_numbered_and_never_overwritten(task, tmp_path):
+  options = export.ExportOptions(warmup_batch_sizes=(1,), jit_compile=False)
+  first = export.export(task, tmp_path, "m", options=options)
+  second = export.export(task, tmp_path, "m", options=options)
+  assert (first.name, second.name) == ("1", "2")
+  with pytest.raises(FileExistsError, match="never overwritten"):
+    export.export(task, tmp_path, "m", version=2, options=options)
+  assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1", "2"]
+
+
+def test_failed_export_leaves_nothing_behind(task, tmp_path, monkeypatch):
+  def broken(*args, **kwargs):
+    raise OSError("disk full")
+  monkeypatch.setattr(export, "write_warmup", broken)
+  with pytest.raises(OSError, match="disk full"):
+    export.export(task, tmp_path, "m", options=export.ExportOptions(jit_compile=False))
+  assert list((tmp_path / "m").iterdir()) == []
+
+
+def test_cli_exports_and_prints_the_path(hf_checkpoint, tmp_path):
+  result = run_script("scripts/export.py", "--checkpoint", hf_checkpoint, "--output", tmp_path,
+                      "--name", "cli", "--top-k", "2", "--sequence-length", "16", "--no-xla",
+                      "--warmup-batch-sizes", "1")
+  assert result.returncode == 0, result.stderr
+  path = pathlib.Path(result.stdout.strip().splitlines()[-1])
+  assert path == tmp_path / "cli" / "1" and (path / "saved_model.pb").exists()
+  out = tf.saved_model.load(str(path)).signatures["serving_default"](text=tf.constant(["<mask>"]))
+  assert out["top_k_ids"].shape == (1, 1, 2)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--checkpoint", "/nonexistent/ckpt"], "does not exist"),
+    (["--checkpoint", "{bad}"], "no config.json"),
+    (["--preset", "xlm_roberta_huge"], "unknown preset"),
+])
+def test_cli_errors_are_one_line(args, message, tmp_path):
+  if "{bad}" in args:
+    (tmp_path / "bad").mkdir()
+    args = [str(tmp_path / "bad") if a == "{bad}" else a for a in args]
+  result = run_script("scripts/export.py", *args, "--output", tmp_path / "out", "--name", "x")
+  assert result.returncode == 1
+  lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and message in lines[0], result.stderr
+  assert not (tmp_path / "out" / "x").exists() or not any((tmp_path / "out" / "x").iterdir())
+
+
+def test_cli_random_weights_preset(tmp_path):
+  result = run_script("scripts/export.py", "--preset", "xlm_roberta_base_multi",
+                      "--random-weights", "--output", tmp_path, "--sequence-length", "16",
+                      "--no-xla", "--warmup-batch-sizes", "1")
+  assert result.returncode == 0, result.stderr
+  loaded = tf.saved_model.load(result.stdout.strip().splitlines()[-1])
+  out = loaded.signatures["serving_default"](text=tf.constant(["a <mask> b"]))
+  assert out["num_masks"].numpy().tolist() == [1]

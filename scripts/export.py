@@ -98,7 +98,7 @@ def main(argv=None) -> int:
         top_k=args.top_k, jit_compile=not args.no_xla,
         warmup_batch_sizes=args.warmup_batch_sizes))
   except (checkpoints.CheckpointError, FileExistsError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
+    print("error: " + " ".join(str(e).split()), file=sys.stderr)  # one line
     return 1
   except OSError as e:
     print(f"error: {e.strerror or e}: {e.filename or args.output}", file=sys.stderr)

@@ -73,6 +73,20 @@ def test_reloaded_signatures_match_eager(task, exports, kind):
                            positions).numpy(), atol=1e-5)
 
 
+def test_session_loader_matches_eager(task, exports):
+  """The TF1 session path (what TF Serving's C++ loader runs) gives the same answers."""
+  expected = eager_fill_mask(task, TEXTS)
+  with tf.compat.v1.Session(graph=tf.Graph()) as session:
+    meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(exports["xla"]))
+    signature = meta.signature_def["serving_default"]
+    out = session.run({k: v.name for k, v in signature.outputs.items()},
+                      {signature.inputs["text"].name: np.array([t.encode() for t in TEXTS],
+                                                                 dtype=object)})
+  np.testing.assert_array_equal(out["top_k_ids"], expected["top_k_ids"].numpy())
+  np.testing.assert_allclose(out["top_k_scores"], expected["top_k_scores"].numpy(), atol=1e-5)
+  assert out["num_masks"].tolist() == [1, 2, 0, 0]
+
+
 def test_logits_signature_matches_transformers(exports, hf_checkpoint, task):
   import torch
   from transformers import XLMRobertaForMaskedLM

@@ -6,6 +6,7 @@ error naming it.  Never unpickles: weights come from safetensors or h5 only.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import pathlib
@@ -31,6 +32,13 @@ _HF_PATTERNS = ["config.json", "generation_config.json", "*.safetensors",
                 "special_tokens_map.json"]
 
 
+_HUBS = {
+    "hf://": ("huggingface_hub", "the Hugging Face Hub",
+              lambda client, repo: client.snapshot_download(repo, allow_patterns=_HF_PATTERNS)),
+    "kaggle://": ("kagglehub", "Kaggle", lambda client, handle: client.model_download(handle)),
+}
+
+
 def resolve(source: str | os.PathLike) -> pathlib.Path:
   """Turns a directory, `hf://org/name` or `kaggle://owner/model/fw/variation` into a directory.
 
@@ -46,30 +54,18 @@ def resolve(source: str | os.PathLike) -> pathlib.Path:
         errors.append(str(e))
     raise CheckpointError(f"preset {source!r} has no weights on this machine and could not be "
                           "downloaded:\n  " + "\n  ".join(errors))
-  if source.startswith("hf://"):
-    repo = source[len("hf://"):]
-    try:
-      import huggingface_hub
-    except ImportError:
-      raise CheckpointError(f"{source}: hf:// handles need huggingface_hub "
-                            "(pip install 'tfhub-models[hub]')") from None
-    try:
-      return pathlib.Path(huggingface_hub.snapshot_download(repo, allow_patterns=_HF_PATTERNS))
-    except Exception as e:  # network, auth, offline mode: all end here
-      raise CheckpointError(f"{source}: could not download from the Hugging Face Hub "
-                            f"({type(e).__name__}: {e})") from None
-  if source.startswith("kaggle://"):
-    handle = source[len("kaggle://"):]
-    try:
-      import kagglehub
-    except ImportError:
-      raise CheckpointError(f"{source}: kaggle:// handles need kagglehub "
-                            "(pip install 'tfhub-models[hub]')") from None
-    try:
-      return pathlib.Path(kagglehub.model_download(handle))
-    except Exception as e:
-      raise CheckpointError(f"{source}: could not download from Kaggle "
-                            f"({type(e).__name__}: {e})") from None
+  for scheme, (module_name, hub, download) in _HUBS.items():
+    if source.startswith(scheme):
+      try:
+        client = importlib.import_module(module_name)
+      except ImportError:
+        raise CheckpointError(f"{source}: {scheme} handles need {module_name} "
+                              "(pip install 'tfhub-models[hub]')") from None
+      try:
+        return pathlib.Path(download(client, source[len(scheme):]))
+      except Exception as e:  # network, auth, offline mode: all end here
+        raise CheckpointError(f"{source}: could not download from {hub} "
+                              f"({type(e).__name__}: {e})") from None
   path = pathlib.Path(source)
   if not path.exists():
     raise CheckpointError(f"checkpoint {source!r} does not exist")

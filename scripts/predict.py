@@ -19,7 +19,9 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--server", default="127.0.0.1:8500")
   parser.add_argument("--model", required=True)
-  parser.add_argument("--signature", default="serving_default")
+  parser.add_argument("--signature", default="serving_default",
+                      help="a signature whose input is `text` (serving_default, tokenize, "
+                           "embedding); default serving_default")
   parser.add_argument("--version", type=int)
   parser.add_argument("--label")
   parser.add_argument("--timeout", type=float, default=30.0)

@@ -96,7 +96,7 @@ class ServingClient:
     out = self.predict({"text": np.array([t.encode("utf-8") for t in texts], dtype=object)})
     answers = []
     for b, count in enumerate(out["num_masks"]):
-      answers.append([[Filler(out["top_k_tokens"][b, m, k].decode("utf-8"),
+      answers.append([[Filler(out["top_k_tokens"][b, m, k].decode("utf-8", "replace"),
                               int(out["top_k_ids"][b, m, k]), float(out["top_k_scores"][b, m, k]))
                        for k in range(out["top_k_ids"].shape[2])] for m in range(int(count))])
     return answers

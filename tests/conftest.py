@@ -81,3 +81,54 @@ def vocab_size(sp_proto) -> int:
 def hf_checkpoint(tmp_path_factory, sp_file, vocab_size) -> pathlib.Path:
   """The default tiny XLMRobertaForMaskedLM checkpoint directory."""
   return write_hf_checkpoint(tmp_path_factory.mktemp("hf_xlmr"), sp_file, vocab_size)
+
+
+@pytest.fixture(scope="session")
+def wordpiece_vocab() -> list:
+  """An uncased WordPiece vocabulary (~800 entries) trained here on the demo corpus."""
+  from tokenizers import BertWordPieceTokenizer
+  trainer = BertWordPieceTokenizer(lowercase=True, clean_text=True, handle_chinese_chars=True)
+  trainer.train_from_iterator(CORPUS * 3, vocab_size=800, min_frequency=1, show_progress=False,
+                              special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+  vocab = trainer.get_vocab()
+  return [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
+
+
+@pytest.fixture(scope="session")
+def wordpiece_dir(wordpiece_vocab, tmp_path_factory) -> pathlib.Path:
+  directory = tmp_path_factory.mktemp("wordpiece")
+  (directory / "vocab.txt").write_text("\n".join(wordpiece_vocab) + "\n", encoding="utf-8")
+  return directory
+
+
+@pytest.fixture(scope="session")
+def hf_electra_tokenizer(wordpiece_dir):
+  """transformers' ElectraTokenizer (uncased) built from the same vocabulary."""
+  from transformers import ElectraTokenizer
+  return ElectraTokenizer.from_pretrained(str(wordpiece_dir))
+
+
+ELECTRA_CLASSES = {"discriminator": "ElectraForPreTraining", "generator": "ElectraForMaskedLM",
+                   "model": "ElectraModel"}
+
+
+def write_electra_checkpoint(directory: pathlib.Path, wordpiece_dir: pathlib.Path,
+                             vocab_size: int, kind: str, *, seed: int = 0,
+                             **overrides) -> pathlib.Path:
+  """Saves a random transformers ELECTRA checkpoint (kind: discriminator, generator, model)."""
+  import torch
+  import transformers
+
+  settings = dict(vocab_size=vocab_size, embedding_size=24, hidden_size=32, num_hidden_layers=2,
+                  num_attention_heads=4, intermediate_size=37, max_position_embeddings=64,
+                  type_vocab_size=2, layer_norm_eps=1e-12)
+  settings.update(overrides)
+  torch.manual_seed(seed)
+  config = transformers.ElectraConfig(**settings)
+  model = getattr(transformers, ELECTRA_CLASSES[kind])(config).eval()
+  with torch.no_grad():
+    for parameter in model.parameters():
+      parameter.add_(torch.randn_like(parameter) * 0.05)
+  model.save_pretrained(str(directory))
+  shutil.copy(wordpiece_dir / "vocab.txt", directory / "vocab.txt")
+  return directory

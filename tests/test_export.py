@@ -117,6 +117,40 @@ def test_bad_input_gets_defined_answers(exports, task):
 
 
 @pytest.mark.parametrize("kind", ["xla", "no_xla"])
+def test_logits_signature_rejects_bad_indices(exports, task, kind):
+  """XLA clamps out-of-range indices silently; the signature checks them first."""
+  logits = tf.saved_model.load(str(exports[kind])).signatures["logits"]
+  ids = tf.constant([[0, 5, task.tokenizer.mask_token_id, 2]], tf.int32)
+  ones = tf.ones_like(ids)
+  good = logits(token_ids=ids, padding_mask=ones, mask_positions=tf.constant([[2]]))
+  assert good["logits"].shape == (1, 1, task.backbone.config.vocabulary_size)
+  bad = [
+      (dict(token_ids=ids, padding_mask=ones, mask_positions=tf.constant([[4]])), "mask_positions"),
+      (dict(token_ids=ids, padding_mask=ones, mask_positions=tf.constant([[-1]])), "mask_positions"),
+      (dict(token_ids=ids + 10000, padding_mask=ones, mask_positions=tf.constant([[2]])),
+       "vocabulary"),
+      (dict(token_ids=ids, padding_mask=ones[:, :3], mask_positions=tf.constant([[2]])),
+       "same shape"),
+      (dict(token_ids=ids, padding_mask=ones, mask_positions=tf.constant([[2], [1]])), "one row"),
+      (dict(token_ids=tf.zeros([1, 41], tf.int32), padding_mask=tf.ones([1, 41], tf.int32),
+            mask_positions=tf.constant([[2]])), "at most 40"),
+  ]
+  for inputs, message in bad:
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+      logits(**inputs)
+
+
+def test_logits_signature_pads_to_buckets(exports, task):
+  """An odd length, batch and mask count give the unpadded answer."""
+  logits = tf.saved_model.load(str(exports["xla"])).signatures["logits"]
+  inputs = task.preprocessor(tf.constant(["a <mask> b <mask> c <mask>", "x <mask>", "y"]))
+  ids, mask = inputs["token_ids"][:, :11], inputs["padding_mask"][:, :11]
+  positions = tf.constant([[2, 4, 6], [2, 0, 0], [0, 0, 0]])
+  got = logits(token_ids=ids, padding_mask=mask, mask_positions=positions)["logits"]
+  np.testing.assert_allclose(got.numpy(), task(ids, mask, positions).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["xla", "no_xla"])
 def test_xla_marks_in_graph(exports, kind):
   from tensorflow.core.protobuf import saved_model_pb2
   proto = saved_model_pb2.SavedModel.FromString(
@@ -145,7 +179,12 @@ def test_warmup_covers_every_bucket_and_signature(exports, task):
     text = tf.make_ndarray(request.inputs["text"])
     lengths.add(task.preprocessor(tf.constant(text))["token_ids"].shape[1])
   assert lengths == set(task.preprocessor.bucket_lengths) == {16, 32, 40}
-  assert len(by_signature["serving_default"]) == 3 * 2
+  # Batch sizes 1 and 2 per bucket, plus 2 and 4 masks per bucket.
+  assert len(by_signature["serving_default"]) == 3 * 2 + 3 * 2
+  mask_counts = {int(task.preprocessor(tf.constant(tf.make_ndarray(r.inputs["text"])))[
+      "token_ids"].numpy().__eq__(task.tokenizer.mask_token_id).sum(axis=1).max())
+      for r in by_signature["serving_default"]}
+  assert mask_counts == {1, 2, 4}
 
 
 @pytest.mark.parametrize("kind", ["xla", "no_xla"])

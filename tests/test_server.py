@@ -102,10 +102,23 @@ def test_predict_cli(served):
   assert result.returncode == 1 and "NOT_FOUND" in result.stderr
 
 
-def test_server_binds_loopback_by_default():
+def test_server_binds_loopback_by_default(served):
+  """The served fixture starts the server without --host: it listens on 127.0.0.1 only."""
   from serving import server
   args = server.build_parser().parse_args(["--model_name", "m", "--model_base_path", "/m"])
   assert args.host == "127.0.0.1" and args.port == 8500
+  port = int(served["target"].rsplit(":", 1)[1])
+  listening = []
+  for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    if os.path.exists(table):
+      for line in open(table).read().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, local_port = local.split(":")
+        if int(local_port, 16) == port and state == "0A":  # LISTEN
+          listening.append(address)
+  # 127.0.0.1, as IPv4 or IPv4-mapped IPv6 (::ffff:127.0.0.1), and nothing else.
+  assert listening and all(a in ("0100007F", "0000000000000000FFFF00000100007F")
+                           for a in listening), listening
 
 
 def test_demo_runs_end_to_end():

@@ -15,8 +15,10 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from tfhub_models.models import xlm_roberta
-from tfhub_models.tokenizers import XLMRobertaPreprocessor, XLMRobertaTokenizer
+from tfhub_models.models import electra, xlm_roberta
+from tfhub_models.tokenizers import WordPieceTokenizer, XLMRobertaTokenizer
+
+PRESET_HANDLES = {**xlm_roberta.PRESET_HANDLES, **electra.PRESET_HANDLES}
 
 
 class CheckpointError(ValueError):
@@ -45,9 +47,9 @@ def resolve(source: str | os.PathLike) -> pathlib.Path:
   Preset names (`xlm_roberta_base_multi`) resolve to their public handle.
   """
   source = str(source)
-  if source in xlm_roberta.PRESET_HANDLES:
+  if source in PRESET_HANDLES and not pathlib.Path(source).exists():
     errors = []
-    for handle in xlm_roberta.PRESET_HANDLES[source]:
+    for handle in PRESET_HANDLES[source]:
       try:
         return resolve(handle)
       except CheckpointError as e:
@@ -94,6 +96,10 @@ def read_safetensors(directory: pathlib.Path) -> dict:
   index = directory / "model.safetensors.index.json"
   if index.exists():
     files = sorted(set(_read_json(index).get("weight_map", {}).values()))
+    outside = [f for f in files if pathlib.Path(f).name != f]
+    if outside:
+      raise CheckpointError(f"{index}: weight files must lie in the checkpoint directory, "
+                            f"not {outside[0]!r}")
   elif (directory / "model.safetensors").exists():
     files = ["model.safetensors"]
   else:
@@ -113,6 +119,23 @@ def read_safetensors(directory: pathlib.Path) -> dict:
     except (SafetensorError, OSError, ValueError) as e:
       raise CheckpointError(f"{directory / name}: not a readable safetensors file ({e})") from None
   return weights
+
+
+def safetensors_keys(directory: pathlib.Path) -> list:
+  """Tensor names of a checkpoint directory, read from the file headers only."""
+  from safetensors import safe_open
+
+  index = directory / "model.safetensors.index.json"
+  if index.exists():
+    return list(_read_json(index).get("weight_map", {}))
+  if not (directory / "model.safetensors").exists():
+    return list(read_safetensors(directory))  # raises the right error
+  try:
+    with safe_open(str(directory / "model.safetensors"), "np") as handle:
+      return list(handle.keys())
+  except Exception as e:
+    raise CheckpointError(f"{directory / 'model.safetensors'}: not a readable safetensors file "
+                          f"({e})") from None
 
 
 def read_keras_h5(path: pathlib.Path) -> dict:
@@ -196,17 +219,11 @@ def _same(array):
   return array
 
 
-def _xlm_roberta_hf_assignments(task: xlm_roberta.XLMRobertaMaskedLM, with_head: bool) -> list:
-  b = task.backbone
-  out = [
-      ("embeddings.word_embeddings.weight", b.token_embedding.embeddings, _same),
-      ("embeddings.position_embeddings.weight", b.position_embedding.embeddings, _same),
-      ("embeddings.token_type_embeddings.weight", b.type_embedding.embeddings, _same),
-      ("embeddings.LayerNorm.weight", b.embeddings_layer_norm.gamma, _same),
-      ("embeddings.LayerNorm.bias", b.embeddings_layer_norm.beta, _same),
-  ]
-  for i, layer in enumerate(b.transformer_layers):
-    p = f"encoder.layer.{i}."
+def _bert_encoder_assignments(transformer_layers, prefix: str = "encoder.layer.") -> list:
+  """Upstream BERT-family encoder layer names -> our TransformerEncoderLayer variables."""
+  out = []
+  for i, layer in enumerate(transformer_layers):
+    p = f"{prefix}{i}."
     attention = layer.self_attention
     for hf, dense in (("attention.self.query", attention.query),
                       ("attention.self.key", attention.key),
@@ -218,19 +235,35 @@ def _xlm_roberta_hf_assignments(task: xlm_roberta.XLMRobertaMaskedLM, with_head:
     for hf, norm in (("attention.output.LayerNorm", layer.self_attention_layer_norm),
                      ("output.LayerNorm", layer.feedforward_layer_norm)):
       out += [(p + hf + ".weight", norm.gamma, _same), (p + hf + ".bias", norm.beta, _same)]
+  return out
+
+
+def _dense(name: str, dense) -> list:
+  return [(name + ".weight", dense.kernel, _t), (name + ".bias", dense.bias, _same)]
+
+
+def _norm(name: str, norm) -> list:
+  return [(name + ".weight", norm.gamma, _same), (name + ".bias", norm.beta, _same)]
+
+
+def _xlm_roberta_hf_assignments(task: xlm_roberta.XLMRobertaMaskedLM, with_head: bool) -> list:
+  b = task.backbone
+  out = [
+      ("embeddings.word_embeddings.weight", b.token_embedding.embeddings, _same),
+      ("embeddings.position_embeddings.weight", b.position_embedding.embeddings, _same),
+      ("embeddings.token_type_embeddings.weight", b.type_embedding.embeddings, _same),
+      *_norm("embeddings.LayerNorm", b.embeddings_layer_norm),
+      *_bert_encoder_assignments(b.transformer_layers),
+  ]
   if with_head:
     h = task.head
-    out += [
-        ("lm_head.dense.weight", h.dense.kernel, _t), ("lm_head.dense.bias", h.dense.bias, _same),
-        ("lm_head.layer_norm.weight", h.layer_norm.gamma, _same),
-        ("lm_head.layer_norm.bias", h.layer_norm.beta, _same),
-        ("lm_head.bias", h.bias, _same),
-    ]
+    out += [*_dense("lm_head.dense", h.dense), *_norm("lm_head.layer_norm", h.layer_norm),
+            ("lm_head.bias", h.bias, _same)]
   return out
 
 
 def _hf_key(key: str) -> str:
-  for prefix in ("roberta.", "xlm_roberta.", "model."):
+  for prefix in ("roberta.", "xlm_roberta.", "electra.", "model."):
     if key.startswith(prefix):
       key = key[len(prefix):]
       break
@@ -277,6 +310,11 @@ def load_xlm_roberta_hf(directory: pathlib.Path, *, dtype="float32",
     return model
   weights = {_hf_key(k): v for k, v in read_safetensors(directory).items()}
   with_head = any(k.startswith("lm_head.") for k in weights)
+  if "lm_head.decoder.bias" in weights:  # upstream ties it to lm_head.bias
+    if "lm_head.bias" not in weights:
+      weights["lm_head.bias"] = weights["lm_head.decoder.bias"]
+    elif not np.array_equal(weights["lm_head.bias"], weights["lm_head.decoder.bias"]):
+      raise CheckpointError(f"{directory}: lm_head.decoder.bias differs from lm_head.bias")
   if task == "fill_mask" and not with_head:
     raise CheckpointError(
         f"{directory}: no masked-LM head (lm_head.*) in the weights; fill-mask needs an "
@@ -360,7 +398,7 @@ def load_xlm_roberta_keras_hub(directory: pathlib.Path, *, dtype="float32",
           "saves with an XLMRobertaMaskedLM preset")
     head_source = {}
     for path, arrays in read_keras_h5(task_file).items():
-      if path.split("/")[0] in ("mlm_head", "masked_lm_head"):
+      if path.split("/")[0] == "mlm_head":
         for i, array in enumerate(arrays):
           head_source[f"{path}:{i}"] = array
     h = model.head
@@ -377,8 +415,120 @@ def load_xlm_roberta_keras_hub(directory: pathlib.Path, *, dtype="float32",
 # ---------------------------------------------------------------------------
 # Entry point.
 
+# ---------------------------------------------------------------------------
+# ELECTRA.
+
+ELECTRA_TASKS = ("replaced_token_detection", "fill_mask", "embedding")
+_ELECTRA_HEADS = {"replaced_token_detection": "discriminator_predictions.",
+                  "fill_mask": "generator_"}
+
+
+def _wordpiece_tokenizer(directory: pathlib.Path) -> WordPieceTokenizer:
+  path = directory / "vocab.txt"
+  if not path.exists():
+    raise CheckpointError(f"{directory}: no vocab.txt (the in-graph WordPiece tokenizer is "
+                          "built from it)")
+  try:
+    vocabulary = path.read_text(encoding="utf-8").splitlines()
+  except UnicodeDecodeError as e:
+    raise CheckpointError(f"{path}: not UTF-8 text ({e})") from None
+  settings = {}
+  if (directory / "tokenizer_config.json").exists():
+    settings = _read_json(directory / "tokenizer_config.json")
+  try:
+    return WordPieceTokenizer(vocabulary, lowercase=bool(settings.get("do_lower_case", True)),
+                              strip_accents=settings.get("strip_accents"))
+  except ValueError as e:
+    raise CheckpointError(f"{path}: {e}") from None
+
+
+def _electra_task_of(raw_config: dict, keys: set) -> str:
+  architectures = raw_config.get("architectures") or []
+  if "ElectraForPreTraining" in architectures or any(
+      k.startswith("discriminator_predictions.") for k in keys):
+    return "replaced_token_detection"
+  if "ElectraForMaskedLM" in architectures or any(k.startswith("generator_") for k in keys):
+    return "fill_mask"
+  return "embedding"
+
+
+def _electra_assignments(model, task: str) -> list:
+  b = model.backbone
+  out = [
+      ("embeddings.word_embeddings.weight", b.token_embedding.embeddings, _same),
+      ("embeddings.position_embeddings.weight", b.position_embedding.embeddings, _same),
+      ("embeddings.token_type_embeddings.weight", b.segment_embedding.embeddings, _same),
+      *_norm("embeddings.LayerNorm", b.embeddings_layer_norm),
+      *_bert_encoder_assignments(b.transformer_layers),
+  ]
+  if b.embeddings_projection is not None:
+    out += _dense("embeddings_project", b.embeddings_projection)
+  if b.pooler is not None:
+    out += _dense("pooler.dense", b.pooler)
+  if task == "replaced_token_detection":
+    out += [*_dense("discriminator_predictions.dense", model.head.dense),
+            *_dense("discriminator_predictions.dense_prediction", model.head.prediction)]
+  elif task == "fill_mask":
+    out += [*_dense("generator_predictions.dense", model.head.dense),
+            *_norm("generator_predictions.LayerNorm", model.head.layer_norm),
+            ("generator_lm_head.bias", model.head.bias, _same)]
+  return out
+
+
+def load_electra_hf(directory: pathlib.Path, *, dtype="float32",
+                    sequence_length: int | None = None, load_weights: bool = True,
+                    task: str | None = None):
+  """Loads a Hugging Face ELECTRA directory (config.json, model.safetensors, vocab.txt):
+  `ElectraModel`, `ElectraForPreTraining` or `ElectraForMaskedLM`.
+
+  The task defaults to the checkpoint's own (replaced_token_detection for a
+  discriminator, fill_mask for a generator, embedding for a bare model).
+  """
+  raw = _read_json(directory / "config.json")
+  config = electra.ElectraConfig.from_hf(raw)
+  tokenizer = _wordpiece_tokenizer(directory)
+  if tokenizer.vocabulary_size != config.vocabulary_size:
+    raise CheckpointError(f"{directory}: vocab.txt has {tokenizer.vocabulary_size} entries but "
+                          f"the config's vocab_size is {config.vocabulary_size}")
+  weights = ({_hf_key(k): v for k, v in read_safetensors(directory).items()}
+             if load_weights else {})
+  inferred = _electra_task_of(raw, set(weights))
+  task = task or inferred
+  if task not in ELECTRA_TASKS:
+    raise CheckpointError(f"unknown task {task!r} for ELECTRA ({', '.join(ELECTRA_TASKS)})")
+  head = _ELECTRA_HEADS.get(task)
+  if load_weights and head and not any(k.startswith(head) for k in weights):
+    raise CheckpointError(
+        f"{directory}: task {task} needs the {head.rstrip('._')} head, which this checkpoint "
+        f"({inferred}) does not have")
+  length = sequence_length or config.max_sequence_length
+  if not 3 <= length <= config.max_sequence_length:
+    raise CheckpointError(f"sequence length {length} is outside 3..{config.max_sequence_length}")
+  model = electra.build_task(task, config, tokenizer, dtype=dtype, sequence_length=length,
+                             pooler=any(k.startswith("pooler.") for k in weights))
+  if not load_weights:
+    return model
+  if "generator_lm_head.weight" in weights and not np.array_equal(
+      weights["generator_lm_head.weight"], weights.get("embeddings.word_embeddings.weight")):
+    raise CheckpointError(f"{directory}: generator_lm_head.weight differs from the word "
+                          "embeddings; untied decoders are not supported")
+  unused_heads = tuple(h for t, h in _ELECTRA_HEADS.items() if t != task)
+
+  def ignored(key: str) -> bool:
+    # Tied copies, buffers, and the head of another task than the one exported.
+    return (key.endswith("position_ids") or key.endswith("token_type_ids")
+            or key == "generator_lm_head.weight" or key.startswith(unused_heads))
+
+  assign_strict(_electra_assignments(model, task), weights, ignored=ignored,
+                where=str(directory), dtype=model.backbone.dtype)
+  return model
+
+
+# ---------------------------------------------------------------------------
+# Entry point.
+
 def detect(directory: pathlib.Path) -> tuple[str, str]:
-  """(format, family) of a checkpoint directory: ("hf" | "keras_hub", "xlm_roberta")."""
+  """(format, family) of a checkpoint directory: ("hf" | "keras_hub", "xlm_roberta" | "electra")."""
   meta = _read_json(directory / "config.json")
   if "class_name" in meta and "config" in meta:
     class_name = meta["class_name"]
@@ -389,31 +539,45 @@ def detect(directory: pathlib.Path) -> tuple[str, str]:
   model_type = meta.get("model_type")
   if model_type in ("xlm-roberta", "xlm_roberta"):
     return "hf", "xlm_roberta"
+  if model_type == "electra":
+    return "hf", "electra"
   if model_type is None:
     raise CheckpointError(f"{directory}/config.json: neither a Hugging Face config (model_type) "
                           "nor a keras-hub preset config (class_name)")
   raise CheckpointError(f"{directory}: model_type {model_type!r} is not supported "
-                        "(supported: xlm-roberta)")
+                        "(supported: xlm-roberta, electra)")
 
 
-def load(source: str | os.PathLike, *, dtype="float32", sequence_length: int | None = None,
-         load_weights: bool = True, task: str = "fill_mask"):
-  """Loads a checkpoint directory, handle or preset name.
-
-  Returns the task module (`XLMRobertaMaskedLM` for task="fill_mask"), or its
-  backbone alone for task="backbone" (no head weights needed).
-  """
-  directory = resolve(source)
-  fmt, family = detect(directory)
+def _load_xlm_roberta(directory, *, task, **kwargs):
+  if task is None:
+    raw = _read_json(directory / "config.json")
+    has_head = ("XLMRobertaForMaskedLM" in (raw.get("architectures") or [])
+                or (directory / "task.weights.h5").exists())
+    if "class_name" not in raw and kwargs.get("load_weights", True):
+      has_head = any(_hf_key(k).startswith("lm_head.") for k in safetensors_keys(directory))
+    task = "fill_mask" if has_head else "backbone"
   if task not in ("fill_mask", "backbone"):
-    raise CheckpointError(f"unknown task {task!r} for {family} (fill_mask, backbone)")
-  loader = {("hf", "xlm_roberta"): load_xlm_roberta_hf,
-            ("keras_hub", "xlm_roberta"): load_xlm_roberta_keras_hub}[(fmt, family)]
-  model = loader(directory, dtype=dtype, sequence_length=sequence_length,
-                 load_weights=load_weights, task=task)
+    raise CheckpointError(f"unknown task {task!r} for XLM-RoBERTa (fill_mask, backbone)")
+  loader = (load_xlm_roberta_keras_hub if "class_name" in _read_json(directory / "config.json")
+            else load_xlm_roberta_hf)
+  model = loader(directory, task=task, **kwargs)
   return model.backbone if task == "backbone" else model
 
 
-__all__ = ["CheckpointError", "resolve", "detect", "load", "read_safetensors", "read_keras_h5",
-           "assign_strict", "load_xlm_roberta_hf", "load_xlm_roberta_keras_hub"]
+def load(source: str | os.PathLike, *, dtype="float32", sequence_length: int | None = None,
+         load_weights: bool = True, task: str | None = None):
+  """Loads a checkpoint directory, handle or preset name as a task module.
 
+  task: None (the checkpoint's own), or "fill_mask", "backbone" (XLM-RoBERTa:
+  the backbone alone), "replaced_token_detection", "embedding" (ELECTRA).
+  """
+  directory = resolve(source)
+  _, family = detect(directory)
+  kwargs = dict(dtype=dtype, sequence_length=sequence_length, load_weights=load_weights, task=task)
+  if family == "electra":
+    return load_electra_hf(directory, **kwargs)
+  return _load_xlm_roberta(directory, **kwargs)
+
+
+__all__ = ["CheckpointError", "resolve", "detect", "load", "read_safetensors", "read_keras_h5",
+           "assign_strict", "load_xlm_roberta_hf", "load_xlm_roberta_keras_hub", "load_electra_hf"]

@@ -25,6 +25,45 @@ _WHITE_SPACE = (r"[\t\n\x{0C}\r \x{85}\x{A0}\x{1680}\x{2000}-\x{200A}"
 DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
 
 
+def split_special_tokens(text: tf.Tensor, tokens: Sequence[str], ids: Sequence[int]):
+  """Splits raw text on literal special tokens, as the upstream added-token matcher does.
+
+  Args:
+    text: string [B].
+
+  Returns:
+    (pieces RaggedTensor string [B, (P)], special_id int32 [total P], -1 where a
+    piece is ordinary text).
+  """
+  pattern = "|".join(re.escape(t) for t in tokens)
+  pieces = tf_text.regex_split(text, pattern, pattern)                        # [B, (P)]
+  flat = pieces.flat_values
+  special_id = tf.fill(tf.shape(flat), -1)
+  for token, token_id in zip(tokens, ids):
+    special_id = tf.where(tf.equal(flat, token), token_id, special_id)
+  return pieces, special_id
+
+
+def merge_pieces(pieces: tf.RaggedTensor, special_id: tf.Tensor,
+                 piece_ids: tf.RaggedTensor) -> tf.RaggedTensor:
+  """Puts each special piece's id in place of its (empty) tokenization.
+
+  Args:
+    pieces: string [B, (P)] from split_special_tokens.
+    special_id: int32 [total P].
+    piece_ids: int32 [total P, (n)], the ids of each ordinary piece (empty rows
+      for special pieces).
+
+  Returns:
+    int32 [B, (ids)].
+  """
+  is_special = special_id >= 0
+  special_rows = tf.RaggedTensor.from_row_lengths(
+      tf.boolean_mask(special_id, is_special), tf.cast(is_special, tf.int64))
+  per_piece = tf.concat([special_rows, tf.cast(piece_ids, tf.int32)], axis=1)   # [P, (n)]
+  return tf.RaggedTensor.from_row_splits(per_piece, pieces.row_splits).merge_dims(1, 2)
+
+
 def bucket_lengths_for(sequence_length: int, buckets: Sequence[int] = DEFAULT_BUCKETS) -> tuple:
   """The padded lengths a batch may take: buckets below sequence_length, then it."""
   if sequence_length < 3:
@@ -83,11 +122,9 @@ class XLMRobertaTokenizer(tf.Module):
     self.vocabulary_size = self.sp_vocabulary_size + 2
     self._specials = self.special_tokens + ("<mask>",)
     self._special_ids = (0, 1, 2, 3, self.mask_token_id)
-    self._split_pattern = "|".join(re.escape(t) for t in self._specials)
 
-  @property
-  def mask_token(self) -> str:
-    return "<mask>"
+  mask_token = "<mask>"
+  unk_token = "<unk>"
 
   def tokenize(self, text: tf.Tensor) -> tf.RaggedTensor:
     """Tokenizes without adding `<s>`/`</s>`.
@@ -103,18 +140,9 @@ class XLMRobertaTokenizer(tf.Module):
                                         replacement_char=0xFFFD)
     text = tf.strings.regex_replace(text, _WHITE_SPACE, " ")
     text = tf.strings.regex_replace(text, "\\x00", self._nul_stand_in)
-    pieces = tf_text.regex_split(text, self._split_pattern, self._split_pattern)  # [B, (P)]
-    flat = pieces.flat_values                                                    # [P]
-    special_id = tf.fill(tf.shape(flat), -1)
-    for token, token_id in zip(self._specials, self._special_ids):
-      special_id = tf.where(tf.equal(flat, token), token_id, special_id)
-    is_special = special_id >= 0
-    sp_ids = self._sp.tokenize(tf.where(is_special, "", flat))                    # [P, (n)]
-    ids = tf.where(sp_ids == 0, self.unk_token_id, sp_ids + 1)
-    special_rows = tf.RaggedTensor.from_row_lengths(
-        tf.boolean_mask(special_id, is_special), tf.cast(is_special, tf.int64))
-    per_piece = tf.concat([special_rows, ids], axis=1)                            # [P, (n)]
-    return tf.RaggedTensor.from_row_splits(per_piece, pieces.row_splits).merge_dims(1, 2)
+    pieces, special_id = split_special_tokens(text, self._specials, self._special_ids)
+    sp_ids = self._sp.tokenize(tf.where(special_id >= 0, "", pieces.flat_values))  # [P, (n)]
+    return merge_pieces(pieces, special_id, tf.where(sp_ids == 0, self.unk_token_id, sp_ids + 1))
 
   def __call__(self, text: tf.Tensor) -> tf.RaggedTensor:
     return self.tokenize(text)
@@ -196,3 +224,208 @@ class XLMRobertaPreprocessor(tf.Module):
                     axis=1)
     token_ids, padding_mask = pad_to_bucket(ids, tok.pad_token_id, self.bucket_lengths)
     return {"token_ids": token_ids, "padding_mask": padding_mask}
+
+
+# ---------------------------------------------------------------------------
+# WordPiece (BERT / ELECTRA), matching the upstream `BertNormalizer`,
+# `BertPreTokenizer` and `WordPiece` of the `tokenizers` library.
+
+# Code points the upstream counts as CJK ideographs, each split into its own word.
+_CJK = (r"\x{4E00}-\x{9FFF}\x{3400}-\x{4DBF}\x{20000}-\x{2A6DF}\x{2A700}-\x{2B73F}"
+        r"\x{2B740}-\x{2B81F}\x{2B920}-\x{2CEAF}\x{F900}-\x{FAFF}\x{2F800}-\x{2FA1F}")
+# ASCII punctuation (which includes symbols like $ + < = > ^ ` | ~) and Unicode P*.
+_PUNCTUATION = r"[!-/:-@\[-`{-~\p{P}]"
+
+
+class WordPieceTokenizer(tf.Module):
+  """BERT's uncased (or cased) WordPiece, in the graph.
+
+  Steps, in the upstream order: special tokens written in the raw text are
+  split out; each other piece is cleaned (control characters, U+0000 and
+  U+FFFD removed, whitespace made a space), CJK ideographs spaced, accents
+  stripped (NFD, drop Mn) and lower-cased when `lowercase`; split on
+  whitespace and punctuation; each word goes through FastWordpiece, and a
+  word of more than `max_chars_per_word` characters becomes `[UNK]`.
+  Invalid UTF-8 is replaced by U+FFFD first (which cleaning then removes).
+  """
+
+  def __init__(self, vocabulary: Sequence[str], *, lowercase: bool = True,
+               strip_accents: bool | None = None, max_chars_per_word: int = 100,
+               unk_token: str = "[UNK]", cls_token: str = "[CLS]", sep_token: str = "[SEP]",
+               pad_token: str = "[PAD]", mask_token: str = "[MASK]", suffix_indicator: str = "##",
+               name: str | None = None):
+    super().__init__(name=name)
+    vocabulary = [str(v) for v in vocabulary]
+    index = {token: i for i, token in enumerate(vocabulary)}
+    missing = [t for t in (unk_token, cls_token, sep_token, pad_token, mask_token) if t not in index]
+    if missing:
+      raise ValueError(f"vocabulary lacks special tokens {missing}")
+    self.vocabulary = vocabulary
+    self.vocabulary_size = len(vocabulary)
+    self.lowercase = lowercase
+    self.strip_accents = lowercase if strip_accents is None else strip_accents
+    self.max_chars_per_word = max_chars_per_word
+    self.unk_token, self.cls_token, self.sep_token = unk_token, cls_token, sep_token
+    self.pad_token, self.mask_token = pad_token, mask_token
+    self.unk_token_id, self.cls_token_id = index[unk_token], index[cls_token]
+    self.sep_token_id, self.pad_token_id = index[sep_token], index[pad_token]
+    self.mask_token_id = index[mask_token]
+    self._specials = (unk_token, cls_token, sep_token, pad_token, mask_token)
+    self._special_ids = tuple(index[t] for t in self._specials)
+    with self.name_scope:
+      self._wordpiece = tf_text.FastWordpieceTokenizer(
+          vocab=vocabulary, suffix_indicator=suffix_indicator,
+          max_bytes_per_word=4 * max_chars_per_word, token_out_type=tf.int32,
+          unknown_token=unk_token, no_pretokenization=True, support_detokenization=True)
+      self._tokens = tf.constant(vocabulary)
+
+  def normalize(self, text: tf.Tensor) -> tf.Tensor:
+    """The upstream BertNormalizer on string [...]."""
+    text = tf.strings.regex_replace(text, r"[\t\n\r\p{Zs}]", " ")
+    text = tf.strings.regex_replace(text, r"[\x{0}\x{FFFD}\p{Cc}\p{Cf}\p{Co}]", "")
+    text = tf.strings.regex_replace(text, f"([{_CJK}])", r" \1 ")
+    if self.strip_accents:
+      text = tf.strings.regex_replace(tf_text.normalize_utf8(text, "NFD"), r"\p{Mn}", "")
+    if self.lowercase:
+      # Per character, as upstream: no final-sigma rule (ΣΑΣ -> σασ).
+      text = tf.strings.lower(tf.strings.regex_replace(text, "Σ", "σ"), encoding="utf-8")
+    return text
+
+  def words(self, text: tf.Tensor) -> tf.RaggedTensor:
+    """Normalized words of string [N]: RaggedTensor string [N, (words)]."""
+    return tf_text.regex_split(self.normalize(text), rf"[ \x{{2028}}\x{{2029}}]+|{_PUNCTUATION}",
+                               _PUNCTUATION)
+
+  def tokenize(self, text: tf.Tensor) -> tf.RaggedTensor:
+    """string [B] -> int32 RaggedTensor [B, (tokens)], no [CLS]/[SEP] added."""
+    text = tf.convert_to_tensor(text, tf.string)
+    text = tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace",
+                                        replacement_char=0xFFFD)
+    # regex_split stops at U+0000; cleaning removes both it and U+FFFD anyway.
+    text = tf.strings.regex_replace(text, r"\x00", "\ufffd")
+    pieces, special_id = split_special_tokens(text, self._specials, self._special_ids)
+    words = self.words(tf.where(special_id >= 0, "", pieces.flat_values))         # [P, (W)]
+    word_ids = self._wordpiece.tokenize(words.flat_values)                         # [W, (n)]
+    too_long = tf.strings.length(words.flat_values, unit="UTF8_CHAR") > self.max_chars_per_word
+    word_ids = _replace_rows(word_ids, too_long, self.unk_token_id)
+    piece_ids = tf.RaggedTensor.from_row_splits(word_ids, words.row_splits).merge_dims(1, 2)
+    return merge_pieces(pieces, special_id, piece_ids)
+
+  def __call__(self, text: tf.Tensor) -> tf.RaggedTensor:
+    return self.tokenize(text)
+
+  def detokenize(self, ids) -> tf.Tensor:
+    """Ids int [B, L] (dense or ragged) -> string [B]; special tokens dropped."""
+    if not isinstance(ids, tf.RaggedTensor):
+      ids = tf.RaggedTensor.from_tensor(tf.convert_to_tensor(ids))
+    ids = tf.cast(ids, tf.int32)
+    special = tf.constant([i for i in self._special_ids if i != self.unk_token_id], tf.int32)
+    keep = tf.ragged.map_flat_values(
+        lambda v: tf.reduce_all(v[:, None] != special[None, :], axis=1)
+        & (v >= 0) & (v < self.vocabulary_size), ids)
+    return self._wordpiece.detokenize(tf.ragged.boolean_mask(ids, keep))
+
+  def id_to_token(self, ids: tf.Tensor) -> tf.Tensor:
+    """Each id's vocabulary entry (`##ing`): int [...] -> string [...], "" out of range."""
+    ids = tf.cast(tf.convert_to_tensor(ids), tf.int32)
+    inside = (ids >= 0) & (ids < self.vocabulary_size)
+    return tf.where(inside, tf.gather(self._tokens, tf.where(inside, ids, 0)), "")
+
+  def id_to_text(self, ids: tf.Tensor) -> tf.Tensor:
+    """Each id as readable text (`##ing` -> `ing`): int [...] -> string [...]."""
+    tokens = self.id_to_token(ids)
+    return tf.strings.regex_replace(tokens, "^##", "")
+
+
+def _replace_rows(rows: tf.RaggedTensor, where: tf.Tensor, value: int) -> tf.RaggedTensor:
+  """Replaces the rows of ragged [N, (n)] flagged in `where` [N] by [value]."""
+  lengths = tf.where(where, tf.ones_like(rows.row_lengths()), rows.row_lengths())
+  keep = tf.repeat(~where, rows.row_lengths())
+  kept = tf.RaggedTensor.from_row_lengths(tf.boolean_mask(rows.flat_values, keep),
+                                          tf.where(where, tf.zeros_like(lengths), lengths))
+  fill = tf.RaggedTensor.from_row_lengths(
+      tf.fill([tf.reduce_sum(tf.cast(where, tf.int32))], tf.cast(value, rows.dtype)),
+      tf.cast(where, tf.int64))
+  return tf.concat([fill, kept], axis=1)
+
+
+def truncate_longest_first(first: tf.RaggedTensor, second: tf.RaggedTensor, budget: int):
+  """The upstream "longest_first" rule for a pair, row by row.
+
+  The shorter row keeps what it has if the longer one can make room; otherwise
+  both get budget // 2 and the longer one the odd token (the second row on a tie).
+
+  Args:
+    first, second: ragged [B, (n)].
+    budget: tokens both may keep together (specials excluded).
+
+  Returns:
+    (first, second) truncated.
+  """
+  n_first, n_second = first.row_lengths(), second.row_lengths()
+  swap = n_first > n_second
+  short, long = tf.minimum(n_first, n_second), tf.maximum(n_first, n_second)
+  long_keep = tf.where(short > budget, short, tf.maximum(short, budget - short))
+  short_keep = short
+  over = short_keep + long_keep > budget
+  short_keep = tf.where(over, tf.cast(budget // 2, tf.int64), short_keep)
+  long_keep = tf.where(over, tf.cast(budget // 2 + budget % 2, tf.int64), long_keep)
+  keep_first = tf.where(swap, long_keep, short_keep)
+  keep_second = tf.where(swap, short_keep, long_keep)
+  return _keep_first_n(first, keep_first), _keep_first_n(second, keep_second)
+
+
+def _keep_first_n(rows: tf.RaggedTensor, keep: tf.Tensor) -> tf.RaggedTensor:
+  """Keeps the first keep[i] items of row i (all of it if shorter)."""
+  mask = tf.ragged.range(rows.row_lengths()) < tf.expand_dims(keep, 1)
+  return tf.ragged.boolean_mask(rows, mask)
+
+
+class BertPreprocessor(tf.Module):
+  """`[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]` with segment ids, bucket-padded.
+
+  Truncation as upstream: a single text keeps its first sequence_length - 2
+  tokens; a pair is cut with the "longest first" rule.
+  """
+
+  def __init__(self, tokenizer: WordPieceTokenizer, sequence_length: int = 512,
+               bucket_lengths: Sequence[int] | None = None, *, name: str | None = None):
+    super().__init__(name=name)
+    self.tokenizer = tokenizer
+    self.sequence_length = int(sequence_length)
+    self.bucket_lengths = (bucket_lengths_for(self.sequence_length) if bucket_lengths is None
+                           else bucket_lengths_for(self.sequence_length, bucket_lengths))
+
+  def __call__(self, text: tf.Tensor, text_pair: tf.Tensor | None = None) -> dict:
+    """Preprocesses a batch.
+
+    Args:
+      text: string [B].
+      text_pair: optional string [B], the second segment.
+
+    Returns:
+      {"token_ids", "segment_ids", "padding_mask"}: int32 [B, L], L a bucket length.
+    """
+    tok = self.tokenizer
+    first = tok.tokenize(text)
+    batch = first.nrows()
+    cls = tf.RaggedTensor.from_tensor(tf.fill(tf.stack([batch, 1]), tok.cls_token_id))
+    sep = tf.RaggedTensor.from_tensor(tf.fill(tf.stack([batch, 1]), tok.sep_token_id))
+    if text_pair is None:
+      first = first[:, : self.sequence_length - 2]
+      ids = tf.concat([cls, first, sep], axis=1)
+      segments = tf.zeros_like(ids)
+    else:
+      text_pair = tf.convert_to_tensor(text_pair, tf.string)
+      tf.debugging.assert_equal(tf.shape(text_pair), tf.shape(tf.convert_to_tensor(text)),
+                                message="text_pair must have the same shape as text")
+      second = tok.tokenize(text_pair)
+      first, second = truncate_longest_first(first, second, self.sequence_length - 3)
+      first_part = tf.concat([cls, first, sep], axis=1)
+      second_part = tf.concat([second, sep], axis=1)
+      ids = tf.concat([first_part, second_part], axis=1)
+      segments = tf.concat([tf.zeros_like(first_part), tf.ones_like(second_part)], axis=1)
+    token_ids, padding_mask = pad_to_bucket(ids, tok.pad_token_id, self.bucket_lengths)
+    segment_ids = segments.to_tensor(0, shape=tf.shape(token_ids))
+    return {"token_ids": token_ids, "segment_ids": tf.cast(segment_ids, tf.int32),
+            "padding_mask": padding_mask}

@@ -11,7 +11,8 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from tfhub_models import layers
+from tfhub_models import layers, tasks
+from tfhub_models.tasks import find_masks
 from tfhub_models.tokenizers import XLMRobertaPreprocessor, XLMRobertaTokenizer
 
 
@@ -134,8 +135,11 @@ class XLMRobertaBackbone(tf.Module):
       token_ids, padding_mask = token_ids["token_ids"], token_ids["padding_mask"]
     token_ids = tf.cast(token_ids, tf.int32)
     real = tf.cast(tf.cast(padding_mask, tf.bool), tf.int32)             # [B, L]
-    # As upstream: real tokens count from pad_token_id + 1, padding sits at pad_token_id.
-    positions = tf.cumsum(real, axis=1) * real + self.config.pad_token_id
+    # As upstream: positions count the ids that are not <pad> from
+    # pad_token_id + 1, and every <pad> id sits at pad_token_id, a literal
+    # "<pad>" in the text included (keras-hub counts 0..L-1 instead).
+    not_pad = tf.cast(token_ids != self.config.pad_token_id, tf.int32)
+    positions = tf.cumsum(not_pad, axis=1) * not_pad + self.config.pad_token_id
     x = (self.token_embedding(token_ids) + self.position_embedding(positions)
          + self.type_embedding(tf.zeros_like(token_ids)))               # [B, L, D]
     x = layers.dropout(self.embeddings_layer_norm(x), self.config.dropout, training)
@@ -172,23 +176,6 @@ class XLMRobertaMaskedLMHead(tf.Module):
     # Exact GELU whatever the config's hidden_act, as upstream's LM head.
     x = self.layer_norm(layers.gelu(self.dense(x)))
     return tf.cast(self.token_embedding.attend(x) + self.bias, tf.float32)
-
-
-def find_masks(token_ids: tf.Tensor, mask_token_id: int):
-  """Positions of the mask token in each row.
-
-  Args:
-    token_ids: int32 [B, L].
-
-  Returns:
-    (mask_positions int32 [B, M], num_masks int32 [B]); M = most masks in a row,
-    rows with fewer are padded with position 0.
-  """
-  is_mask = tf.equal(token_ids, mask_token_id)
-  where = tf.cast(tf.where(is_mask), tf.int32)                          # [n, 2]
-  positions = tf.RaggedTensor.from_value_rowids(
-      where[:, 1], where[:, 0], nrows=tf.shape(token_ids, out_type=tf.int32)[0])
-  return positions.to_tensor(0), tf.cast(positions.row_lengths(), tf.int32)
 
 
 class XLMRobertaMaskedLM(tf.Module):
@@ -239,40 +226,13 @@ class XLMRobertaMaskedLM(tf.Module):
     sequence_output = self.backbone(token_ids, padding_mask, training=training)
     return self.head(sequence_output, mask_positions)
 
-  def top_k(self, token_ids, padding_mask, top_k: int):
-    """The numeric core of fill-mask (compiled with XLA in exports).
-
-    Returns:
-      dict: top_k_ids int32 [B, M, K], top_k_scores float32 [B, M, K]
-      (probabilities), num_masks int32 [B]; M = most masks in a row.
-    """
-    mask_positions, num_masks = find_masks(token_ids, self.tokenizer.mask_token_id)
-    logits = self(token_ids, padding_mask, mask_positions)
-    scores, ids = tf.math.top_k(tf.nn.softmax(logits, axis=-1), k=top_k)
-    valid = tf.range(tf.shape(mask_positions)[1])[None, :] < num_masks[:, None]   # [B, M]
-    return {
-        "top_k_ids": tf.where(valid[..., None], ids, -1),
-        "top_k_scores": tf.where(valid[..., None], scores, 0.0),
-        "num_masks": num_masks,
-    }
+  def top_k(self, token_ids, padding_mask, top_k: int) -> dict:
+    """Top-k fillers of every mask; see tasks.top_k_fillers."""
+    return tasks.top_k_fillers(self, token_ids, padding_mask, top_k)
 
   def fill_mask(self, texts: Sequence[str], top_k: int = 5) -> list:
-    """Fills every `<mask>` of each text (eager convenience API).
-
-    Returns:
-      One list per text, one list per mask, of {"token_id", "token", "score"}.
-    """
-    inputs = self.preprocessor(tf.constant(list(texts), tf.string))
-    out = self.top_k(inputs["token_ids"], inputs["padding_mask"],
-                     min(top_k, self.backbone.config.vocabulary_size))
-    tokens = self.tokenizer.id_to_text(tf.maximum(out["top_k_ids"], 0)).numpy()
-    ids, scores = out["top_k_ids"].numpy(), out["top_k_scores"].numpy()
-    answers = []
-    for b, count in enumerate(out["num_masks"].numpy()):
-      answers.append([[{"token_id": int(ids[b, m, k]), "token": tokens[b, m, k].decode("utf-8"),
-                        "score": float(scores[b, m, k])} for k in range(ids.shape[2])]
-                      for m in range(count)])
-    return answers
+    """Fills every `<mask>` of each text; see tasks.fill_mask."""
+    return tasks.fill_mask(self, texts, top_k)
 
 
 def random_task(config: XLMRobertaConfig, tokenizer: XLMRobertaTokenizer, *,

@@ -3,9 +3,12 @@
 
   python scripts/export.py --checkpoint DIR|hf://ORG/NAME|kaggle://... --output BASE
       [--name NAME] [--version N] [--top-k K] [--sequence-length L] [--no-xla]
+      [--task fill_mask|replaced_token_detection|embedding] [--pair] [--format serving|hub]
   python scripts/export.py --preset xlm_roberta_base_multi --random-weights --output BASE
 
-Writes BASE/NAME/VERSION atomically and prints its path.
+Writes BASE/NAME/VERSION atomically and prints its path.  With --format hub it
+writes a TF Hub-style encoder and preprocessor instead (VERSION/encoder,
+VERSION/preprocessor).
 """
 
 from __future__ import annotations
@@ -29,8 +32,13 @@ def parse_args(argv):
   parser.add_argument("--top-k", type=int, default=5, help="fillers per mask (default 5)")
   parser.add_argument("--sequence-length", type=int,
                       help="longest input in tokens, specials included (default: the model's)")
-  parser.add_argument("--task", choices=["fill_mask"], default=None,
-                      help="task to export (default: inferred from the checkpoint)")
+  parser.add_argument("--task", choices=["fill_mask", "replaced_token_detection", "embedding"],
+                      default=None, help="task to export (default: the checkpoint's own)")
+  parser.add_argument("--pair", action="store_true",
+                      help="ELECTRA discriminator and embedding exports: also take text_pair")
+  parser.add_argument("--format", choices=["serving", "hub"], default="serving",
+                      help="serving: signatures for TF Serving (default); hub: a TF Hub-style "
+                           "encoder and preprocessor for fine-tuning")
   parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
   parser.add_argument("--no-xla", action="store_true",
                       help="do not compile with XLA (for servers started without "
@@ -38,8 +46,9 @@ def parse_args(argv):
   parser.add_argument("--random-weights", action="store_true",
                       help="with --preset: random weights (no download)")
   parser.add_argument("--vocabulary",
-                      help="with --random-weights: SentencePiece model to use (default: a small "
-                           "embedded demo vocabulary; vocabulary_size then follows it)")
+                      help="with --random-weights: the SentencePiece model (XLM-RoBERTa) or "
+                           "vocab.txt (ELECTRA) to use (default: a small embedded demo "
+                           "vocabulary; vocabulary_size then follows it)")
   parser.add_argument("--warmup-batch-sizes", default="1,2,4,8",
                       help="batch sizes the warmup requests cover (default 1,2,4,8)")
   args = parser.parse_args(argv)
@@ -62,30 +71,45 @@ def parse_args(argv):
 
 def build_task(args):
   from tfhub_models import checkpoints, demo
-  from tfhub_models.models import xlm_roberta
+  from tfhub_models.models import electra, xlm_roberta
 
+  # --format hub exports the encoder: any checkpoint's backbone will do.
+  task = "embedding" if args.format == "hub" and args.task is None else args.task
   if args.checkpoint:
-    task = checkpoints.load(args.checkpoint, dtype=args.dtype,
-                            sequence_length=args.sequence_length)
+    model = checkpoints.load(args.checkpoint, dtype=args.dtype,
+                             sequence_length=args.sequence_length, task=task)
     name = args.name or os.path.basename(os.path.normpath(args.checkpoint.split("://")[-1]))
-    return task, name
-  if args.preset not in xlm_roberta.PRESETS:
+    return model, name
+  presets = {**xlm_roberta.PRESETS, **electra.PRESETS}
+  if args.preset not in presets:
     raise checkpoints.CheckpointError(
-        f"unknown preset {args.preset!r}; known: {', '.join(sorted(xlm_roberta.PRESETS))}")
+        f"unknown preset {args.preset!r}; known: {', '.join(sorted(presets))}")
   if not args.random_weights:
-    task = checkpoints.load(args.preset, dtype=args.dtype, sequence_length=args.sequence_length)
-    return task, args.name or args.preset
+    model = checkpoints.load(args.preset, dtype=args.dtype, sequence_length=args.sequence_length,
+                             task=task)
+    return model, args.name or args.preset
+  vocabulary = None
   if args.vocabulary:
     try:
       with open(args.vocabulary, "rb") as f:
-        proto = f.read()
+        vocabulary = f.read()
     except OSError as e:
       raise checkpoints.CheckpointError(f"--vocabulary: {e.strerror}: {args.vocabulary}") from None
-  else:
-    proto = demo.demo_sentencepiece()
-  task = demo.random_xlm_roberta(xlm_roberta.PRESETS[args.preset], proto, dtype=args.dtype,
-                                 sequence_length=args.sequence_length)
-  return task, args.name or args.preset
+  if args.preset in xlm_roberta.PRESETS:
+    if task not in (None, "fill_mask", "embedding"):
+      raise checkpoints.CheckpointError(f"XLM-RoBERTa has no {task} task")
+    model = demo.random_xlm_roberta(xlm_roberta.PRESETS[args.preset],
+                                    vocabulary or demo.demo_sentencepiece(), dtype=args.dtype,
+                                    sequence_length=args.sequence_length)
+    if task == "embedding":
+      model = xlm_roberta.XLMRobertaEncoder(model.backbone, model.preprocessor)
+    return model, args.name or args.preset
+  words = (vocabulary.decode("utf-8").splitlines() if vocabulary
+           else demo.demo_wordpiece_vocabulary())
+  model = demo.random_electra(electra.PRESETS[args.preset], words,
+                              task or electra.PRESET_TASKS[args.preset], dtype=args.dtype,
+                              sequence_length=args.sequence_length)
+  return model, args.name or args.preset
 
 
 def main(argv=None) -> int:
@@ -94,10 +118,14 @@ def main(argv=None) -> int:
 
   try:
     task, name = build_task(args)
-    path = export.export(task, args.output, name, args.version, export.ExportOptions(
-        top_k=args.top_k, jit_compile=not args.no_xla,
-        warmup_batch_sizes=args.warmup_batch_sizes))
-  except (checkpoints.CheckpointError, FileExistsError, ValueError) as e:
+    options = export.ExportOptions(top_k=args.top_k, jit_compile=not args.no_xla,
+                                   warmup_batch_sizes=args.warmup_batch_sizes, pair=args.pair)
+    if args.format == "hub":
+      from tfhub_models import hub
+      path = hub.export_hub(task, args.output, name, args.version)
+    else:
+      path = export.export(task, args.output, name, args.version, options)
+  except (checkpoints.CheckpointError, FileExistsError, ValueError, TypeError) as e:
     print("error: " + " ".join(str(e).split()), file=sys.stderr)  # one line
     return 1
   except OSError as e:

@@ -556,11 +556,14 @@ def _load_xlm_roberta(directory, *, task, **kwargs):
     if "class_name" not in raw and kwargs.get("load_weights", True):
       has_head = any(_hf_key(k).startswith("lm_head.") for k in safetensors_keys(directory))
     task = "fill_mask" if has_head else "backbone"
-  if task not in ("fill_mask", "backbone"):
-    raise CheckpointError(f"unknown task {task!r} for XLM-RoBERTa (fill_mask, backbone)")
+  if task not in ("fill_mask", "backbone", "embedding"):
+    raise CheckpointError(f"unknown task {task!r} for XLM-RoBERTa (fill_mask, backbone, "
+                          "embedding)")
   loader = (load_xlm_roberta_keras_hub if "class_name" in _read_json(directory / "config.json")
             else load_xlm_roberta_hf)
-  model = loader(directory, task=task, **kwargs)
+  model = loader(directory, task="fill_mask" if task == "fill_mask" else "backbone", **kwargs)
+  if task == "embedding":
+    return xlm_roberta.XLMRobertaEncoder(model.backbone, model.preprocessor)
   return model.backbone if task == "backbone" else model
 
 
@@ -568,8 +571,9 @@ def load(source: str | os.PathLike, *, dtype="float32", sequence_length: int | N
          load_weights: bool = True, task: str | None = None):
   """Loads a checkpoint directory, handle or preset name as a task module.
 
-  task: None (the checkpoint's own), or "fill_mask", "backbone" (XLM-RoBERTa:
-  the backbone alone), "replaced_token_detection", "embedding" (ELECTRA).
+  task: None (the checkpoint's own), "fill_mask", "embedding" (backbone and
+  preprocessor, no head), "backbone" (XLM-RoBERTa: the backbone alone), or
+  "replaced_token_detection" (ELECTRA).
   """
   directory = resolve(source)
   _, family = detect(directory)

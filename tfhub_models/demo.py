@@ -48,3 +48,50 @@ def random_xlm_roberta(config: xlm_roberta.XLMRobertaConfig, proto: bytes, *,
   tokenizer = XLMRobertaTokenizer(proto)
   config = dataclasses.replace(config, vocabulary_size=tokenizer.vocabulary_size)
   return xlm_roberta.random_task(config, tokenizer, dtype=dtype, sequence_length=sequence_length)
+
+
+@functools.lru_cache(maxsize=1)
+def demo_wordpiece_vocabulary() -> tuple:
+  """An uncased WordPiece vocabulary built from the demo corpus, no trainer needed.
+
+  The specials, every character of the normalized corpus alone and as a
+  `##` continuation (so every corpus word can be spelled), then the corpus
+  words by frequency.
+  """
+  import collections
+  import unicodedata
+
+  words = collections.Counter()
+  for line in CORPUS.read_text(encoding="utf-8").splitlines():
+    text = "".join(c for c in unicodedata.normalize("NFD", line.lower())
+                   if unicodedata.category(c) != "Mn")
+    for word in text.split():
+      token = ""
+      for c in word:  # punctuation stands alone, as the pre-tokenizer splits it
+        if unicodedata.category(c).startswith("P") or (c.isascii() and not c.isalnum()):
+          if token:
+            words[token] += 1
+          words[c] += 1
+          token = ""
+        else:
+          token += c
+      if token:
+        words[token] += 1
+  characters = sorted({c for word in words for c in word})
+  vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+  vocabulary += characters + ["##" + c for c in characters]
+  vocabulary += [w for w, _ in sorted(words.items(), key=lambda x: (-x[1], x[0]))
+                 if len(w) > 1]
+  return tuple(dict.fromkeys(vocabulary))
+
+
+def random_electra(config, vocabulary, task: str, *, dtype="float32",
+                   sequence_length: int | None = None):
+  """An ELECTRA task with random weights whose vocabulary size follows `vocabulary`."""
+  from tfhub_models.models import electra
+  from tfhub_models.tokenizers import WordPieceTokenizer
+
+  tokenizer = WordPieceTokenizer(list(vocabulary))
+  config = dataclasses.replace(config, vocabulary_size=tokenizer.vocabulary_size)
+  return electra.build_task(task, config, tokenizer, dtype=dtype,
+                            sequence_length=sequence_length)

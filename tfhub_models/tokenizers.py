@@ -323,7 +323,13 @@ class WordPieceTokenizer(tf.Module):
     keep = tf.ragged.map_flat_values(
         lambda v: tf.reduce_all(v[:, None] != special[None, :], axis=1)
         & (v >= 0) & (v < self.vocabulary_size), ids)
-    return self._wordpiece.detokenize(tf.ragged.boolean_mask(ids, keep))
+    text = self._wordpiece.detokenize(tf.ragged.boolean_mask(ids, keep))
+    # The upstream decode's clean-up of spaces before punctuation and contractions.
+    for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
+                          (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"),
+                          (" 're", "'re")):
+      text = tf.strings.regex_replace(text, re.escape(before), after)
+    return text
 
   def id_to_token(self, ids: tf.Tensor) -> tf.Tensor:
     """Each id's vocabulary entry (`##ing`): int [...] -> string [...], "" out of range."""

@@ -235,6 +235,20 @@ class XLMRobertaMaskedLM(tf.Module):
     return tasks.fill_mask(self, texts, top_k)
 
 
+class XLMRobertaEncoder(tf.Module):
+  """The backbone with its preprocessor (no head): for embedding and TF Hub exports."""
+
+  def __init__(self, backbone: XLMRobertaBackbone, preprocessor: XLMRobertaPreprocessor, *,
+               name: str = "xlm_roberta_encoder"):
+    super().__init__(name=name)
+    self.backbone = backbone
+    self.preprocessor = preprocessor
+
+  @property
+  def tokenizer(self) -> XLMRobertaTokenizer:
+    return self.preprocessor.tokenizer
+
+
 def random_task(config: XLMRobertaConfig, tokenizer: XLMRobertaTokenizer, *,
                 dtype="float32", sequence_length: int | None = None):
   """A fill-mask task with random weights for `config`."""
@@ -245,5 +259,6 @@ def random_task(config: XLMRobertaConfig, tokenizer: XLMRobertaTokenizer, *,
 
 __all__ = [
     "XLMRobertaConfig", "XLMRobertaBackbone", "XLMRobertaMaskedLMHead", "XLMRobertaMaskedLM",
+    "XLMRobertaEncoder",
     "PRESETS", "PRESET_HANDLES", "find_masks", "random_task",
 ]

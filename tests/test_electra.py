@@ -1,0 +1,260 @@
+"""ELECTRA against transformers: backbone, both heads, exports, TF Hub format."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import ELECTRA_CLASSES, ROOT, write_electra_checkpoint
+from tfhub_models import checkpoints, export, hub
+from tfhub_models.models import electra
+from tfhub_models.tasks import find_masks
+
+FIRST = ["The capital of France is [MASK].", "der zug fährt [MASK] [MASK] uhr", "ok", ""]
+SECOND = ["Paris has many museums.", "eins", "a much longer second segment than the first", ""]
+
+
+@pytest.fixture(scope="module")
+def electra_checkpoints(tmp_path_factory, wordpiece_dir, wordpiece_vocab):
+  """Each kind with embedding_dim != hidden_dim, plus a discriminator with equal sizes."""
+  size = len(wordpiece_vocab)
+  out = {kind: write_electra_checkpoint(tmp_path_factory.mktemp(kind), wordpiece_dir, size, kind,
+                                        seed=i)
+         for i, kind in enumerate(ELECTRA_CLASSES)}
+  out["square"] = write_electra_checkpoint(
+      tmp_path_factory.mktemp("square"), wordpiece_dir, size, "discriminator", seed=9,
+      embedding_size=32, hidden_act="relu", num_hidden_layers=3)
+  return out
+
+
+def reference(directory, kind, inputs):
+  import torch
+  import transformers
+  cls = ELECTRA_CLASSES["discriminator" if kind == "square" else kind]
+  model = getattr(transformers, cls).from_pretrained(str(directory)).eval()
+  with torch.no_grad():
+    return model(input_ids=torch.tensor(inputs["token_ids"].numpy(), dtype=torch.long),
+                 token_type_ids=torch.tensor(inputs["segment_ids"].numpy(), dtype=torch.long),
+                 attention_mask=torch.tensor(inputs["padding_mask"].numpy(), dtype=torch.long))
+
+
+def test_task_is_inferred_from_the_checkpoint(electra_checkpoints):
+  kinds = {"discriminator": electra.ElectraDiscriminator, "generator": electra.ElectraMaskedLM,
+           "model": electra.ElectraEncoder, "square": electra.ElectraDiscriminator}
+  for kind, cls in kinds.items():
+    assert type(checkpoints.load(electra_checkpoints[kind])) is cls
+  with pytest.raises(checkpoints.CheckpointError, match="needs the generator head"):
+    checkpoints.load(electra_checkpoints["discriminator"], task="fill_mask")
+  encoder = checkpoints.load(electra_checkpoints["discriminator"], task="embedding")
+  assert isinstance(encoder, electra.ElectraEncoder)
+
+
+@pytest.mark.parametrize("kind", ["discriminator", "square", "model"])
+@pytest.mark.parametrize("pair", [False, True])
+def test_backbone_and_discriminator_match_transformers(electra_checkpoints, kind, pair):
+  task = checkpoints.load(electra_checkpoints[kind])
+  inputs = task.preprocessor(tf.constant(FIRST), tf.constant(SECOND) if pair else None)
+  assert (inputs["padding_mask"].numpy() == 0).any()
+  assert (inputs["segment_ids"].numpy() == 1).any() == pair
+  expected = reference(electra_checkpoints[kind], kind, inputs)
+  real = inputs["padding_mask"].numpy().astype(bool)
+  args = (inputs["token_ids"], inputs["segment_ids"], inputs["padding_mask"])
+  if kind == "model":
+    want = expected.last_hidden_state.numpy()
+    runs = [task.backbone(*args)["sequence_output"],
+            tf.function(task.backbone.__call__, jit_compile=True)(*args)["sequence_output"]]
+    pooled = task.backbone(*args)["pooled_output"].numpy()
+    np.testing.assert_allclose(pooled, want[:, 0], atol=1e-4)      # [CLS] state, no pooler
+  else:
+    want = expected.logits.numpy()
+    runs = [task(*args), tf.function(task.__call__, jit_compile=True)(*args)]
+  for got in runs:
+    np.testing.assert_allclose(got.numpy()[real], want[real], atol=1e-4)
+
+
+def test_generator_matches_transformers(electra_checkpoints):
+  task = checkpoints.load(electra_checkpoints["generator"])
+  inputs = task.preprocessor(tf.constant(FIRST))
+  positions, counts = find_masks(inputs["token_ids"], task.tokenizer.mask_token_id)
+  assert counts.numpy().tolist() == [1, 2, 0, 0]
+  expected = reference(electra_checkpoints["generator"], "generator", inputs).logits.numpy()
+  expected = np.take_along_axis(expected, positions.numpy()[..., None], axis=1)
+  args = (inputs["token_ids"], inputs["padding_mask"], positions)
+  for got in (task(*args), tf.function(task.__call__, jit_compile=True)(*args)):
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-4)
+  answers = task.fill_mask(FIRST[:2], top_k=3)
+  assert [len(a) for a in answers] == [1, 2]
+
+
+def test_presets_are_the_public_configs():
+  small = electra.PRESETS["electra_small_discriminator_uncased_en"]
+  assert (small.embedding_dim, small.hidden_dim, small.num_heads, small.num_layers) == (
+      128, 256, 4, 12)
+  large_generator = electra.PRESETS["electra_large_generator_uncased_en"]
+  assert (large_generator.embedding_dim, large_generator.hidden_dim,
+          large_generator.num_layers) == (1024, 256, 24)
+  assert all(c.vocabulary_size == 30522 for c in electra.PRESETS.values())
+  assert len(electra.PRESETS) == 6
+
+
+# ---------------------------------------------------------------------------
+# Exports.
+
+@pytest.fixture(scope="module")
+def electra_exports(electra_checkpoints, tmp_path_factory):
+  base = tmp_path_factory.mktemp("electra_models")
+  small = dict(warmup_batch_sizes=(1, 2))
+  out = {}
+  out["discriminator"] = export.export(
+      checkpoints.load(electra_checkpoints["discriminator"], sequence_length=32), base,
+      "discriminator", options=export.ExportOptions(pair=True, **small))
+  out["generator"] = export.export(
+      checkpoints.load(electra_checkpoints["generator"], sequence_length=32), base, "generator",
+      options=export.ExportOptions(top_k=3, **small))
+  out["model"] = export.export(
+      checkpoints.load(electra_checkpoints["model"], sequence_length=32), base, "model",
+      options=export.ExportOptions(jit_compile=False, **small))
+  return out
+
+
+def test_discriminator_export_matches_eager(electra_checkpoints, electra_exports):
+  task = checkpoints.load(electra_checkpoints["discriminator"], sequence_length=32)
+  loaded = tf.saved_model.load(str(electra_exports["discriminator"]))
+  assert set(loaded.signatures) == {"serving_default", "embedding"}
+  out = loaded.signatures["serving_default"](text=tf.constant(FIRST),
+                                             text_pair=tf.constant(SECOND))
+  inputs = task.preprocessor(tf.constant(FIRST), tf.constant(SECOND))
+  np.testing.assert_array_equal(out["token_ids"].numpy(), inputs["token_ids"].numpy())
+  real = inputs["padding_mask"].numpy().astype(bool)
+  probability = tf.sigmoid(task(inputs["token_ids"], inputs["segment_ids"],
+                                inputs["padding_mask"])).numpy()
+  np.testing.assert_allclose(out["replaced_probability"].numpy()[real], probability[real],
+                             atol=1e-5)
+  assert (out["replaced_probability"].numpy()[~real] == 0).all()
+  assert out["tokens"].numpy()[0, 0] == b"[CLS]" and out["tokens"].numpy()[0, -1] == b""
+  embedded = loaded.signatures["embedding"](text=tf.constant(FIRST), text_pair=tf.constant(SECOND))
+  outputs = task.backbone(inputs["token_ids"], inputs["segment_ids"], inputs["padding_mask"])
+  np.testing.assert_allclose(embedded["sequence_output"].numpy()[real],
+                             outputs["sequence_output"].numpy()[real], atol=1e-5)
+  np.testing.assert_allclose(embedded["pooled_output"].numpy(),
+                             outputs["pooled_output"].numpy(), atol=1e-5)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="text_pair must have the same shape"):
+    loaded.signatures["serving_default"](text=tf.constant(["a", "b"]),
+                                         text_pair=tf.constant(["c"]))
+  long = " ".join(["word"] * 100)
+  out = loaded.signatures["serving_default"](text=tf.constant([long, b"\xff"]),
+                                             text_pair=tf.constant([long, ""]))
+  assert out["token_ids"].shape == (2, 32)
+
+
+def test_generator_export_fills_masks(electra_checkpoints, electra_exports):
+  task = checkpoints.load(electra_checkpoints["generator"], sequence_length=32)
+  loaded = tf.saved_model.load(str(electra_exports["generator"]))
+  assert set(loaded.signatures) == {"serving_default", "logits", "tokenize", "embedding"}
+  out = loaded.signatures["serving_default"](text=tf.constant(FIRST))
+  expected = task.fill_mask(FIRST, top_k=3)
+  assert out["num_masks"].numpy().tolist() == [1, 2, 0, 0]
+  for b, masks in enumerate(expected):
+    for m, fillers in enumerate(masks):
+      assert out["top_k_ids"].numpy()[b, m].tolist() == [f["token_id"] for f in fillers]
+      assert [t.decode() for t in out["top_k_tokens"].numpy()[b, m]] == [
+          f["token"] for f in fillers]
+
+
+@pytest.mark.parametrize("kind", ["discriminator", "generator", "model"])
+def test_check_serving_passes_on_every_electra_export(electra_exports, kind):
+  result = subprocess.run([sys.executable, "scripts/check_serving.py",
+                           str(electra_exports[kind])], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert "FastWordpieceTokenizeWithOffsets" in result.stdout
+
+
+# ---------------------------------------------------------------------------
+# TF Hub format.
+
+@pytest.mark.parametrize("source", ["electra", "xlm_roberta"])
+def test_hub_encoder_fine_tunes(source, electra_checkpoints, hf_checkpoint, tmp_path):
+  directory = electra_checkpoints["discriminator"] if source == "electra" else hf_checkpoint
+  model = checkpoints.load(directory, task="embedding", sequence_length=64)
+  path = hub.export_hub(model, tmp_path, source)
+  encoder = tf.saved_model.load(str(path / "encoder"))
+  preprocessor = tf.saved_model.load(str(path / "preprocessor"))
+  assert (path / "preprocessor" / "assets").is_dir() and any(
+      (path / "preprocessor" / "assets").iterdir())
+  assert len(encoder.variables) == len(model.backbone.variables)
+  assert list(encoder.regularization_losses) == []
+
+  first = preprocessor.tokenize(tf.constant(["the capital of france", "der zug"]))
+  second = preprocessor.tokenize(tf.constant(["is paris", "fährt ab"]))
+  packed = preprocessor.bert_pack_inputs([first, second], seq_length=16)
+  assert packed["input_word_ids"].shape == (2, 16)
+  assert preprocessor(tf.constant(["one"]))["input_mask"].shape == (1, 128)
+
+  # The encoder's answer is the backbone's.
+  outputs = encoder(packed, training=False)
+  assert set(outputs) == {"sequence_output", "pooled_output", "default"}
+  np.testing.assert_array_equal(outputs["default"].numpy(), outputs["pooled_output"].numpy())
+
+  # Fine-tuning a few steps changes the variables and lowers the loss.
+  head = tf.Variable(tf.random.stateless_normal([outputs["pooled_output"].shape[-1], 1], [1, 2],
+                                                stddev=0.1))
+  target = tf.constant([[1.0], [-1.0]])
+  trainable = list(encoder.trainable_variables) + [head]
+  before = [v.numpy().copy() for v in encoder.trainable_variables]
+  losses = []
+  for _ in range(8):
+    with tf.GradientTape() as tape:
+      pooled = encoder(packed, training=True)["pooled_output"]
+      loss = tf.reduce_mean((pooled @ head - target) ** 2)
+    for variable, gradient in zip(trainable, tape.gradient(loss, trainable)):
+      variable.assign_sub(0.02 * tf.convert_to_tensor(gradient))
+    losses.append(float(loss))
+  changed = sum(np.abs(b - v.numpy()).max() > 0 for b, v in zip(before, encoder.trainable_variables))
+  assert changed >= 0.9 * len(before)
+  assert np.mean(losses[-3:]) < losses[0]
+
+
+# ---------------------------------------------------------------------------
+# CLI.
+
+def run_export(*args):
+  return subprocess.run([sys.executable, "scripts/export.py", *map(str, args)],
+                        capture_output=True, text=True, cwd=ROOT, timeout=600,
+                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+
+
+def test_cli_task_override_pair_and_hub(electra_checkpoints, tmp_path):
+  result = run_export("--checkpoint", electra_checkpoints["discriminator"], "--output", tmp_path,
+                      "--task", "embedding", "--pair", "--sequence-length", "16", "--no-xla",
+                      "--warmup-batch-sizes", "1", "--name", "enc")
+  assert result.returncode == 0, result.stderr
+  loaded = tf.saved_model.load(result.stdout.strip().splitlines()[-1])
+  out = loaded.signatures["serving_default"](text=tf.constant(["a"]), text_pair=tf.constant(["b"]))
+  assert out["sequence_output"].shape[:2] == (1, 16)
+  result = run_export("--checkpoint", electra_checkpoints["generator"], "--output", tmp_path,
+                      "--format", "hub", "--name", "hubbed")
+  assert result.returncode == 0, result.stderr
+  path = pathlib.Path(result.stdout.strip().splitlines()[-1])
+  assert (path / "encoder" / "saved_model.pb").exists()
+  assert (path / "preprocessor" / "saved_model.pb").exists()
+  result = run_export("--checkpoint", electra_checkpoints["discriminator"], "--output", tmp_path,
+                      "--task", "fill_mask", "--name", "nope")
+  assert result.returncode == 1 and "needs the generator head" in result.stderr
+  assert not (tmp_path / "nope").exists()
+
+
+def test_cli_electra_preset_with_random_weights(tmp_path):
+  result = run_export("--preset", "electra_small_generator_uncased_en", "--random-weights",
+                      "--output", tmp_path, "--sequence-length", "16", "--no-xla",
+                      "--warmup-batch-sizes", "1")
+  assert result.returncode == 0, result.stderr
+  loaded = tf.saved_model.load(result.stdout.strip().splitlines()[-1])
+  out = loaded.signatures["serving_default"](text=tf.constant(["the [MASK] is paris"]))
+  assert out["num_masks"].numpy().tolist() == [1]

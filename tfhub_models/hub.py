@@ -1,0 +1,173 @@
+"""TF Hub-style text encoders, for people who reuse an encoder rather than serve it.
+
+Writes two SavedModels in one version directory, following TF Hub's BERT
+conventions and its Reusable SavedModel API:
+
+  VERSION/encoder       obj(inputs, training=False) on {"input_word_ids",
+                        "input_mask", "input_type_ids"} (int32 [B, L]) ->
+                        {"sequence_output" [B, L, D], "pooled_output" [B, D],
+                        "default" (= pooled_output)}, float32; obj.variables,
+                        obj.trainable_variables, obj.regularization_losses.
+  VERSION/preprocessor  obj.tokenize(text [B]) -> int32 RaggedTensor [B, (tokens)];
+                        obj.bert_pack_inputs([segment] or [first, second],
+                        seq_length=128) -> the encoder's inputs, int32 [B, seq_length];
+                        obj(text) = bert_pack_inputs([tokenize(text)], 128);
+                        obj.vocab_file, the vocabulary as an asset.
+
+Loading the encoder with `tf.saved_model.load` and training its
+`trainable_variables` with a `tf.GradientTape` fine-tunes it.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+
+import tensorflow as tf
+
+from tfhub_models.export import write_atomically
+from tfhub_models.models import electra
+from tfhub_models.tokenizers import (WordPieceTokenizer, XLMRobertaTokenizer,
+                                     truncate_longest_first)
+
+DEFAULT_SEQ_LENGTH = 128
+_INPUT_SPECS = {name: tf.TensorSpec([None, None], tf.int32, name=name)
+                for name in ("input_word_ids", "input_mask", "input_type_ids")}
+
+
+class HubEncoder(tf.Module):
+  """The Reusable SavedModel API around a backbone."""
+
+  # Plain saved attributes in place of tf.Module's computed properties, as the
+  # Reusable SavedModel API asks for lists a loaded object carries.
+  variables = None
+  trainable_variables = None
+
+  def __init__(self, backbone):
+    super().__init__(name="encoder")
+    self.backbone = backbone
+    self.variables = list(backbone.variables)
+    self.trainable_variables = list(backbone.trainable_variables)
+    self.regularization_losses = []
+
+  @tf.function
+  def __call__(self, inputs, training=False):
+    """Encodes packed inputs; see the module docstring."""
+    token_ids = inputs["input_word_ids"]
+    padding_mask = inputs["input_mask"]
+    if isinstance(self.backbone, electra.ElectraBackbone):
+      outputs = self.backbone(token_ids, inputs["input_type_ids"], padding_mask,
+                              training=training)
+      sequence, pooled = outputs["sequence_output"], outputs["pooled_output"]
+    else:  # XLM-RoBERTa has one segment type; pooled is the <s> state
+      sequence = self.backbone(token_ids, padding_mask, training=training)
+      pooled = sequence[:, 0]
+    sequence, pooled = tf.cast(sequence, tf.float32), tf.cast(pooled, tf.float32)
+    return {"sequence_output": sequence, "pooled_output": pooled, "default": pooled}
+
+
+class HubPreprocessor(tf.Module):
+  """tokenize and bert_pack_inputs, as TF Hub's BERT preprocessing models."""
+
+  def __init__(self, tokenizer, vocab_file: str):
+    super().__init__(name="preprocessor")
+    self.tokenizer = tokenizer
+    self.vocab_file = tf.saved_model.Asset(vocab_file)
+    if isinstance(tokenizer, WordPieceTokenizer):   # [CLS] a [SEP] b [SEP]
+      self._start, self._end, self._middle = tokenizer.cls_token_id, tokenizer.sep_token_id, []
+      self._second_type = 1
+    else:                                           # <s> a </s></s> b </s>
+      self._start, self._end = tokenizer.bos_token_id, tokenizer.eos_token_id
+      self._middle, self._second_type = [tokenizer.eos_token_id], 0
+    self._pad = tokenizer.pad_token_id
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+  def tokenize(self, text):
+    """string [B] -> int32 RaggedTensor [B, (tokens)], no special tokens added."""
+    return self.tokenizer.tokenize(text)
+
+  @tf.function
+  def bert_pack_inputs(self, segments, seq_length=DEFAULT_SEQ_LENGTH):
+    """Packs one or two tokenized segments into the encoder's inputs.
+
+    Args:
+      segments: list of 1 or 2 int32 RaggedTensors [B, (tokens)] (or [B, (words),
+        (pieces)]).
+      seq_length: int32 scalar, the padded length.
+
+    Returns:
+      {"input_word_ids", "input_mask", "input_type_ids"}: int32 [B, seq_length].
+    """
+    segments = [s.merge_dims(1, 2) if s.ragged_rank == 2 else s for s in segments]
+    segments = [tf.cast(s, tf.int32) for s in segments]
+    batch = segments[0].nrows()
+
+    def column(value):
+      return tf.RaggedTensor.from_tensor(tf.fill(tf.stack([batch, 1]), value))
+
+    seq_length = tf.cast(seq_length, tf.int64)
+    if len(segments) == 1:
+      first = segments[0][:, : seq_length - 2]
+      parts = [column(self._start), first, column(self._end)]
+      types = [tf.zeros_like(p) for p in parts]
+    else:
+      specials = 3 + len(self._middle)
+      first, second = truncate_longest_first(segments[0], segments[1], seq_length - specials)
+      head = [column(self._start), first, column(self._end)] + [column(m) for m in self._middle]
+      tail = [second, column(self._end)]
+      parts = head + tail
+      types = ([tf.zeros_like(p) for p in head]
+               + [tf.ones_like(p) * self._second_type for p in tail])
+    ids = tf.concat(parts, axis=1)
+    shape = tf.stack([tf.cast(batch, tf.int64), seq_length])
+    return {"input_word_ids": ids.to_tensor(self._pad, shape=shape),
+            "input_mask": tf.ones_like(ids).to_tensor(0, shape=shape),
+            "input_type_ids": tf.concat(types, axis=1).to_tensor(0, shape=shape)}
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+  def __call__(self, text):
+    return self.bert_pack_inputs([self.tokenize(text)], DEFAULT_SEQ_LENGTH)
+
+
+def _parts(model):
+  """(backbone, tokenizer) of a task module or encoder."""
+  if not hasattr(model, "backbone") or not hasattr(model, "tokenizer"):
+    raise TypeError(f"--format hub needs a model with a backbone and a tokenizer, "
+                    f"not a {type(model).__name__}")
+  return model.backbone, model.tokenizer
+
+
+def _write_vocabulary(tokenizer, directory: str) -> str:
+  if isinstance(tokenizer, XLMRobertaTokenizer):
+    path = os.path.join(directory, "sentencepiece.bpe.model")
+    with open(path, "wb") as f:
+      f.write(tokenizer.proto)
+  else:
+    path = os.path.join(directory, "vocab.txt")
+    with open(path, "w", encoding="utf-8") as f:
+      f.write("\n".join(tokenizer.vocabulary) + "\n")
+  return path
+
+
+def export_hub(model, base, name: str, version: int | None = None) -> pathlib.Path:
+  """Writes BASE/NAME/VERSION/{encoder,preprocessor} atomically; returns the version dir."""
+  backbone, tokenizer = _parts(model)
+  encoder = HubEncoder(backbone)
+  ragged = tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1)
+  length = tf.TensorSpec([], tf.int32)
+
+  def write(staging: pathlib.Path):
+    for training in (False, True):
+      encoder.__call__.get_concrete_function(_INPUT_SPECS, training=training)
+    tf.saved_model.save(encoder, str(staging / "encoder"))
+    with tempfile.TemporaryDirectory() as scratch:
+      preprocessor = HubPreprocessor(tokenizer, _write_vocabulary(tokenizer, scratch))
+      preprocessor.bert_pack_inputs.get_concrete_function([ragged], length)
+      preprocessor.bert_pack_inputs.get_concrete_function([ragged, ragged], length)
+      tf.saved_model.save(preprocessor, str(staging / "preprocessor"))
+
+  return write_atomically(base, name, version, write)
+
+
+__all__ = ["HubEncoder", "HubPreprocessor", "export_hub"]

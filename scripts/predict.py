@@ -31,28 +31,33 @@ def main(argv=None) -> int:
 
   import grpc
   import numpy as np
-  from serving.client import ServingClient, format_fill_mask
+  from serving.client import (ServingClient, fill_mask_answers, format_fill_mask,
+                              format_replaced)
 
   try:
     with ServingClient(args.server, args.model, version=args.version, label=args.label,
                        timeout=args.timeout) as client:
-      if args.signature == "serving_default":
-        answers = client.fill_mask(args.texts)
-        if args.json:
-          print(json.dumps([{"text": t, "masks": [[f.__dict__ for f in fs] for fs in masks]}
-                            for t, masks in zip(args.texts, answers)], ensure_ascii=False, indent=2))
-        else:
-          print(format_fill_mask(args.texts, answers))
-      else:
-        out = client.predict({"text": np.array([t.encode() for t in args.texts], dtype=object)},
-                             signature=args.signature)
-        print(json.dumps({k: v.tolist() if v.dtype != object else
-                          np.vectorize(lambda b: b.decode("utf-8", "replace"))(v).tolist()
-                          for k, v in out.items()}, ensure_ascii=False, indent=None if args.json else 2))
+      out = client.predict({"text": np.array([t.encode() for t in args.texts], dtype=object)},
+                           signature=args.signature)
   except grpc.RpcError as e:
     print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
     return 1
+  if args.json:
+    print(json.dumps({k: _plain(v) for k, v in out.items()}, ensure_ascii=False))
+  elif "top_k_ids" in out:
+    print(format_fill_mask(args.texts, fill_mask_answers(out)))
+  elif "replaced_probability" in out:
+    print(format_replaced(args.texts, out))
+  else:
+    print(json.dumps({k: _plain(v) for k, v in out.items()}, ensure_ascii=False, indent=2))
   return 0
+
+
+def _plain(value):
+  import numpy as np
+  if value.dtype == object:
+    return np.vectorize(lambda b: b.decode("utf-8", "replace"), otypes=[object])(value).tolist()
+  return value.tolist()
 
 
 if __name__ == "__main__":

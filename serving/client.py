@@ -92,14 +92,9 @@ class ServingClient:
     return {key: _from_proto(value) for key, value in response.outputs.items()}
 
   def fill_mask(self, texts: Sequence[str]) -> list:
-    """For each text, for each `<mask>`, the fillers best first."""
-    out = self.predict({"text": np.array([t.encode("utf-8") for t in texts], dtype=object)})
-    answers = []
-    for b, count in enumerate(out["num_masks"]):
-      answers.append([[Filler(out["top_k_tokens"][b, m, k].decode("utf-8", "replace"),
-                              int(out["top_k_ids"][b, m, k]), float(out["top_k_scores"][b, m, k]))
-                       for k in range(out["top_k_ids"].shape[2])] for m in range(int(count))])
-    return answers
+    """For each text, for each mask token, the fillers best first."""
+    return fill_mask_answers(
+        self.predict({"text": np.array([t.encode("utf-8") for t in texts], dtype=object)}))
 
   def metadata(self):
     request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
@@ -113,6 +108,29 @@ class ServingClient:
     request = get_model_status_pb2.GetModelStatusRequest()
     self._spec(request.model_spec)
     return self._call(self.models.GetModelStatus, request)
+
+
+def fill_mask_answers(out: dict) -> list:
+  """A fill-mask signature's outputs as [text][mask][rank] Fillers."""
+  answers = []
+  for b, count in enumerate(out["num_masks"]):
+    answers.append([[Filler(out["top_k_tokens"][b, m, k].decode("utf-8", "replace"),
+                            int(out["top_k_ids"][b, m, k]), float(out["top_k_scores"][b, m, k]))
+                     for k in range(out["top_k_ids"].shape[2])] for m in range(int(count))])
+  return answers
+
+
+def format_replaced(texts: Sequence[str], out: dict) -> str:
+  """A readable table of a replaced-token detection answer."""
+  lines = []
+  for b, text in enumerate(texts):
+    lines.append(text)
+    for token, probability, real in zip(out["tokens"][b], out["replaced_probability"][b],
+                                        out["padding_mask"][b]):
+      if real:
+        flag = "  replaced?" if probability > 0.5 else ""
+        lines.append(f"  {token.decode('utf-8', 'replace'):<16} {probability:.4f}{flag}")
+  return "\n".join(lines)
 
 
 def format_fill_mask(texts: Sequence[str], answers: list) -> str:

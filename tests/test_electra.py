@@ -258,3 +258,35 @@ def test_cli_electra_preset_with_random_weights(tmp_path):
   loaded = tf.saved_model.load(result.stdout.strip().splitlines()[-1])
   out = loaded.signatures["serving_default"](text=tf.constant(["the [MASK] is paris"]))
   assert out["num_masks"].numpy().tolist() == [1]
+
+
+def test_backbone_takes_keras_hub_arguments():
+  backbone = electra.ElectraBackbone(vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=8,
+                                     embedding_dim=4, intermediate_dim=16, max_sequence_length=12,
+                                     num_segments=2, dtype="bfloat16")
+  assert backbone.config.embedding_dim == 4 and backbone.embeddings_projection is not None
+  outputs = backbone({"token_ids": tf.constant([[2, 7, 3]]), "segment_ids": tf.zeros([1, 3], tf.int32),
+                      "padding_mask": tf.ones([1, 3], tf.int32)})
+  assert outputs["sequence_output"].shape == (1, 3, 8)
+  assert outputs["sequence_output"].dtype == tf.bfloat16
+
+
+def test_loading_errors_are_clear(electra_checkpoints, tmp_path):
+  import shutil
+  directory = tmp_path / "ckpt"
+  shutil.copytree(electra_checkpoints["discriminator"], directory)
+  vocabulary = (directory / "vocab.txt").read_text()
+  (directory / "vocab.txt").write_text(vocabulary + "extra\n")
+  with pytest.raises(checkpoints.CheckpointError, match=r"vocab.txt has \d+ entries but"):
+    checkpoints.load(directory)
+  (directory / "vocab.txt").unlink()
+  with pytest.raises(checkpoints.CheckpointError, match="no vocab.txt"):
+    checkpoints.load(directory)
+  (directory / "vocab.txt").write_text(vocabulary)
+  from safetensors.numpy import load_file, save_file
+  weights = load_file(str(directory / "model.safetensors"))
+  weights.pop("electra.embeddings_project.weight")
+  save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r"missing weights: embeddings_project\.weight"):
+    checkpoints.load(directory)

@@ -276,14 +276,18 @@ class FillMaskServingModule(_ServingModule):
     return logs
 
 
-class ReplacedTokenServingModule(_ServingModule):
-  """ELECTRA discriminator: serving_default (replaced-token probabilities), embedding."""
+class TextServingModule(_ServingModule):
+  """ELECTRA discriminator or encoder: serving_default and embedding.
 
-  def __init__(self, task: electra.ElectraDiscriminator, options: ExportOptions = ExportOptions()):
-    super().__init__(task, options, name="replaced_token_serving")
+  serving_default answers replaced-token probabilities for a discriminator
+  (`detect=True`), and the embedding outputs for an encoder.
+  """
+
+  def __init__(self, task, options: ExportOptions = ExportOptions(), *, detect: bool):
+    super().__init__(task, options, name="replaced_token_serving" if detect else "embedding_serving")
     self._probability_core = tf.function(self._probability_numeric,
                                          jit_compile=options.jit_compile, autograph=False)
-    self.serving_default = _text_signature(self._detect, self.pair)
+    self.serving_default = _text_signature(self._detect if detect else self._embedding, self.pair)
     self.embedding = _text_signature(self._embedding, self.pair)
 
   def _probability_numeric(self, token_ids, segment_ids, padding_mask):
@@ -312,31 +316,14 @@ class ReplacedTokenServingModule(_ServingModule):
             + self._embedding_warmup(model_name, "embedding", (1,)))
 
 
-class EmbeddingServingModule(_ServingModule):
-  """An ELECTRA encoder with no head: serving_default and embedding, the same outputs."""
-
-  def __init__(self, task: electra.ElectraEncoder, options: ExportOptions = ExportOptions()):
-    super().__init__(task, options, name="embedding_serving")
-    self.serving_default = _text_signature(self._embedding, self.pair)
-    self.embedding = _text_signature(self._embedding, self.pair)
-
-  def signatures(self) -> dict:
-    return {"serving_default": self.serving_default.get_concrete_function(),
-            "embedding": self.embedding.get_concrete_function()}
-
-  def warmup(self, model_name: str, batch_sizes: Sequence[int]) -> list:
-    return (self._embedding_warmup(model_name, "serving_default", batch_sizes)
-            + self._embedding_warmup(model_name, "embedding", (1,)))
-
-
 def serving_module(task, options: ExportOptions = ExportOptions()) -> _ServingModule:
   """The serving module for a task module."""
   if isinstance(task, (xlm_roberta.XLMRobertaMaskedLM, electra.ElectraMaskedLM)):
     return FillMaskServingModule(task, options)
   if isinstance(task, electra.ElectraDiscriminator):
-    return ReplacedTokenServingModule(task, options)
+    return TextServingModule(task, options, detect=True)
   if isinstance(task, electra.ElectraEncoder):
-    return EmbeddingServingModule(task, options)
+    return TextServingModule(task, options, detect=False)
   raise TypeError(f"cannot export a {type(task).__name__} for serving (XLM-RoBERTa exports "
                   "need the masked-LM head)")
 

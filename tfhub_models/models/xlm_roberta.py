@@ -91,8 +91,18 @@ PRESET_HANDLES = {
 class XLMRobertaBackbone(tf.Module):
   """Token + position (+ type) embeddings, layer norm, post-norm encoder stack."""
 
-  def __init__(self, config: XLMRobertaConfig, *, dtype="float32", name: str = "backbone"):
+  def __init__(self, config: XLMRobertaConfig | None = None, *,
+               vocabulary_size: int | None = None, num_layers: int | None = None,
+               num_heads: int | None = None, hidden_dim: int | None = None,
+               intermediate_dim: int | None = None, dropout: float | None = None,
+               max_sequence_length: int | None = None, dtype="float32", name: str = "backbone"):
+    """Takes a config, or keras-hub's argument names (unset ones keep the config's)."""
     super().__init__(name=name)
+    named = dict(vocabulary_size=vocabulary_size, num_layers=num_layers, num_heads=num_heads,
+                 hidden_dim=hidden_dim, intermediate_dim=intermediate_dim, dropout=dropout,
+                 max_sequence_length=max_sequence_length)
+    config = dataclasses.replace(config or XLMRobertaConfig(),
+                                 **{k: v for k, v in named.items() if v is not None})
     self.config = config
     self.dtype = layers.as_dtype(dtype)
     c = config

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
+import numpy as np
 import sentencepiece
 import tensorflow as tf
 import tensorflow_text as tf_text
@@ -435,3 +436,198 @@ class BertPreprocessor(tf.Module):
     segment_ids = segments.to_tensor(0, shape=tf.shape(token_ids))
     return {"token_ids": token_ids, "segment_ids": tf.cast(segment_ids, tf.int32),
             "padding_mask": padding_mask}
+
+
+# ---------------------------------------------------------------------------
+# Byte-level BPE (GPT-2 / RoBERTa / BART), from core and tensorflow-text ops.
+
+def bytes_to_unicode() -> dict:
+  """GPT-2's map from the 256 byte values to printable characters (code points)."""
+  printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+               + list(range(ord("®"), ord("ÿ") + 1)))
+  mapping = {b: b for b in printable}
+  extra = 0
+  for b in range(256):
+    if b not in mapping:
+      mapping[b] = 256 + extra
+      extra += 1
+  return mapping
+
+
+# GPT-2's pre-split regex, `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+|
+# ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`, for RE2: \s as Unicode White_Space, and the
+# lookahead `\s+(?!\S)` emulated by a marker put before the last whitespace
+# character of a run that a non-space follows (the marker splits the run there
+# and is dropped).
+_BPE_SPACE = (r"\t\n\x{0B}\x{0C}\r \x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}"
+              r"\x{202F}\x{205F}\x{3000}")
+_BPE_MARK = "\ufdd0"   # a noncharacter; removed from input text first
+_BPE_PIECES = (r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^" + _BPE_SPACE + r"\p{L}\p{N}"
+               + _BPE_MARK + r"]+|[" + _BPE_SPACE + r"]+")
+
+
+def bpe_sentencepiece_model(vocabulary: dict, merges: Sequence[tuple], specials: Sequence[str]):
+  """A SentencePiece BPE model that merges as `merges` do.
+
+  Identity normaliser, no dummy prefix; every single character and every merge
+  result of the vocabulary is a piece, a merge result scored minus its merge
+  rank, so SentencePiece's "best-scored pair first" is BPE's "lowest rank first".
+
+  Returns:
+    (serialized ModelProto, [vocabulary id of each SentencePiece id]).
+  """
+  from sentencepiece import sentencepiece_model_pb2 as pb
+
+  model = pb.ModelProto()
+  model.trainer_spec.model_type = pb.TrainerSpec.BPE
+  model.trainer_spec.byte_fallback = False
+  model.normalizer_spec.name = "identity"
+  model.normalizer_spec.add_dummy_prefix = False
+  model.normalizer_spec.remove_extra_whitespaces = False
+  model.normalizer_spec.escape_whitespaces = False
+  unk = model.pieces.add()
+  unk.piece, unk.type, unk.score = "<unk>", pb.ModelProto.SentencePiece.UNKNOWN, 0.0
+  to_vocabulary = [vocabulary.get("<unk>", 0)]
+  rank_of = {}
+  for rank, (left, right) in enumerate(merges):
+    rank_of.setdefault(left + right, rank)
+  for token, index in sorted(vocabulary.items(), key=lambda item: item[1]):
+    if token in specials or (len(token) > 1 and token not in rank_of):
+      continue  # specials are matched in text; unreachable entries never come out of BPE
+    piece = model.pieces.add()
+    piece.piece, piece.type = token, pb.ModelProto.SentencePiece.NORMAL
+    piece.score = 0.0 if len(token) == 1 else -float(rank_of[token] + 1)
+    to_vocabulary.append(index)
+  return model.SerializeToString(), to_vocabulary
+
+
+class ByteLevelBPETokenizer(tf.Module):
+  """Byte-level BPE (BART, RoBERTa) in the graph, as the upstream tokenizer.
+
+  Special tokens written in text are recognised (no stripping of the spaces
+  around them, as transformers' tokenizer built from vocab.json/merges.txt);
+  the rest is pre-split with GPT-2's regex, mapped byte by byte to GPT-2's
+  printable alphabet and merged by a SentencePiece BPE model built from the
+  merges.  No mutable tables: the maps are constants, the model a graph
+  constant.  Invalid UTF-8 is replaced by U+FFFD first.
+  """
+
+  def __init__(self, vocabulary: dict, merges: Sequence[tuple], *, bos_token: str = "<s>",
+               eos_token: str = "</s>", pad_token: str = "<pad>", unk_token: str = "<unk>",
+               mask_token: str = "<mask>", name: str | None = None):
+    super().__init__(name=name)
+    missing = [t for t in (bos_token, eos_token, pad_token, unk_token, mask_token)
+               if t not in vocabulary]
+    if missing:
+      raise ValueError(f"vocabulary lacks special tokens {missing}")
+    self.vocabulary = dict(vocabulary)
+    self.merges = [tuple(m) for m in merges]
+    self.vocabulary_size = max(vocabulary.values()) + 1
+    self.bos_token, self.eos_token, self.pad_token = bos_token, eos_token, pad_token
+    self.unk_token, self.mask_token = unk_token, mask_token
+    self.bos_token_id, self.eos_token_id = vocabulary[bos_token], vocabulary[eos_token]
+    self.pad_token_id, self.unk_token_id = vocabulary[pad_token], vocabulary[unk_token]
+    self.mask_token_id = vocabulary[mask_token]
+    self._specials = (bos_token, eos_token, pad_token, unk_token, mask_token)
+    self._special_ids = tuple(vocabulary[t] for t in self._specials)
+    proto, to_vocabulary = bpe_sentencepiece_model(vocabulary, self.merges, self._specials)
+    byte_map = bytes_to_unicode()
+    self._nul_mapped = re.escape("".join(chr(byte_map[b]) for b in _NUL_STAND_IN.encode()))
+    self._nul_char = chr(byte_map[0])
+    inverse = np.full([max(byte_map.values()) + 1], -1, np.int32)
+    for byte, code in byte_map.items():
+      inverse[code] = byte
+    tokens = [""] * self.vocabulary_size
+    for token, index in vocabulary.items():
+      tokens[index] = token
+    with self.name_scope:
+      self._bpe = tf_text.SentencepieceTokenizer(model=proto, out_type=tf.int32)
+      self._to_vocabulary = tf.constant(to_vocabulary, tf.int32)
+      self._byte_to_char = tf.constant([byte_map[b] for b in range(256)], tf.int32)
+      self._char_to_byte = tf.constant(inverse)
+      self._byte_strings = tf.constant([bytes([b]) for b in range(256)])
+      self._tokens = tf.constant(tokens)
+
+  def _split(self, text: tf.Tensor) -> tf.RaggedTensor:
+    """GPT-2 pre-split of string [N]: RaggedTensor string [N, (pieces)]."""
+    text = tf.strings.regex_replace(text, _BPE_MARK, "")
+    text = tf.strings.regex_replace(text, f"([{_BPE_SPACE}])([^{_BPE_SPACE}])",
+                                    _BPE_MARK + r"\1\2")
+    return tf_text.regex_split(text, _BPE_PIECES + "|" + _BPE_MARK, _BPE_PIECES)
+
+  def tokenize(self, text: tf.Tensor) -> tf.RaggedTensor:
+    """string [B] -> int32 RaggedTensor [B, (tokens)], no <s>/</s> added."""
+    text = tf.convert_to_tensor(text, tf.string)
+    text = tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace",
+                                        replacement_char=0xFFFD)
+    # regex_split stops at U+0000: a stand-in of the same regex class (Cn, "other")
+    # takes its place, and its mapped bytes become byte 0's character again below.
+    text = tf.strings.regex_replace(text, r"\x00", _NUL_STAND_IN)
+    parts, special_id = split_special_tokens(text, self._specials, self._special_ids)
+    words = self._split(tf.where(special_id >= 0, "", parts.flat_values))         # [P, (W)]
+    word_bytes = tf.strings.bytes_split(words.flat_values)                        # [W, (b)]
+    values = tf.cast(tf.io.decode_raw(word_bytes.flat_values, tf.uint8)[:, 0], tf.int32)
+    characters = tf.RaggedTensor.from_row_splits(tf.gather(self._byte_to_char, values),
+                                                 word_bytes.row_splits)
+    mapped = tf.strings.regex_replace(tf.strings.unicode_encode(characters, "UTF-8"),
+                                      self._nul_mapped, self._nul_char)
+    word_ids = self._bpe.tokenize(mapped)                                          # [W, (n)]
+    word_ids = tf.ragged.map_flat_values(lambda v: tf.gather(self._to_vocabulary, v), word_ids)
+    piece_ids = tf.RaggedTensor.from_row_splits(word_ids, words.row_splits).merge_dims(1, 2)
+    return merge_pieces(parts, special_id, piece_ids)
+
+  def __call__(self, text: tf.Tensor) -> tf.RaggedTensor:
+    return self.tokenize(text)
+
+  def detokenize(self, ids) -> tf.Tensor:
+    """Ids int [B, L] (dense or ragged) -> string [B]; special tokens dropped."""
+    if not isinstance(ids, tf.RaggedTensor):
+      ids = tf.RaggedTensor.from_tensor(tf.convert_to_tensor(ids))
+    ids = tf.cast(ids, tf.int32)
+    special = tf.constant(self._special_ids, tf.int32)
+    keep = tf.ragged.map_flat_values(
+        lambda v: tf.reduce_all(v[:, None] != special[None, :], axis=1)
+        & (v >= 0) & (v < self.vocabulary_size), ids)
+    kept = tf.ragged.boolean_mask(ids, keep)
+    text = tf.strings.reduce_join(tf.ragged.map_flat_values(
+        lambda v: tf.gather(self._tokens, v), kept), axis=-1)                 # [B]
+    codes = tf.strings.unicode_decode(text, "UTF-8")                           # [B, (chars)]
+    byte_values = tf.ragged.map_flat_values(
+        lambda c: tf.gather(self._char_to_byte, tf.clip_by_value(c, 0, tf.size(self._char_to_byte) - 1)),
+        codes)
+    raw = tf.strings.reduce_join(tf.ragged.map_flat_values(
+        lambda b: tf.gather(self._byte_strings, tf.maximum(b, 0)), byte_values), axis=-1)
+    return tf.strings.unicode_transcode(raw, "UTF-8", "UTF-8", errors="replace",
+                                        replacement_char=0xFFFD)
+
+  def id_to_token(self, ids: tf.Tensor) -> tf.Tensor:
+    """Each id's vocabulary entry (`Ġworld`): int [...] -> string [...], "" out of range."""
+    ids = tf.cast(tf.convert_to_tensor(ids), tf.int32)
+    inside = (ids >= 0) & (ids < self.vocabulary_size)
+    return tf.where(inside, tf.gather(self._tokens, tf.where(inside, ids, 0)), "")
+
+
+_NUL_STAND_IN = "\ufdd1"   # stands for U+0000 until after the byte mapping
+
+
+class BartPreprocessor(tf.Module):
+  """Encoder inputs `<s> ids </s>`, truncated keeping `</s>`, padded to a bucket."""
+
+  def __init__(self, tokenizer: ByteLevelBPETokenizer, sequence_length: int = 1024,
+               bucket_lengths: Sequence[int] | None = None, *, name: str | None = None):
+    super().__init__(name=name)
+    self.tokenizer = tokenizer
+    self.sequence_length = int(sequence_length)
+    self.bucket_lengths = bucket_lengths_for(
+        self.sequence_length, DEFAULT_BUCKETS + (1024,) if bucket_lengths is None else bucket_lengths)
+
+  def __call__(self, text: tf.Tensor) -> dict:
+    """string [B] -> {"token_ids", "padding_mask"}: int32 [B, L], L a bucket length."""
+    tok = self.tokenizer
+    ids = tok.tokenize(text)[:, : self.sequence_length - 2]
+    batch = ids.nrows()
+    bos = tf.RaggedTensor.from_tensor(tf.fill(tf.stack([batch, 1]), tok.bos_token_id))
+    eos = tf.RaggedTensor.from_tensor(tf.fill(tf.stack([batch, 1]), tok.eos_token_id))
+    token_ids, padding_mask = pad_to_bucket(tf.concat([bos, ids, eos], axis=1), tok.pad_token_id,
+                                            self.bucket_lengths)
+    return {"token_ids": token_ids, "padding_mask": padding_mask}

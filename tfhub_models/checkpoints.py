@@ -15,10 +15,10 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from tfhub_models.models import electra, xlm_roberta
-from tfhub_models.tokenizers import WordPieceTokenizer, XLMRobertaTokenizer
+from tfhub_models.models import bart, electra, xlm_roberta
+from tfhub_models.tokenizers import ByteLevelBPETokenizer, WordPieceTokenizer, XLMRobertaTokenizer
 
-PRESET_HANDLES = {**xlm_roberta.PRESET_HANDLES, **electra.PRESET_HANDLES}
+PRESET_HANDLES = {**xlm_roberta.PRESET_HANDLES, **electra.PRESET_HANDLES, **bart.PRESET_HANDLES}
 
 
 class CheckpointError(ValueError):
@@ -413,6 +413,105 @@ def load_xlm_roberta_keras_hub(directory: pathlib.Path, *, dtype="float32",
 
 
 # ---------------------------------------------------------------------------
+# BART.
+
+def _bpe_tokenizer(directory: pathlib.Path) -> ByteLevelBPETokenizer:
+  vocabulary = _read_json(directory / "vocab.json")
+  path = directory / "merges.txt"
+  if not path.exists():
+    raise CheckpointError(f"{directory}: no merges.txt (the in-graph BPE is built from it)")
+  lines = path.read_text(encoding="utf-8").splitlines()
+  merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
+  bad = [m for m in merges if len(m) != 2]
+  if bad:
+    raise CheckpointError(f"{path}: a merge is two tokens separated by a space, not {bad[0]}")
+  try:
+    return ByteLevelBPETokenizer(vocabulary, merges)
+  except ValueError as e:
+    raise CheckpointError(f"{directory}: {e}") from None
+
+
+def _bart_assignments(backbone: bart.BartBackbone) -> list:
+  out = [("shared.weight", backbone.token_embedding.embeddings, _same),
+         ("encoder.embed_positions.weight", backbone.encoder_position_embedding.embeddings, _same),
+         ("decoder.embed_positions.weight", backbone.decoder_position_embedding.embeddings, _same),
+         *_norm("encoder.layernorm_embedding", backbone.encoder_embeddings_layer_norm),
+         *_norm("decoder.layernorm_embedding", backbone.decoder_embeddings_layer_norm),
+         ("final_logits_bias", backbone.final_logits_bias, lambda a: a.reshape(-1))]
+
+  def attention(prefix, module):
+    return [*_dense(prefix + ".q_proj", module.query), *_dense(prefix + ".k_proj", module.key),
+            *_dense(prefix + ".v_proj", module.value), *_dense(prefix + ".out_proj", module.output)]
+
+  for i, layer in enumerate(backbone.encoder_layers):
+    p = f"encoder.layers.{i}."
+    out += [*attention(p + "self_attn", layer.self_attention),
+            *_norm(p + "self_attn_layer_norm", layer.self_attention_layer_norm),
+            *_dense(p + "fc1", layer.feedforward.intermediate),
+            *_dense(p + "fc2", layer.feedforward.output),
+            *_norm(p + "final_layer_norm", layer.feedforward_layer_norm)]
+  for i, layer in enumerate(backbone.decoder_layers):
+    p = f"decoder.layers.{i}."
+    out += [*attention(p + "self_attn", layer.self_attention),
+            *_norm(p + "self_attn_layer_norm", layer.self_attention_layer_norm),
+            *attention(p + "encoder_attn", layer.cross_attention),
+            *_norm(p + "encoder_attn_layer_norm", layer.cross_attention_layer_norm),
+            *_dense(p + "fc1", layer.feedforward.intermediate),
+            *_dense(p + "fc2", layer.feedforward.output),
+            *_norm(p + "final_layer_norm", layer.feedforward_layer_norm)]
+  return out
+
+
+def load_bart_hf(directory: pathlib.Path, *, dtype="float32", sequence_length: int | None = None,
+                 load_weights: bool = True, task: str | None = None):
+  """Loads a Hugging Face BART directory (config.json, model.safetensors, vocab.json,
+  merges.txt, optional generation_config.json) as a `BartSeq2SeqLM`."""
+  from tfhub_models.models import bart_generation
+
+  if task not in (None, "generate"):
+    raise CheckpointError(f"unknown task {task!r} for BART (generate)")
+  raw = _read_json(directory / "config.json")
+  generation = (_read_json(directory / "generation_config.json")
+                if (directory / "generation_config.json").exists() else {})
+  try:
+    config = bart.BartConfig.from_hf(raw, generation)
+  except (KeyError, ValueError) as e:
+    raise CheckpointError(f"{directory}/config.json: {e}") from None
+  tokenizer = _bpe_tokenizer(directory)
+  if tokenizer.vocabulary_size > config.vocabulary_size:
+    raise CheckpointError(f"{directory}: vocab.json has ids up to {tokenizer.vocabulary_size - 1} "
+                          f"but the config's vocab_size is {config.vocabulary_size}")
+  length = sequence_length or config.max_sequence_length
+  if not 3 <= length <= config.max_sequence_length:
+    raise CheckpointError(f"sequence length {length} is outside 3..{config.max_sequence_length}")
+  model = bart_generation.BartSeq2SeqLM.build(config, tokenizer, dtype=dtype,
+                                              sequence_length=length)
+  if not load_weights:
+    return model
+  weights = {}
+  for key, value in read_safetensors(directory).items():
+    key = key[len("model."):] if key.startswith("model.") else key
+    weights[key] = value
+  for tied in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"):
+    if tied in weights and "shared.weight" in weights and not np.array_equal(
+        weights[tied], weights["shared.weight"]):
+      raise CheckpointError(f"{directory}: {tied} differs from shared.weight; untied "
+                            "embeddings are not supported")
+    if tied in weights and "shared.weight" not in weights:
+      weights["shared.weight"] = weights[tied]
+  if "final_logits_bias" not in weights:  # upstream treats it as optional (zeros)
+    weights["final_logits_bias"] = np.zeros([1, config.vocabulary_size], np.float32)
+
+  def ignored(key: str) -> bool:
+    return key in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
+                   "lm_head.weight") or key.endswith("position_ids")
+
+  assign_strict(_bart_assignments(model.backbone), weights, ignored=ignored,
+                where=str(directory), dtype=model.backbone.dtype)
+  return model
+
+
+# ---------------------------------------------------------------------------
 # Entry point.
 
 # ---------------------------------------------------------------------------
@@ -525,6 +624,105 @@ def load_electra_hf(directory: pathlib.Path, *, dtype="float32",
 
 
 # ---------------------------------------------------------------------------
+# BART.
+
+def _bpe_tokenizer(directory: pathlib.Path) -> ByteLevelBPETokenizer:
+  vocabulary = _read_json(directory / "vocab.json")
+  path = directory / "merges.txt"
+  if not path.exists():
+    raise CheckpointError(f"{directory}: no merges.txt (the in-graph BPE is built from it)")
+  lines = path.read_text(encoding="utf-8").splitlines()
+  merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
+  bad = [m for m in merges if len(m) != 2]
+  if bad:
+    raise CheckpointError(f"{path}: a merge is two tokens separated by a space, not {bad[0]}")
+  try:
+    return ByteLevelBPETokenizer(vocabulary, merges)
+  except ValueError as e:
+    raise CheckpointError(f"{directory}: {e}") from None
+
+
+def _bart_assignments(backbone: bart.BartBackbone) -> list:
+  out = [("shared.weight", backbone.token_embedding.embeddings, _same),
+         ("encoder.embed_positions.weight", backbone.encoder_position_embedding.embeddings, _same),
+         ("decoder.embed_positions.weight", backbone.decoder_position_embedding.embeddings, _same),
+         *_norm("encoder.layernorm_embedding", backbone.encoder_embeddings_layer_norm),
+         *_norm("decoder.layernorm_embedding", backbone.decoder_embeddings_layer_norm),
+         ("final_logits_bias", backbone.final_logits_bias, lambda a: a.reshape(-1))]
+
+  def attention(prefix, module):
+    return [*_dense(prefix + ".q_proj", module.query), *_dense(prefix + ".k_proj", module.key),
+            *_dense(prefix + ".v_proj", module.value), *_dense(prefix + ".out_proj", module.output)]
+
+  for i, layer in enumerate(backbone.encoder_layers):
+    p = f"encoder.layers.{i}."
+    out += [*attention(p + "self_attn", layer.self_attention),
+            *_norm(p + "self_attn_layer_norm", layer.self_attention_layer_norm),
+            *_dense(p + "fc1", layer.feedforward.intermediate),
+            *_dense(p + "fc2", layer.feedforward.output),
+            *_norm(p + "final_layer_norm", layer.feedforward_layer_norm)]
+  for i, layer in enumerate(backbone.decoder_layers):
+    p = f"decoder.layers.{i}."
+    out += [*attention(p + "self_attn", layer.self_attention),
+            *_norm(p + "self_attn_layer_norm", layer.self_attention_layer_norm),
+            *attention(p + "encoder_attn", layer.cross_attention),
+            *_norm(p + "encoder_attn_layer_norm", layer.cross_attention_layer_norm),
+            *_dense(p + "fc1", layer.feedforward.intermediate),
+            *_dense(p + "fc2", layer.feedforward.output),
+            *_norm(p + "final_layer_norm", layer.feedforward_layer_norm)]
+  return out
+
+
+def load_bart_hf(directory: pathlib.Path, *, dtype="float32", sequence_length: int | None = None,
+                 load_weights: bool = True, task: str | None = None):
+  """Loads a Hugging Face BART directory (config.json, model.safetensors, vocab.json,
+  merges.txt, optional generation_config.json) as a `BartSeq2SeqLM`."""
+  from tfhub_models.models import bart_generation
+
+  if task not in (None, "generate"):
+    raise CheckpointError(f"unknown task {task!r} for BART (generate)")
+  raw = _read_json(directory / "config.json")
+  generation = (_read_json(directory / "generation_config.json")
+                if (directory / "generation_config.json").exists() else {})
+  try:
+    config = bart.BartConfig.from_hf(raw, generation)
+  except (KeyError, ValueError) as e:
+    raise CheckpointError(f"{directory}/config.json: {e}") from None
+  tokenizer = _bpe_tokenizer(directory)
+  if tokenizer.vocabulary_size > config.vocabulary_size:
+    raise CheckpointError(f"{directory}: vocab.json has ids up to {tokenizer.vocabulary_size - 1} "
+                          f"but the config's vocab_size is {config.vocabulary_size}")
+  length = sequence_length or config.max_sequence_length
+  if not 3 <= length <= config.max_sequence_length:
+    raise CheckpointError(f"sequence length {length} is outside 3..{config.max_sequence_length}")
+  model = bart_generation.BartSeq2SeqLM.build(config, tokenizer, dtype=dtype,
+                                              sequence_length=length)
+  if not load_weights:
+    return model
+  weights = {}
+  for key, value in read_safetensors(directory).items():
+    key = key[len("model."):] if key.startswith("model.") else key
+    weights[key] = value
+  for tied in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"):
+    if tied in weights and "shared.weight" in weights and not np.array_equal(
+        weights[tied], weights["shared.weight"]):
+      raise CheckpointError(f"{directory}: {tied} differs from shared.weight; untied "
+                            "embeddings are not supported")
+    if tied in weights and "shared.weight" not in weights:
+      weights["shared.weight"] = weights[tied]
+  if "final_logits_bias" not in weights:  # upstream treats it as optional (zeros)
+    weights["final_logits_bias"] = np.zeros([1, config.vocabulary_size], np.float32)
+
+  def ignored(key: str) -> bool:
+    return key in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
+                   "lm_head.weight") or key.endswith("position_ids")
+
+  assign_strict(_bart_assignments(model.backbone), weights, ignored=ignored,
+                where=str(directory), dtype=model.backbone.dtype)
+  return model
+
+
+# ---------------------------------------------------------------------------
 # Entry point.
 
 def detect(directory: pathlib.Path) -> tuple[str, str]:
@@ -541,11 +739,13 @@ def detect(directory: pathlib.Path) -> tuple[str, str]:
     return "hf", "xlm_roberta"
   if model_type == "electra":
     return "hf", "electra"
+  if model_type == "bart":
+    return "hf", "bart"
   if model_type is None:
     raise CheckpointError(f"{directory}/config.json: neither a Hugging Face config (model_type) "
                           "nor a keras-hub preset config (class_name)")
   raise CheckpointError(f"{directory}: model_type {model_type!r} is not supported "
-                        "(supported: xlm-roberta, electra)")
+                        "(supported: xlm-roberta, electra, bart)")
 
 
 def _load_xlm_roberta(directory, *, task, **kwargs):
@@ -580,6 +780,8 @@ def load(source: str | os.PathLike, *, dtype="float32", sequence_length: int | N
   kwargs = dict(dtype=dtype, sequence_length=sequence_length, load_weights=load_weights, task=task)
   if family == "electra":
     return load_electra_hf(directory, **kwargs)
+  if family == "bart":
+    return load_bart_hf(directory, **kwargs)
   return _load_xlm_roberta(directory, **kwargs)
 
 

@@ -1,0 +1,215 @@
+"""Pure sampling functions, logit processors and the decoding loop.  No variables.
+
+Every function takes and returns tensors of static shape, so the whole loop
+compiles with XLA.  Randomness is stateless: a seed int32 [2] in, folded with
+the step.  Shapes: B rows, V vocabulary, T the id buffer length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import tensorflow as tf
+
+NEG_INF = -1e9
+
+
+# ---------------------------------------------------------------------------
+# Samplers: logits float32 [B, V], seed int32 [2] -> ids int32 [B].
+
+def greedy(logits: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  """The most likely id."""
+  del seed
+  return tf.argmax(logits, axis=-1, output_type=tf.int32)
+
+
+def random(logits: tf.Tensor, seed: tf.Tensor, temperature: float = 1.0) -> tf.Tensor:
+  """An id drawn from softmax(logits / temperature)."""
+  return tf.random.stateless_categorical(logits / temperature, 1, seed, dtype=tf.int32)[:, 0]
+
+
+def top_k(logits: tf.Tensor, seed: tf.Tensor, k: int = 5, temperature: float = 1.0) -> tf.Tensor:
+  """An id drawn from the k most likely, renormalised."""
+  values, indices = tf.math.top_k(logits / temperature, k=k)                  # [B, k]
+  choice = tf.random.stateless_categorical(values, 1, seed, dtype=tf.int32)  # [B, 1]
+  return tf.gather(indices, choice[:, 0], batch_dims=1)
+
+
+def top_p(logits: tf.Tensor, seed: tf.Tensor, p: float = 0.9, k: int | None = None,
+          temperature: float = 1.0) -> tf.Tensor:
+  """An id drawn from the smallest set of most likely ids whose mass reaches p
+  (among the k most likely when k is given)."""
+  k = k or logits.shape[-1]
+  values, indices = tf.math.top_k(logits / temperature, k=k)                  # [B, k] sorted
+  probabilities = tf.nn.softmax(values, axis=-1)
+  before = tf.cumsum(probabilities, axis=-1, exclusive=True)                  # mass of better ids
+  values = tf.where(before < p, values, NEG_INF)                              # keeps at least one
+  choice = tf.random.stateless_categorical(values, 1, seed, dtype=tf.int32)
+  return tf.gather(indices, choice[:, 0], batch_dims=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+  """A sampler chosen at compile time: name and its settings."""
+  name: str = "top_k"
+  k: int = 5
+  p: float = 0.9
+  temperature: float = 1.0
+  num_beams: int = 1
+
+  def __post_init__(self):
+    if self.name not in SAMPLERS:
+      raise ValueError(f"unknown sampler {self.name!r}; known: {', '.join(SAMPLERS)}")
+    if self.temperature <= 0:
+      raise ValueError("temperature must be > 0")
+    if self.k < 1:
+      raise ValueError("k must be >= 1")
+    if not 0 < self.p <= 1:
+      raise ValueError("p must be in (0, 1]")
+
+  def function(self, vocabulary_size: int) -> Callable:
+    k = min(self.k, vocabulary_size)
+    if self.name == "greedy":
+      return greedy
+    if self.name == "random":
+      return lambda logits, seed: random(logits, seed, self.temperature)
+    if self.name == "top_k":
+      return lambda logits, seed: top_k(logits, seed, k, self.temperature)
+    return lambda logits, seed: top_p(logits, seed, self.p, k if self.k != 5 else None,
+                                      self.temperature)
+
+
+SAMPLERS = ("greedy", "random", "top_k", "top_p")
+
+
+def get_sampler(sampler) -> Sampler:
+  """"greedy" | Sampler | dict -> Sampler."""
+  if isinstance(sampler, Sampler):
+    return sampler
+  if isinstance(sampler, str):
+    return Sampler(name=sampler)
+  if isinstance(sampler, dict):
+    return Sampler(**sampler)
+  raise TypeError(f"a sampler is a name, a dict or a Sampler, not {type(sampler).__name__}")
+
+
+# ---------------------------------------------------------------------------
+# Logit processors (upstream semantics; `length` counts the ids so far,
+# decoder start token included).
+
+def presence(ids: tf.Tensor, length: tf.Tensor, vocabulary_size: int) -> tf.Tensor:
+  """bool [B, V]: which ids occur among the first `length` of ids int32 [B, T]."""
+  batch, total = tf.shape(ids)[0], tf.shape(ids)[1]
+  seen = tf.cast(tf.range(total)[None, :] < length, tf.float32) * tf.ones([batch, 1])
+  segments = tf.range(batch)[:, None] * vocabulary_size + ids                  # [B, T]
+  hits = tf.math.unsorted_segment_max(tf.reshape(seen, [-1]), tf.reshape(segments, [-1]),
+                                      batch * vocabulary_size)
+  return tf.reshape(hits > 0, [batch, vocabulary_size])
+
+
+def repetition_penalty(logits, ids, length, penalty: float):
+  """Divides positive, multiplies negative logits of ids already generated."""
+  seen = presence(ids, length, logits.shape[-1])
+  penalised = tf.where(logits > 0, logits / penalty, logits * penalty)
+  return tf.where(seen, penalised, logits)
+
+
+def no_repeat_ngram(logits, ids, length, n: int):
+  """Bans every id that would complete an n-gram already in ids[:, :length]."""
+  total = ids.shape[1] if ids.shape[1] is not None else tf.shape(ids)[1]
+  batch = tf.shape(ids)[0]
+  starts = tf.range(total)                                                     # [T]
+  offsets = tf.range(n - 1)                                                    # [n-1]
+  window = tf.gather(ids, tf.clip_by_value(starts[:, None] + offsets[None, :], 0, total - 1),
+                     axis=1)                                                   # [B, T, n-1]
+  last = tf.gather(ids, tf.clip_by_value(length - (n - 1) + offsets, 0, total - 1), axis=1)
+  match = tf.reduce_all(tf.equal(window, last[:, None, :]), axis=-1)          # [B, T]
+  match &= (starts[None, :] + n - 1 < length) & (length >= n - 1)
+  following = tf.gather(ids, tf.clip_by_value(starts + n - 1, 0, total - 1), axis=1)  # [B, T]
+  vocabulary = logits.shape[-1]
+  segments = tf.range(batch)[:, None] * vocabulary + following
+  banned = tf.math.unsorted_segment_max(tf.reshape(tf.cast(match, tf.float32), [-1]),
+                                        tf.reshape(segments, [-1]), batch * vocabulary)
+  return tf.where(tf.reshape(banned, [batch, vocabulary]) > 0, NEG_INF, logits)
+
+
+def force_token(logits, token_id: int, when: tf.Tensor):
+  """Where `when` (bool scalar), only token_id may come next."""
+  forced = tf.where(tf.range(logits.shape[-1]) == token_id, 0.0, NEG_INF)[None, :]
+  return tf.where(when, tf.broadcast_to(forced, tf.shape(logits)), logits)
+
+
+@dataclasses.dataclass(frozen=True)
+class Processors:
+  min_length: int = 0
+  no_repeat_ngram_size: int = 0
+  repetition_penalty: float = 1.0
+  forced_bos_token_id: int | None = None
+  forced_eos_token_id: int | None = None
+  eos_token_id: int = 2
+
+  def __call__(self, logits, ids, length, max_length):
+    """logits float32 [B, V] for position `length`, given ids [B, T]."""
+    if self.repetition_penalty != 1.0:
+      logits = repetition_penalty(logits, ids, length, self.repetition_penalty)
+    if self.no_repeat_ngram_size > 0:
+      logits = no_repeat_ngram(logits, ids, length, self.no_repeat_ngram_size)
+    if self.min_length > 0:
+      eos = tf.range(logits.shape[-1]) == self.eos_token_id
+      logits = tf.where(eos[None, :] & (length < self.min_length), NEG_INF, logits)
+    if self.forced_bos_token_id is not None:
+      logits = force_token(logits, self.forced_bos_token_id, tf.equal(length, 1))
+    if self.forced_eos_token_id is not None:
+      logits = force_token(logits, self.forced_eos_token_id, tf.equal(length, max_length - 1))
+    return logits
+
+
+# ---------------------------------------------------------------------------
+# The loop.
+
+def sample_loop(step_fn, state, start_ids: tf.Tensor, max_length: int, sample_fn,
+                processors: Processors, seed: tf.Tensor, stop_token_ids, pad_token_id: int):
+  """Decodes until every row has stopped or max_length ids exist.
+
+  Args:
+    step_fn: (token_ids int32 [B], index int32, state) -> (logits float32 [B, V], state).
+    state: the decoder state (caches), a nest of tensors.
+    start_ids: int32 [B], the decoder start token of each row.
+    max_length: ids in the output, the start token included.
+    sample_fn: (logits, seed) -> int32 [B].
+    processors: logit processors.
+    seed: int32 [2].
+    stop_token_ids: ids that end a row.
+
+  Returns:
+    (ids int32 [B, max_length] with pad_token_id after a row's end,
+     scores float32 [B], the sum of the chosen ids' log-probabilities).
+  """
+  batch = tf.shape(start_ids)[0]
+  ids = tf.concat([start_ids[:, None], tf.fill([batch, max_length - 1], pad_token_id)], axis=1)
+  stops = tf.constant(list(stop_token_ids) or [-1], tf.int32)
+
+  def condition(index, ids, state, finished, scores):
+    return (index < max_length - 1) & ~tf.reduce_all(finished)
+
+  def body(index, ids, state, finished, scores):
+    current = tf.gather(ids, index, axis=1)                                    # [B]
+    logits, state = step_fn(current, index, state)
+    logits = processors(logits, ids, index + 1, max_length)
+    step_seed = tf.random.experimental.stateless_fold_in(seed, index)
+    chosen = sample_fn(logits, step_seed)
+    log_probs = tf.nn.log_softmax(logits, axis=-1)
+    chosen_log_prob = tf.gather(log_probs, chosen, batch_dims=1)
+    chosen = tf.where(finished, pad_token_id, chosen)
+    scores += tf.where(finished, 0.0, chosen_log_prob)
+    write = tf.range(max_length)[None, :] == index + 1
+    ids = tf.where(write, chosen[:, None], ids)
+    finished |= tf.reduce_any(chosen[:, None] == stops[None, :], axis=1)
+    return index + 1, ids, state, finished, scores
+
+  _, ids, _, _, scores = tf.while_loop(
+      condition, body,
+      (tf.constant(0), ids, state, tf.zeros([batch], tf.bool), tf.zeros([batch], tf.float32)),
+      maximum_iterations=max_length - 1)
+  return ids, scores

@@ -12,7 +12,7 @@ from typing import Callable
 
 import tensorflow as tf
 
-NEG_INF = -1e9
+NEG_INF = float("-inf")   # what upstream's processors use
 
 
 # ---------------------------------------------------------------------------
@@ -44,43 +44,56 @@ def top_p(logits: tf.Tensor, seed: tf.Tensor, p: float = 0.9, k: int | None = No
   values, indices = tf.math.top_k(logits / temperature, k=k)                  # [B, k] sorted
   probabilities = tf.nn.softmax(values, axis=-1)
   before = tf.cumsum(probabilities, axis=-1, exclusive=True)                  # mass of better ids
-  values = tf.where(before < p, values, NEG_INF)                              # keeps at least one
+  values = tf.where(before < p, values, -1e9)                                 # keeps at least one
   choice = tf.random.stateless_categorical(values, 1, seed, dtype=tf.int32)
   return tf.gather(indices, choice[:, 0], batch_dims=1)
 
 
 @dataclasses.dataclass(frozen=True)
 class Sampler:
-  """A sampler chosen at compile time: name and its settings."""
+  """A sampler chosen at compile time: name and its settings.
+
+  greedy; random (temperature); top_k (k, temperature); top_p (p, and k when
+  given, temperature); beam (num_beams, length_penalty, early_stopping,
+  num_return_sequences).
+  """
   name: str = "top_k"
-  k: int = 5
+  k: int | None = None
   p: float = 0.9
   temperature: float = 1.0
-  num_beams: int = 1
+  num_beams: int = 4
+  length_penalty: float = 1.0
+  early_stopping: bool = False
+  num_return_sequences: int = 1
 
   def __post_init__(self):
     if self.name not in SAMPLERS:
       raise ValueError(f"unknown sampler {self.name!r}; known: {', '.join(SAMPLERS)}")
     if self.temperature <= 0:
       raise ValueError("temperature must be > 0")
-    if self.k < 1:
+    if self.k is not None and self.k < 1:
       raise ValueError("k must be >= 1")
+    if self.num_beams < 1 or not 1 <= self.num_return_sequences <= self.num_beams:
+      raise ValueError("num_beams must be >= 1 and num_return_sequences in 1..num_beams")
     if not 0 < self.p <= 1:
       raise ValueError("p must be in (0, 1]")
 
   def function(self, vocabulary_size: int) -> Callable:
-    k = min(self.k, vocabulary_size)
+    """(logits, seed) -> ids, for the samplers that pick one id per row."""
+    k = None if self.k is None else min(self.k, vocabulary_size)
     if self.name == "greedy":
       return greedy
     if self.name == "random":
       return lambda logits, seed: random(logits, seed, self.temperature)
     if self.name == "top_k":
-      return lambda logits, seed: top_k(logits, seed, k, self.temperature)
-    return lambda logits, seed: top_p(logits, seed, self.p, k if self.k != 5 else None,
-                                      self.temperature)
+      return lambda logits, seed: top_k(logits, seed, k or min(5, vocabulary_size),
+                                        self.temperature)
+    if self.name == "top_p":
+      return lambda logits, seed: top_p(logits, seed, self.p, k, self.temperature)
+    raise ValueError(f"{self.name} is not a one-id-per-row sampler")
 
 
-SAMPLERS = ("greedy", "random", "top_k", "top_p")
+SAMPLERS = ("greedy", "random", "top_k", "top_p", "beam")
 
 
 def get_sampler(sampler) -> Sampler:
@@ -213,3 +226,110 @@ def sample_loop(step_fn, state, start_ids: tf.Tensor, max_length: int, sample_fn
       (tf.constant(0), ids, state, tf.zeros([batch], tf.bool), tf.zeros([batch], tf.float32)),
       maximum_iterations=max_length - 1)
   return ids, scores
+
+
+# ---------------------------------------------------------------------------
+# Beam search, upstream's vectorized algorithm (transformers' `_beam_search`).
+
+def beam_search(step_fn, state, start_ids: tf.Tensor, max_length: int, num_beams: int,
+                processors: Processors, stop_token_ids, pad_token_id: int, vocabulary_size: int,
+                length_penalty: float = 1.0, early_stopping: bool = False,
+                num_return_sequences: int = 1, reorder_state=None):
+  """Beam search with the upstream's scoring and stopping rules.
+
+  Args:
+    step_fn: (token_ids int32 [B*K], index, state) -> (logits float32 [B*K, V], state);
+      state rows are batch-major (row b*K + k is beam k of input b).
+    state: the decoder state for B*K rows.
+    start_ids: int32 [B].
+    reorder_state: (state, rows int32 [B*K]) -> state gathered by rows.
+
+  Returns:
+    (ids int32 [B*R, max_length], scores float32 [B*R]), R = num_return_sequences,
+    pad_token_id after each sequence's end; scores are length-penalized sums of
+    log-probabilities.
+  """
+  batch = tf.shape(start_ids)[0]
+  static_batch = start_ids.shape[0]
+  beams = num_beams
+  stops = tf.constant(list(stop_token_ids) or [-1], tf.int32)
+  keep = max(2, 1 + len(list(stop_token_ids))) * beams
+  top_beam_mask = tf.range(keep) < beams                                      # [keep]
+  running = tf.concat([tf.tile(start_ids[:, None, None], [1, beams, 1]),
+                       tf.fill([batch, beams, max_length - 1], pad_token_id)], axis=2)
+  running_scores = tf.tile(tf.where(tf.range(beams) == 0, 0.0, -1e9)[None, :], [batch, 1])
+  best = running
+  best_scores = tf.fill([batch, beams], -1e9)
+  finished = tf.zeros([batch, beams], tf.bool)
+  improvable = tf.ones([batch, 1], tf.bool)
+  hits = tf.zeros([batch, keep], tf.bool)
+
+  def gather_beams(x, indices):
+    return tf.gather(x, indices, batch_dims=1)
+
+  def condition(length, running, running_scores, best, best_scores, finished, improvable, hits,
+                state):
+    open_beam = ~(tf.reduce_all(finished) & early_stopping)
+    return (tf.reduce_any(improvable) & open_beam & ~tf.reduce_all(hits)
+            & (length < max_length))
+
+  def body(length, running, running_scores, best, best_scores, finished, improvable, hits,
+           state):
+    flat = tf.reshape(running, [batch * beams, max_length])
+    logits, state = step_fn(tf.gather(flat, length - 1, axis=1), length - 1, state)
+    log_probs = processors(tf.nn.log_softmax(logits, axis=-1), flat, length, max_length)
+    log_probs = tf.reshape(log_probs, [batch, beams, vocabulary_size]) + running_scores[..., None]
+    top_log_probs, top_indices = tf.math.top_k(tf.reshape(log_probs, [batch, -1]), k=keep)
+    source = top_indices // vocabulary_size                                    # [B, keep]
+    tokens = top_indices % vocabulary_size
+    candidates = gather_beams(running, source)                                 # [B, keep, T]
+    at = tf.range(max_length)[None, None, :] == length
+    candidates = tf.where(at, tokens[..., None], candidates)
+    hits = (length + 1 >= max_length) | tf.reduce_any(
+        tokens[..., None] == stops[None, None, :], axis=-1)                    # [B, keep]
+
+    # The best unfinished candidates keep running.
+    running_log_probs = top_log_probs + tf.cast(hits, tf.float32) * -1e9
+    chosen = tf.math.top_k(running_log_probs, k=beams).indices                  # [B, K]
+    running = gather_beams(candidates, chosen)
+    running_scores = gather_beams(running_log_probs, chosen)
+    rows = tf.reshape(gather_beams(source, chosen) + tf.range(batch)[:, None] * beams, [-1])
+
+    # Candidates that just finished compete with the finished ones.
+    just_finished = hits & top_beam_mask[None, :]
+    penalized = top_log_probs / tf.pow(tf.cast(length, tf.float32), length_penalty)
+    full = tf.reduce_all(finished, axis=-1, keepdims=True) & early_stopping
+    penalized += tf.cast(full, tf.float32) * -1e9
+    penalized += tf.cast(~improvable, tf.float32) * -1e9
+    penalized += tf.cast(~just_finished, tf.float32) * -1e9
+    merged_scores = tf.concat([best_scores, penalized], axis=1)
+    top = tf.math.top_k(merged_scores, k=beams).indices
+    best = gather_beams(tf.concat([best, candidates], axis=1), top)
+    best_scores = gather_beams(merged_scores, top)
+    finished = gather_beams(tf.concat([finished, just_finished], axis=1), top)
+
+    reordered = reorder_state(state, rows)
+    state = tf.nest.map_structure(lambda new, old: tf.ensure_shape(new, old.shape), reordered,
+                                  state)
+    # Keep the static shapes the loop started with.
+    running = tf.ensure_shape(running, [static_batch, beams, max_length])
+    best = tf.ensure_shape(best, [static_batch, beams, max_length])
+    running_scores = tf.ensure_shape(running_scores, [static_batch, beams])
+    best_scores = tf.ensure_shape(best_scores, [static_batch, beams])
+    finished = tf.ensure_shape(finished, [static_batch, beams])
+    hits = tf.ensure_shape(hits, [static_batch, keep])
+    length += 1
+    # Can a running beam still beat the worst finished one? (upstream's heuristic)
+    best_possible = running_scores[:, :1] / tf.pow(tf.cast(length - 1, tf.float32),
+                                                   length_penalty)
+    worst = tf.where(finished, tf.reduce_min(best_scores, axis=1, keepdims=True), -1e9)
+    improvable &= tf.reduce_any(best_possible > worst, axis=-1, keepdims=True)
+    return length, running, running_scores, best, best_scores, finished, improvable, hits, state
+
+  loop = tf.while_loop(
+      condition, body,
+      (tf.constant(1), running, running_scores, best, best_scores, finished, improvable, hits,
+       state), maximum_iterations=max_length - 1)
+  best, best_scores = loop[3], loop[4]
+  ids = tf.reshape(best[:, :num_return_sequences], [-1, max_length])
+  return ids, tf.reshape(best_scores[:, :num_return_sequences], [-1])

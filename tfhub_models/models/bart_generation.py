@@ -77,8 +77,18 @@ class BartSeq2SeqLM(tf.Module):
     config = self.backbone.config
     stops = [config.eos_token_id] if stop_token_ids is None else list(stop_token_ids)
     encoded = self.backbone.encode(token_ids, padding_mask)
-    state = self.backbone.init_decoder_state(encoded, padding_mask, max_length)
     start = tf.fill([tf.shape(token_ids)[0]], config.generation.decoder_start_token_id)
+    if self.sampler.name == "beam":
+      beams = self.sampler.num_beams
+      state = self.backbone.init_decoder_state(tf.repeat(encoded, beams, axis=0),
+                                               tf.repeat(padding_mask, beams, axis=0), max_length)
+      return generation.beam_search(
+          self.backbone.decode_step, state, start, max_length, beams, self.processors(), stops,
+          config.pad_token_id, config.vocabulary_size, self.sampler.length_penalty,
+          self.sampler.early_stopping, self.sampler.num_return_sequences,
+          reorder_state=lambda s, rows: s._replace(self_caches=tf.nest.map_structure(
+              lambda c: tf.gather(c, rows), s.self_caches)))
+    state = self.backbone.init_decoder_state(encoded, padding_mask, max_length)
     return generation.sample_loop(
         self.backbone.decode_step, state, start, max_length,
         self.sampler.function(config.vocabulary_size), self.processors(),

@@ -195,12 +195,25 @@ def test_hub_encoder_fine_tunes(source, electra_checkpoints, hf_checkpoint, tmp_
   second = preprocessor.tokenize(tf.constant(["is paris", "fährt ab"]))
   packed = preprocessor.bert_pack_inputs([first, second], seq_length=16)
   assert packed["input_word_ids"].shape == (2, 16)
-  assert preprocessor(tf.constant(["one"]))["input_mask"].shape == (1, 128)
+  default_length = min(128, model.backbone.config.max_sequence_length)   # the tiny ELECTRA has 64
+  assert preprocessor(tf.constant(["one"]))["input_mask"].shape == (1, default_length)
 
   # The encoder's answer is the backbone's.
   outputs = encoder(packed, training=False)
   assert set(outputs) == {"sequence_output", "pooled_output", "default"}
   np.testing.assert_array_equal(outputs["default"].numpy(), outputs["pooled_output"].numpy())
+  ids, types, mask = packed["input_word_ids"], packed["input_type_ids"], packed["input_mask"]
+  if source == "electra":
+    expected = model.backbone(ids, types, mask)["sequence_output"].numpy()
+  else:
+    expected = model.backbone(ids, mask).numpy()
+  real = mask.numpy().astype(bool)
+  np.testing.assert_allclose(outputs["sequence_output"].numpy()[real], expected[real], atol=1e-5)
+  np.testing.assert_allclose(outputs["pooled_output"].numpy(), expected[:, 0], atol=1e-5)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="room for the"):
+    preprocessor.bert_pack_inputs([first, second], seq_length=2)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="at most the encoder"):
+    preprocessor.bert_pack_inputs([first], seq_length=1000)
 
   # Fine-tuning a few steps changes the variables and lowers the loss.
   head = tf.Variable(tf.random.stateless_normal([outputs["pooled_output"].shape[-1], 1], [1, 2],

@@ -528,16 +528,26 @@ def _wordpiece_tokenizer(directory: pathlib.Path) -> WordPieceTokenizer:
     raise CheckpointError(f"{directory}: no vocab.txt (the in-graph WordPiece tokenizer is "
                           "built from it)")
   try:
-    vocabulary = path.read_text(encoding="utf-8").splitlines()
+    # One token a line, split on "\n" only, as upstream (a token may hold other breaks).
+    vocabulary = path.read_bytes().decode("utf-8").split("\n")
   except UnicodeDecodeError as e:
     raise CheckpointError(f"{path}: not UTF-8 text ({e})") from None
+  if vocabulary and vocabulary[-1] == "":
+    vocabulary.pop()
+  vocabulary = [token.rstrip("\r") for token in vocabulary]
+  # Upstream maps a repeated token to its last line; earlier copies keep their
+  # ids but can never be produced, so they get unique placeholders.
+  last = {token: i for i, token in enumerate(vocabulary)}
+  vocabulary = [token if last[token] == i else f"[unreachable duplicate {i}]"
+                for i, token in enumerate(vocabulary)]
   settings = {}
   if (directory / "tokenizer_config.json").exists():
     settings = _read_json(directory / "tokenizer_config.json")
   try:
     return WordPieceTokenizer(vocabulary, lowercase=bool(settings.get("do_lower_case", True)),
-                              strip_accents=settings.get("strip_accents"))
-  except ValueError as e:
+                              strip_accents=settings.get("strip_accents"),
+                              split_cjk=bool(settings.get("tokenize_chinese_chars", True)))
+  except (ValueError, RuntimeError) as e:
     raise CheckpointError(f"{path}: {e}") from None
 
 

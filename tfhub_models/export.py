@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfhub_models.models import electra, xlm_roberta
+from tfhub_models.models import bart_generation, electra, xlm_roberta
 from tfhub_models.tasks import find_masks
 
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -36,6 +36,10 @@ class ExportOptions:
   warmup_batch_sizes: tuple = (1, 2, 4, 8)
   # Sentence-pair models (ELECTRA): a second input `text_pair`.
   pair: bool = False
+  # Generation (BART): new tokens per request (None: the model's max_length - 1)
+  # and the seed of the stateless samplers.
+  max_new_tokens: int | None = None
+  seed: tuple = (0, 0)
 
 
 def _next_power_of_two(n: tf.Tensor) -> tf.Tensor:
@@ -87,7 +91,7 @@ def _text_of_length(tokenizer, length: int, *, mask: bool, pair: bool) -> tuple:
   """
   specials = 3 if pair else 2
   words = [tokenizer.mask_token] * mask + [tokenizer.unk_token] * (length - specials - mask)
-  return " ".join(words), ("" if pair else None)
+  return "".join(words), ("" if pair else None)
 
 
 class _ServingModule(tf.Module):
@@ -316,6 +320,113 @@ class TextServingModule(_ServingModule):
             + self._embedding_warmup(model_name, "embedding", (1,)))
 
 
+class GenerateServingModule(_ServingModule):
+  """BART: serving_default (text -> generated text), generate_ids, tokenize, detokenize.
+
+  The whole generation (encoder, decoding loop, sampler) is one function,
+  compiled with XLA unless jit_compile is off; the sampler is the task's
+  (`task.compile(sampler=...)`), the seed fixed at export.
+  """
+
+  def __init__(self, task: bart_generation.BartSeq2SeqLM, options: ExportOptions = ExportOptions()):
+    super().__init__(task, options, name="generate_serving")
+    if options.pair:
+      raise ValueError("--pair is for ELECTRA; BART takes one text")
+    generation_config = task.backbone.config.generation
+    new_tokens = options.max_new_tokens or generation_config.max_length - 1
+    if new_tokens < 1:
+      raise ValueError("max_new_tokens must be at least 1")
+    self.max_length = int(new_tokens) + 1
+    self.returns = task.sampler.num_return_sequences if task.sampler.name == "beam" else 1
+    seed = tf.constant(list(options.seed), tf.int32)
+    self._generate_core = tf.function(
+        lambda ids, mask: task.generate_ids(ids, mask, self.max_length, seed),
+        jit_compile=options.jit_compile, autograph=False)
+
+  def _generate(self, token_ids, padding_mask):
+    """Generates for preprocessed inputs, batch rounded up to a power of two under XLA."""
+    if not self.jit_compile:
+      return self._generate_core(token_ids, padding_mask)
+    batch = tf.shape(token_ids)[0]
+    rows = _next_power_of_two(batch)
+    ids, scores = self._generate_core(
+        _pad_rows(token_ids, rows, self.task.tokenizer.pad_token_id), _pad_rows(padding_mask, rows, 0))
+    return ids[: batch * self.returns], scores[: batch * self.returns]
+
+  @tf.function(input_signature=[_text_spec("text")])
+  def serving_default(self, text):
+    """generated_text string [B·R], generated_ids int32 [B·R, T] (the decoder start
+    id first, padding after the end), scores float32 [B·R] (what the sampler ranked
+    by: summed log-probabilities, length-penalized for beam search); R is
+    num_return_sequences (1 but for beam search), rows of one input adjacent."""
+    inputs = self.task.preprocessor(text)
+    ids, scores = self._generate(inputs["token_ids"], inputs["padding_mask"])
+    return {"generated_text": self.task.tokenizer.detokenize(ids), "generated_ids": ids,
+            "scores": scores}
+
+  @tf.function(input_signature=[
+      tf.TensorSpec([None, None], tf.int32, name="encoder_token_ids"),
+      tf.TensorSpec([None, None], tf.int32, name="encoder_padding_mask")])
+  def generate_ids(self, encoder_token_ids, encoder_padding_mask):
+    """generated_ids int32 [B·R, T] for preprocessed encoder inputs (checked, then
+    padded to a bucket length as serving_default's)."""
+    buckets = self.task.preprocessor.bucket_lengths
+    shape = tf.shape(encoder_token_ids)
+    vocabulary = self.task.backbone.config.vocabulary_size
+    checks = [
+        tf.debugging.assert_equal(shape, tf.shape(encoder_padding_mask),
+                                  message="encoder_token_ids and encoder_padding_mask must have "
+                                          "the same shape"),
+        tf.debugging.assert_less_equal(shape[1], buckets[-1],
+                                       message=f"encoder_token_ids may hold at most "
+                                               f"{buckets[-1]} tokens"),
+        tf.debugging.assert_non_negative(encoder_token_ids,
+                                         message="encoder_token_ids must be >= 0"),
+        tf.debugging.assert_less(encoder_token_ids, vocabulary,
+                                 message=f"encoder_token_ids must be < the vocabulary size "
+                                         f"{vocabulary}"),
+    ]
+    with tf.control_dependencies(checks):
+      token_ids, padding_mask = tf.identity(encoder_token_ids), tf.identity(encoder_padding_mask)
+    bucket = tf.reduce_sum(tf.cast(tf.constant(buckets) < shape[1], tf.int32))
+    length = tf.gather(tf.constant(buckets, tf.int32), tf.minimum(bucket, len(buckets) - 1))
+    token_ids = tf.pad(token_ids, [[0, 0], [0, length - shape[1]]],
+                       constant_values=self.task.tokenizer.pad_token_id)
+    padding_mask = tf.pad(padding_mask, [[0, 0], [0, length - shape[1]]])
+    ids, _ = self._generate(token_ids, padding_mask)
+    return {"generated_ids": ids}
+
+  @tf.function(input_signature=[_text_spec("text")])
+  def tokenize(self, text):
+    """token_ids, padding_mask int32 [B, L] (`<s> ... </s>`, L a bucket length)."""
+    inputs = self.task.preprocessor(text)
+    return {"token_ids": inputs["token_ids"], "padding_mask": inputs["padding_mask"]}
+
+  @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="token_ids")])
+  def detokenize(self, token_ids):
+    """text string [B] of ids int32 [B, T], special tokens dropped."""
+    return {"text": self.task.tokenizer.detokenize(token_ids)}
+
+  def signatures(self) -> dict:
+    return {name: getattr(self, name).get_concrete_function()
+            for name in ("serving_default", "generate_ids", "tokenize", "detokenize")}
+
+  def warmup(self, model_name: str, batch_sizes: Sequence[int]) -> list:
+    logs = []
+    for length in self.task.preprocessor.bucket_lengths:
+      text, _ = _text_of_length(self.task.tokenizer, length, mask=False, pair=False)
+      for batch in batch_sizes:
+        logs.append(_predict_log(model_name, "serving_default", {"text": _strings([text] * batch)}))
+      inputs = self.task.preprocessor(tf.constant([text]))
+      logs.append(_predict_log(model_name, "generate_ids", {
+          "encoder_token_ids": inputs["token_ids"].numpy(),
+          "encoder_padding_mask": inputs["padding_mask"].numpy()}))
+    logs.append(_predict_log(model_name, "tokenize", {"text": _strings(["Warm up."])}))
+    logs.append(_predict_log(model_name, "detokenize",
+                             {"token_ids": np.array([[0, 2]], np.int32)}))
+    return logs
+
+
 def serving_module(task, options: ExportOptions = ExportOptions()) -> _ServingModule:
   """The serving module for a task module."""
   if isinstance(task, (xlm_roberta.XLMRobertaMaskedLM, electra.ElectraMaskedLM)):
@@ -324,6 +435,8 @@ def serving_module(task, options: ExportOptions = ExportOptions()) -> _ServingMo
     return TextServingModule(task, options, detect=True)
   if isinstance(task, electra.ElectraEncoder):
     return TextServingModule(task, options, detect=False)
+  if isinstance(task, bart_generation.BartSeq2SeqLM):
+    return GenerateServingModule(task, options)
   raise TypeError(f"cannot export a {type(task).__name__} for serving (XLM-RoBERTa exports "
                   "need the masked-LM head)")
 

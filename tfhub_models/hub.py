@@ -11,7 +11,9 @@ conventions and its Reusable SavedModel API:
   VERSION/preprocessor  obj.tokenize(text [B]) -> int32 RaggedTensor [B, (tokens)];
                         obj.bert_pack_inputs([segment] or [first, second],
                         seq_length=128) -> the encoder's inputs, int32 [B, seq_length];
-                        obj(text) = bert_pack_inputs([tokenize(text)], 128);
+                        obj(text) = bert_pack_inputs([tokenize(text)], 128 or the
+                        encoder's maximum if smaller); seq_length is checked
+                        against the special tokens and the encoder's maximum;
                         obj.vocab_file, the vocabulary as an asset.
 
 Loading the encoder with `tf.saved_model.load` and training its
@@ -70,9 +72,10 @@ class HubEncoder(tf.Module):
 class HubPreprocessor(tf.Module):
   """tokenize and bert_pack_inputs, as TF Hub's BERT preprocessing models."""
 
-  def __init__(self, tokenizer, vocab_file: str):
+  def __init__(self, tokenizer, vocab_file: str, max_seq_length: int):
     super().__init__(name="preprocessor")
     self.tokenizer = tokenizer
+    self.max_seq_length = max_seq_length
     self.vocab_file = tf.saved_model.Asset(vocab_file)
     if isinstance(tokenizer, WordPieceTokenizer):   # [CLS] a [SEP] b [SEP]
       self._start, self._end, self._middle = tokenizer.cls_token_id, tokenizer.sep_token_id, []
@@ -106,6 +109,13 @@ class HubPreprocessor(tf.Module):
     def column(value):
       return tf.RaggedTensor.from_tensor(tf.fill(tf.stack([batch, 1]), value))
 
+    shortest = 2 + (len(segments) - 1) * (1 + len(self._middle))
+    tf.debugging.assert_greater_equal(
+        tf.cast(seq_length, tf.int32), shortest,
+        message=f"seq_length must leave room for the {shortest} special tokens")
+    tf.debugging.assert_less_equal(
+        tf.cast(seq_length, tf.int32), self.max_seq_length,
+        message=f"seq_length may be at most the encoder's {self.max_seq_length} positions")
     seq_length = tf.cast(seq_length, tf.int64)
     if len(segments) == 1:
       first = segments[0][:, : seq_length - 2]
@@ -127,7 +137,8 @@ class HubPreprocessor(tf.Module):
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
   def __call__(self, text):
-    return self.bert_pack_inputs([self.tokenize(text)], DEFAULT_SEQ_LENGTH)
+    return self.bert_pack_inputs([self.tokenize(text)],
+                                 min(DEFAULT_SEQ_LENGTH, self.max_seq_length))
 
 
 def _parts(model):
@@ -162,7 +173,8 @@ def export_hub(model, base, name: str, version: int | None = None) -> pathlib.Pa
       encoder.__call__.get_concrete_function(_INPUT_SPECS, training=training)
     tf.saved_model.save(encoder, str(staging / "encoder"))
     with tempfile.TemporaryDirectory() as scratch:
-      preprocessor = HubPreprocessor(tokenizer, _write_vocabulary(tokenizer, scratch))
+      preprocessor = HubPreprocessor(tokenizer, _write_vocabulary(tokenizer, scratch),
+                                     backbone.config.max_sequence_length)
       preprocessor.bert_pack_inputs.get_concrete_function([ragged], length)
       preprocessor.bert_pack_inputs.get_concrete_function([ragged, ragged], length)
       tf.saved_model.save(preprocessor, str(staging / "preprocessor"))

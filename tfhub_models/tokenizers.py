@@ -248,10 +248,14 @@ class WordPieceTokenizer(tf.Module):
   whitespace and punctuation; each word goes through FastWordpiece, and a
   word of more than `max_chars_per_word` characters becomes `[UNK]`.
   Invalid UTF-8 is replaced by U+FFFD first (which cleaning then removes).
+  Character classes come from TensorFlow's (newer) Unicode tables: characters
+  added after Unicode 9 (U+061D, U+2E43...) may be classified differently from
+  transformers' `tokenizers`, which ships older tables.
   """
 
   def __init__(self, vocabulary: Sequence[str], *, lowercase: bool = True,
-               strip_accents: bool | None = None, max_chars_per_word: int = 100,
+               strip_accents: bool | None = None, split_cjk: bool = True,
+               max_chars_per_word: int = 100,
                unk_token: str = "[UNK]", cls_token: str = "[CLS]", sep_token: str = "[SEP]",
                pad_token: str = "[PAD]", mask_token: str = "[MASK]", suffix_indicator: str = "##",
                name: str | None = None):
@@ -265,6 +269,7 @@ class WordPieceTokenizer(tf.Module):
     self.vocabulary_size = len(vocabulary)
     self.lowercase = lowercase
     self.strip_accents = lowercase if strip_accents is None else strip_accents
+    self.split_cjk = split_cjk
     self.max_chars_per_word = max_chars_per_word
     self.unk_token, self.cls_token, self.sep_token = unk_token, cls_token, sep_token
     self.pad_token, self.mask_token = pad_token, mask_token
@@ -284,7 +289,8 @@ class WordPieceTokenizer(tf.Module):
     """The upstream BertNormalizer on string [...]."""
     text = tf.strings.regex_replace(text, r"[\t\n\r\p{Zs}]", " ")
     text = tf.strings.regex_replace(text, r"[\x{0}\x{FFFD}\p{Cc}\p{Cf}\p{Co}]", "")
-    text = tf.strings.regex_replace(text, f"([{_CJK}])", r" \1 ")
+    if self.split_cjk:
+      text = tf.strings.regex_replace(text, f"([{_CJK}])", r" \1 ")
     if self.strip_accents:
       text = tf.strings.regex_replace(tf_text.normalize_utf8(text, "NFD"), r"\p{Mn}", "")
     if self.lowercase:
@@ -566,7 +572,8 @@ class ByteLevelBPETokenizer(tf.Module):
     parts, special_id = split_special_tokens(text, self._specials, self._special_ids)
     words = self._split(tf.where(special_id >= 0, "", parts.flat_values))         # [P, (W)]
     word_bytes = tf.strings.bytes_split(words.flat_values)                        # [W, (b)]
-    values = tf.cast(tf.io.decode_raw(word_bytes.flat_values, tf.uint8)[:, 0], tf.int32)
+    values = tf.cast(tf.reshape(tf.io.decode_raw(word_bytes.flat_values, tf.uint8), [-1]),
+                     tf.int32)                                                   # one byte each
     characters = tf.RaggedTensor.from_row_splits(tf.gather(self._byte_to_char, values),
                                                  word_bytes.row_splits)
     mapped = tf.strings.regex_replace(tf.strings.unicode_encode(characters, "UTF-8"),

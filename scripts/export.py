@@ -14,7 +14,9 @@ VERSION/preprocessor).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import pathlib
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -29,9 +31,23 @@ def parse_args(argv):
   parser.add_argument("--output", required=True, help="model base directory BASE")
   parser.add_argument("--name", help="model name (default: from the checkpoint)")
   parser.add_argument("--version", type=int, help="version number (default: next integer)")
-  parser.add_argument("--top-k", type=int, default=5, help="fillers per mask (default 5)")
+  parser.add_argument("--top-k", type=int, default=None,
+                      help="fill-mask: fillers per mask (default 5); BART: the k of top-k "
+                           "(and top-p) sampling")
   parser.add_argument("--sequence-length", type=int,
                       help="longest input in tokens, specials included (default: the model's)")
+  generation = parser.add_argument_group(
+      "BART generation (defaults: the checkpoint's generation_config.json)")
+  generation.add_argument("--sampler", choices=["greedy", "random", "top_k", "top_p", "beam"])
+  generation.add_argument("--num-beams", type=int)
+  generation.add_argument("--max-new-tokens", type=int)
+  generation.add_argument("--max-input-length", type=int,
+                          help="encoder tokens, <s> and </s> included (truncated keeping </s>)")
+  generation.add_argument("--top-p", type=float)
+  generation.add_argument("--temperature", type=float)
+  generation.add_argument("--length-penalty", type=float)
+  generation.add_argument("--num-return-sequences", type=int)
+  generation.add_argument("--seed", type=int, default=0, help="seed of the samplers (default 0)")
   parser.add_argument("--task", choices=["fill_mask", "replaced_token_detection", "embedding"],
                       default=None, help="task to export (default: the checkpoint's own)")
   parser.add_argument("--pair", action="store_true",
@@ -56,8 +72,12 @@ def parse_args(argv):
     parser.error("--random-weights needs --preset")
   if args.vocabulary and not args.random_weights:
     parser.error("--vocabulary is only used with --random-weights")
-  if args.top_k < 1:
+  if args.top_k is not None and args.top_k < 1:
     parser.error("--top-k must be at least 1")
+  if args.max_input_length is not None:
+    if args.sequence_length is not None and args.sequence_length != args.max_input_length:
+      parser.error("--max-input-length and --sequence-length differ")
+    args.sequence_length = args.max_input_length
   if args.version is not None and args.version < 1:
     parser.error("--version must be a positive integer")
   try:
@@ -71,7 +91,7 @@ def parse_args(argv):
 
 def build_task(args):
   from tfhub_models import checkpoints, demo
-  from tfhub_models.models import electra, xlm_roberta
+  from tfhub_models.models import bart, electra, xlm_roberta
 
   # --format hub exports the encoder: any checkpoint's backbone will do.
   task = "embedding" if args.format == "hub" and args.task is None else args.task
@@ -80,7 +100,7 @@ def build_task(args):
                              sequence_length=args.sequence_length, task=task)
     name = args.name or os.path.basename(os.path.normpath(args.checkpoint.split("://")[-1]))
     return model, name
-  presets = {**xlm_roberta.PRESETS, **electra.PRESETS}
+  presets = {**xlm_roberta.PRESETS, **electra.PRESETS, **bart.PRESETS}
   if args.preset not in presets:
     raise checkpoints.CheckpointError(
         f"unknown preset {args.preset!r}; known: {', '.join(sorted(presets))}")
@@ -104,6 +124,16 @@ def build_task(args):
     if task == "embedding":
       model = xlm_roberta.XLMRobertaEncoder(model.backbone, model.preprocessor)
     return model, args.name or args.preset
+  if args.preset in bart.PRESETS:
+    if args.vocabulary:
+      directory = os.path.dirname(os.path.abspath(args.vocabulary))
+      tokenizer = checkpoints._bpe_tokenizer(pathlib.Path(directory))
+      vocab, merges = tokenizer.vocabulary, tokenizer.merges
+    else:
+      vocab, merges = demo.demo_bpe_vocabulary()
+    model = demo.random_bart(bart.PRESETS[args.preset], vocab, merges, dtype=args.dtype,
+                             sequence_length=args.sequence_length)
+    return model, args.name or args.preset
   words = (vocabulary.decode("utf-8").splitlines() if vocabulary
            else demo.demo_wordpiece_vocabulary())
   model = demo.random_electra(electra.PRESETS[args.preset], words,
@@ -112,14 +142,38 @@ def build_task(args):
   return model, args.name or args.preset
 
 
+def configure_generation(task, args) -> None:
+  """BART: the checkpoint's generation settings, overridden by the flags."""
+  from tfhub_models.generation import Sampler
+  from tfhub_models.models.bart_generation import BartSeq2SeqLM
+
+  flags = [args.sampler, args.num_beams, args.max_new_tokens, args.top_p, args.temperature,
+           args.length_penalty, args.num_return_sequences]
+  if not isinstance(task, BartSeq2SeqLM):
+    if any(f is not None for f in flags):
+      raise ValueError("generation flags (--sampler, --num-beams, ...) are for BART")
+    return
+  base = task.backbone.config.generation.sampler()
+  name = args.sampler or ("beam" if args.num_beams and args.num_beams > 1 else base.name)
+  settings = {"name": name}
+  for field, value in (("num_beams", args.num_beams), ("k", args.top_k), ("p", args.top_p),
+                       ("temperature", args.temperature), ("length_penalty", args.length_penalty),
+                       ("num_return_sequences", args.num_return_sequences)):
+    if value is not None:
+      settings[field] = value
+  task.compile(sampler=dataclasses.replace(base, **settings), jit_compile=not args.no_xla)
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
   from tfhub_models import checkpoints, export
 
   try:
     task, name = build_task(args)
-    options = export.ExportOptions(top_k=args.top_k, jit_compile=not args.no_xla,
-                                   warmup_batch_sizes=args.warmup_batch_sizes, pair=args.pair)
+    configure_generation(task, args)
+    options = export.ExportOptions(top_k=args.top_k or 5, jit_compile=not args.no_xla,
+                                   warmup_batch_sizes=args.warmup_batch_sizes, pair=args.pair,
+                                   max_new_tokens=args.max_new_tokens, seed=(args.seed, 0))
     if args.format == "hub":
       from tfhub_models import hub
       path = hub.export_hub(task, args.output, name, args.version)

@@ -132,3 +132,58 @@ def write_electra_checkpoint(directory: pathlib.Path, wordpiece_dir: pathlib.Pat
   model.save_pretrained(str(directory))
   shutil.copy(wordpiece_dir / "vocab.txt", directory / "vocab.txt")
   return directory
+
+
+@pytest.fixture(scope="session")
+def bpe_dir(tmp_path_factory) -> pathlib.Path:
+  """A byte-level BPE vocabulary (vocab.json, merges.txt) trained here on the demo corpus."""
+  from tokenizers import ByteLevelBPETokenizer
+  directory = tmp_path_factory.mktemp("bpe")
+  trainer = ByteLevelBPETokenizer()
+  trainer.train_from_iterator(CORPUS * 3, vocab_size=1200, min_frequency=1, show_progress=False,
+                              special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+  trainer.save_model(str(directory))
+  return directory
+
+
+@pytest.fixture(scope="session")
+def hf_bart_tokenizer(bpe_dir):
+  """transformers' BART tokenizer built from the same vocab.json and merges.txt."""
+  from transformers import BartTokenizer
+  return BartTokenizer.from_pretrained(str(bpe_dir))
+
+
+def write_bart_checkpoint(directory: pathlib.Path, bpe_dir: pathlib.Path, *, seed: int = 0,
+                          generation: dict | None = None, **overrides) -> pathlib.Path:
+  """Saves a random transformers BartForConditionalGeneration with its BPE files."""
+  import json
+  import torch
+  import transformers
+
+  vocab_size = len(json.loads((bpe_dir / "vocab.json").read_text()))
+  settings = dict(vocab_size=vocab_size, d_model=32, encoder_layers=2, decoder_layers=2,
+                  encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=37,
+                  decoder_ffn_dim=37, max_position_embeddings=64)
+  settings.update(overrides)
+  torch.manual_seed(seed)
+  model = transformers.BartForConditionalGeneration(transformers.BartConfig(**settings)).eval()
+  with torch.no_grad():
+    for parameter in model.parameters():
+      parameter.add_(torch.randn_like(parameter) * 0.05)
+  for key, value in (generation or {}).items():
+    setattr(model.generation_config, key, value)
+  model.save_pretrained(str(directory))
+  for name in ("vocab.json", "merges.txt"):
+    shutil.copy(bpe_dir / name, directory / name)
+  return directory
+
+
+CNN_STYLE = dict(forced_bos_token_id=0, forced_eos_token_id=2, no_repeat_ngram_size=3,
+                 min_length=6, max_length=24, num_beams=4, length_penalty=2.0,
+                 early_stopping=True)
+
+
+@pytest.fixture(scope="session")
+def hf_bart_checkpoint(tmp_path_factory, bpe_dir) -> pathlib.Path:
+  """A tiny BART with CNN-style generation settings in generation_config.json."""
+  return write_bart_checkpoint(tmp_path_factory.mktemp("bart"), bpe_dir, generation=CNN_STYLE)

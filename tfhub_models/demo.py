@@ -95,3 +95,29 @@ def random_electra(config, vocabulary, task: str, *, dtype="float32",
   config = dataclasses.replace(config, vocabulary_size=tokenizer.vocabulary_size)
   return electra.build_task(task, config, tokenizer, dtype=dtype,
                             sequence_length=sequence_length)
+
+
+def demo_bpe_vocabulary() -> tuple:
+  """A byte-level BPE vocabulary with no merges: the specials and the 256 bytes.
+
+  Every text tokenizes (one id per byte); enough to try BART exports with
+  random weights.  Returns (vocabulary dict, merges list).
+  """
+  from tfhub_models.tokenizers import bytes_to_unicode
+
+  vocabulary = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+  for code in sorted(bytes_to_unicode().values()):
+    vocabulary[chr(code)] = len(vocabulary)
+  vocabulary["<mask>"] = len(vocabulary)
+  return vocabulary, []
+
+
+def random_bart(config, vocabulary: dict, merges, *, dtype="float32",
+                sequence_length: int | None = None):
+  """A BART generation task with random weights whose vocabulary follows `vocabulary`."""
+  from tfhub_models.models.bart_generation import BartSeq2SeqLM
+  from tfhub_models.tokenizers import ByteLevelBPETokenizer
+
+  tokenizer = ByteLevelBPETokenizer(vocabulary, merges)
+  config = dataclasses.replace(config, vocabulary_size=tokenizer.vocabulary_size)
+  return BartSeq2SeqLM.build(config, tokenizer, dtype=dtype, sequence_length=sequence_length)

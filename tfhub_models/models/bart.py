@@ -31,6 +31,27 @@ class GenerationConfig:
   forced_bos_token_id: int | None = None
   forced_eos_token_id: int | None = None
   decoder_start_token_id: int = 2
+  do_sample: bool = False
+  top_k: int = 50
+  top_p: float = 1.0
+  temperature: float = 1.0
+  num_return_sequences: int = 1
+
+  def sampler(self):
+    """The sampler these settings describe (upstream's choice rules)."""
+    from tfhub_models.generation import Sampler
+    if self.num_beams > 1:
+      return Sampler(name="beam", num_beams=self.num_beams, length_penalty=self.length_penalty,
+                     early_stopping=self.early_stopping,
+                     num_return_sequences=self.num_return_sequences)
+    if not self.do_sample:
+      return Sampler(name="greedy")
+    if self.top_p < 1.0:
+      return Sampler(name="top_p", p=self.top_p, k=self.top_k or None,
+                     temperature=self.temperature)
+    if self.top_k:
+      return Sampler(name="top_k", k=self.top_k, temperature=self.temperature)
+    return Sampler(name="random", temperature=self.temperature)
 
   @classmethod
   def from_hf(cls, config: dict) -> "GenerationConfig":

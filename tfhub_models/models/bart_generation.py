@@ -27,7 +27,7 @@ class BartSeq2SeqLM(tf.Module):
                        f"max_sequence_length {backbone.config.max_sequence_length}")
     self.backbone = backbone
     self.preprocessor = preprocessor
-    self.sampler = generation.Sampler(name="top_k")
+    self.sampler = generation.Sampler(name="top_k")   # keras-hub's default; see compile()
     self.jit_compile = True
     self._compiled = {}
 

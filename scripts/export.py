@@ -38,7 +38,9 @@ def parse_args(argv):
                       help="longest input in tokens, specials included (default: the model's)")
   generation = parser.add_argument_group(
       "BART generation (defaults: the checkpoint's generation_config.json)")
-  generation.add_argument("--sampler", choices=["greedy", "random", "top_k", "top_p", "beam"])
+  generation.add_argument("--sampler",
+                          choices=["greedy", "random", "top_k", "top_p", "beam", "contrastive"])
+  generation.add_argument("--alpha", type=float, help="contrastive search's degeneration penalty")
   generation.add_argument("--num-beams", type=int)
   generation.add_argument("--max-new-tokens", type=int)
   generation.add_argument("--max-input-length", type=int,
@@ -148,7 +150,7 @@ def configure_generation(task, args) -> None:
   from tfhub_models.models.bart_generation import BartSeq2SeqLM
 
   flags = [args.sampler, args.num_beams, args.max_new_tokens, args.top_p, args.temperature,
-           args.length_penalty, args.num_return_sequences]
+           args.length_penalty, args.num_return_sequences, args.alpha]
   if not isinstance(task, BartSeq2SeqLM):
     if any(f is not None for f in flags):
       raise ValueError("generation flags (--sampler, --num-beams, ...) are for BART")
@@ -158,7 +160,8 @@ def configure_generation(task, args) -> None:
   settings = {"name": name}
   for field, value in (("num_beams", args.num_beams), ("k", args.top_k), ("p", args.top_p),
                        ("temperature", args.temperature), ("length_penalty", args.length_penalty),
-                       ("num_return_sequences", args.num_return_sequences)):
+                       ("num_return_sequences", args.num_return_sequences),
+                       ("alpha", args.alpha)):
     if value is not None:
       settings[field] = value
   task.compile(sampler=dataclasses.replace(base, **settings), jit_compile=not args.no_xla)

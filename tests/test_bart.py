@@ -246,3 +246,19 @@ def test_cli_generation_flags(hf_bart_checkpoint, tmp_path):
        str(tmp_path), "--sampler", "top_p", "--top-p", "1.5", "--name", "bad"],
       capture_output=True, text=True, cwd=ROOT, timeout=600)
   assert bad.returncode == 1 and "p must be in (0, 1]" in bad.stderr
+
+
+def test_contrastive_search(hf_bart_checkpoint):
+  """alpha = 0 is greedy; alpha > 0 trades probability for less repetition."""
+  task = checkpoints.load(hf_bart_checkpoint)
+  task.compile("greedy")
+  greedy_ids, _ = generate_with_ours(task, TEXTS, 16)
+  task.compile(generation.Sampler(name="contrastive", k=4, alpha=0.0))
+  plain, _ = generate_with_ours(task, TEXTS, 16)
+  np.testing.assert_array_equal(plain, greedy_ids)
+  task.compile(generation.Sampler(name="contrastive", k=4, alpha=0.9))
+  penalised, scores = generate_with_ours(task, TEXTS, 16)
+  assert penalised.shape == greedy_ids.shape and np.isfinite(scores).all()
+  assert (penalised != greedy_ids).any()
+  again, _ = generate_with_ours(task, TEXTS, 16)
+  np.testing.assert_array_equal(again, penalised)

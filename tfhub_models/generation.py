@@ -55,7 +55,7 @@ class Sampler:
 
   greedy; random (temperature); top_k (k, temperature); top_p (p, and k when
   given, temperature); beam (num_beams, length_penalty, early_stopping,
-  num_return_sequences).
+  num_return_sequences); contrastive (k, alpha).
   """
   name: str = "top_k"
   k: int | None = None
@@ -65,6 +65,7 @@ class Sampler:
   length_penalty: float = 1.0
   early_stopping: bool = False
   num_return_sequences: int = 1
+  alpha: float = 0.6
 
   def __post_init__(self):
     if self.name not in SAMPLERS:
@@ -73,6 +74,8 @@ class Sampler:
       raise ValueError("temperature must be > 0")
     if self.k is not None and self.k < 1:
       raise ValueError("k must be >= 1")
+    if not 0 <= self.alpha <= 1:
+      raise ValueError("alpha must be in [0, 1]")
     if self.num_beams < 1 or not 1 <= self.num_return_sequences <= self.num_beams:
       raise ValueError("num_beams must be >= 1 and num_return_sequences in 1..num_beams")
     if not 0 < self.p <= 1:
@@ -93,7 +96,7 @@ class Sampler:
     raise ValueError(f"{self.name} is not a one-id-per-row sampler")
 
 
-SAMPLERS = ("greedy", "random", "top_k", "top_p", "beam")
+SAMPLERS = ("greedy", "random", "top_k", "top_p", "beam", "contrastive")
 
 
 def get_sampler(sampler) -> Sampler:
@@ -333,3 +336,68 @@ def beam_search(step_fn, state, start_ids: tf.Tensor, max_length: int, num_beams
   best, best_scores = loop[3], loop[4]
   ids = tf.reshape(best[:, :num_return_sequences], [-1, max_length])
   return ids, tf.reshape(best_scores[:, :num_return_sequences], [-1])
+
+
+# ---------------------------------------------------------------------------
+# Contrastive search (Su et al. 2022, as keras-hub's ContrastiveSampler).
+
+def contrastive_search(step_fn, state, start_ids: tf.Tensor, max_length: int, k: int,
+                       alpha: float, processors: Processors, stop_token_ids, pad_token_id: int,
+                       hidden_size: int, tile_state, select_state):
+  """Picks, among the k most likely next ids, the one maximising
+  (1 - alpha) * probability - alpha * (largest cosine similarity of its decoder
+  output to the outputs of every earlier position).
+
+  Args:
+    step_fn: (token_ids [N], index, state) -> (logits [N, V], hidden float32 [N, D], state).
+    tile_state: (state, k) -> the state with each row repeated k times (row b*k + j).
+    select_state: (state, rows int32 [B]) -> the state of those rows.
+
+  Returns:
+    (ids int32 [B, max_length], scores float32 [B], summed log-probabilities).
+  """
+  batch = tf.shape(start_ids)[0]
+  static_batch = start_ids.shape[0]
+  stops = tf.constant(list(stop_token_ids) or [-1], tf.int32)
+  ids = tf.concat([start_ids[:, None], tf.fill([batch, max_length - 1], pad_token_id)], axis=1)
+  logits, hidden, state = step_fn(start_ids, tf.constant(0), state)
+  history = tf.concat([hidden[:, None], tf.zeros([batch, max_length - 1, hidden_size])], axis=1)
+
+  def condition(index, ids, logits, history, state, finished, scores):
+    return (index < max_length - 1) & ~tf.reduce_all(finished)
+
+  def body(index, ids, logits, history, state, finished, scores):
+    processed = processors(logits, ids, index + 1, max_length)
+    probabilities = tf.nn.softmax(processed, axis=-1)
+    top_probabilities, candidates = tf.math.top_k(probabilities, k=k)           # [B, k]
+    candidate_logits, candidate_hidden, candidate_state = step_fn(
+        tf.reshape(candidates, [-1]), index + 1, tile_state(state, k))
+    unit = tf.math.l2_normalize(tf.reshape(candidate_hidden, [batch, k, hidden_size]), -1)
+    past = tf.math.l2_normalize(history, -1)                                     # [B, T, D]
+    similarity = tf.einsum("bkd,btd->bkt", unit, past)
+    similarity = tf.where(tf.range(max_length)[None, None, :] <= index, similarity, -1.0)
+    score = (1.0 - alpha) * top_probabilities - alpha * tf.reduce_max(similarity, axis=-1)
+    # An id the processors ruled out (probability 0) is never a candidate.
+    score = tf.where(top_probabilities > 0, score, NEG_INF)
+    best = tf.argmax(score, axis=-1, output_type=tf.int32)                       # [B]
+    rows = tf.range(batch) * k + best
+    chosen = tf.gather(candidates, best, batch_dims=1)
+    chosen_log_prob = tf.math.log(tf.gather(top_probabilities, best, batch_dims=1))
+    chosen = tf.where(finished, pad_token_id, chosen)
+    scores += tf.where(finished, 0.0, chosen_log_prob)
+    at = tf.range(max_length)[None, :] == index + 1
+    ids = tf.where(at, chosen[:, None], ids)
+    chosen_hidden = tf.gather(candidate_hidden, rows)
+    history = tf.where(at[..., None], chosen_hidden[:, None, :], history)
+    new_state = select_state(candidate_state, rows)
+    state = tf.nest.map_structure(lambda new, old: tf.ensure_shape(new, old.shape), new_state,
+                                  state)
+    logits = tf.ensure_shape(tf.gather(candidate_logits, rows), logits.shape)
+    finished |= tf.reduce_any(chosen[:, None] == stops[None, :], axis=1)
+    return index + 1, ids, logits, history, state, finished, scores
+
+  del static_batch
+  loop = tf.while_loop(condition, body,
+                       (tf.constant(0), ids, logits, history, state, tf.zeros([batch], tf.bool),
+                        tf.zeros([batch], tf.float32)), maximum_iterations=max_length - 1)
+  return loop[1], loop[6]

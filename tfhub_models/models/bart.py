@@ -282,6 +282,11 @@ class BartBackbone(tf.Module):
 
   def decode_step(self, token_ids, index, state: DecoderState):
     """One step: token_ids int32 [B] at position `index` -> (logits float32 [B, V], state)."""
+    logits, _, state = self.decode_step_with_hidden(token_ids, index, state)
+    return logits, state
+
+  def decode_step_with_hidden(self, token_ids, index, state: DecoderState):
+    """As decode_step, also returning the decoder output float32 [B, D]."""
     x = self._embed(token_ids[:, None], tf.reshape(index, [1, 1]),
                     self.decoder_position_embedding, self.decoder_embeddings_layer_norm, False)
     max_length = tf.shape(state.self_caches[0].key)[1]
@@ -290,7 +295,9 @@ class BartBackbone(tf.Module):
     for layer, cache, cross_kv in zip(self.decoder_layers, state.self_caches, state.cross_kv):
       x, cache = layer.call_cached(x, cache, index, visible, cross_kv, state.cross_mask)
       caches.append(cache)
-    return self.logits(x[:, 0]), state._replace(self_caches=tuple(caches))
+    hidden = x[:, 0]
+    return (self.logits(hidden), tf.cast(hidden, tf.float32),
+            state._replace(self_caches=tuple(caches)))
 
 
 __all__ = ["BartConfig", "GenerationConfig", "BartBackbone", "DecoderLayer", "DecoderState",

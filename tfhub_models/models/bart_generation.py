@@ -89,6 +89,16 @@ class BartSeq2SeqLM(tf.Module):
           reorder_state=lambda s, rows: s._replace(self_caches=tf.nest.map_structure(
               lambda c: tf.gather(c, rows), s.self_caches)))
     state = self.backbone.init_decoder_state(encoded, padding_mask, max_length)
+    if self.sampler.name == "contrastive":
+      k = min(self.sampler.k or 5, config.vocabulary_size)
+      return generation.contrastive_search(
+          self.backbone.decode_step_with_hidden, state, start, max_length, k,
+          self.sampler.alpha, self.processors(), stops, config.pad_token_id, config.hidden_dim,
+          tile_state=lambda s, n: s._replace(
+              self_caches=tf.nest.map_structure(lambda c: tf.repeat(c, n, axis=0), s.self_caches),
+              cross_kv=tf.nest.map_structure(lambda c: tf.repeat(c, n, axis=0), s.cross_kv),
+              cross_mask=tf.repeat(s.cross_mask, n, axis=0)),
+          select_state=lambda s, rows: tf.nest.map_structure(lambda c: tf.gather(c, rows), s))
     return generation.sample_loop(
         self.backbone.decode_step, state, start, max_length,
         self.sampler.function(config.vocabulary_size), self.processors(),

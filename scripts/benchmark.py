@@ -1,7 +1,10 @@
 #!/usr/bin/env python
-"""Fill-mask latency of our exports against transformers, in the same run.
+"""Speed of our models against their peers, measured side by side in one run.
 
   python scripts/benchmark.py [--layers 6] [--hidden 384] [--repeats 20] [--json]
+  python scripts/benchmark.py --model bart [--repeats 5] [--json]
+
+XLM-RoBERTa fill-mask (default):
 
 Builds one random XLM-RoBERTa checkpoint with transformers (PyTorch, CPU),
 exports it with and without XLA, and times text-in, top-k-out requests:
@@ -10,9 +13,13 @@ tokenizer + `XLMRobertaForMaskedLM` + softmax + top-k.  Also times a short
 request served with bucketed padding against the same request padded to the
 full sequence length, which is what a fixed-shape export would pay.
 
-Results are ratios against the peer measured in the same run (lower is
-better for ours / theirs); absolute milliseconds are printed for context only.
-Needs the test extra (torch, transformers).
+BART generation (--model bart): BART-base shapes with random weights, 64 input
+tokens, 32 new tokens, greedy, batch 1 and batch 8: our XLA-compiled loop against
+transformers (PyTorch) `generate` and keras-hub's `BartSeq2SeqLM` (XLA), as new
+tokens per second.  Target: at least 1.5 x keras-hub at batch 1.
+
+Results are ratios against the peer measured in the same run; absolute numbers
+are printed for context only.  Needs the test extra (torch, transformers, keras-hub).
 """
 
 from __future__ import annotations
@@ -48,7 +55,10 @@ def main(argv=None) -> int:
   parser.add_argument("--sequence-length", type=int, default=512)
   parser.add_argument("--repeats", type=int, default=20)
   parser.add_argument("--json", action="store_true")
+  parser.add_argument("--model", choices=["xlm_roberta", "bart"], default="xlm_roberta")
   args = parser.parse_args(argv)
+  if args.model == "bart":
+    return bart_benchmark(args)
 
   import numpy as np
   import tensorflow as tf
@@ -131,6 +141,91 @@ def main(argv=None) -> int:
   print(f"  bucketing: {b['tokens']} tokens padded to {b['bucket_length']}: {b['bucket_ms']:.2f} ms"
         f" vs {args.sequence_length}: {b['full_length_ms']:.2f} ms "
         f"({b['bucket_vs_full_length']:.2f}x)")
+  return 0
+
+
+def bart_benchmark(args) -> int:
+  """New tokens per second: ours (XLA) vs transformers (PyTorch) vs keras-hub (XLA)."""
+  import dataclasses
+  import json
+
+  import numpy as np
+  import tensorflow as tf
+  import torch
+  import transformers
+
+  from tfhub_models import demo
+  from tfhub_models.models import bart
+
+  os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+  torch.set_num_threads(os.cpu_count() or 1)
+  repeats = min(args.repeats, 5)
+  new_tokens, input_length = 32, 64
+  config = dataclasses.replace(bart.PRESETS["bart_base_en"], vocabulary_size=50265)
+  from tfhub_models.models.bart_generation import BartSeq2SeqLM
+  from tfhub_models.tokenizers import ByteLevelBPETokenizer
+
+  vocabulary, merges = demo.demo_bpe_vocabulary()
+  # The full 50265-row embedding and LM head (the demo vocabulary only names 261).
+  ours = BartSeq2SeqLM.build(config, ByteLevelBPETokenizer(vocabulary, merges),
+                             sequence_length=128)
+  assert ours.backbone.token_embedding.embeddings.shape[0] == 50265
+  ours.compile("greedy")
+  run_ours = ours._function(new_tokens + 1, ())          # no stop id: exactly 32 new tokens
+  reference = transformers.BartForConditionalGeneration(transformers.BartConfig(
+      vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6,
+      encoder_attention_heads=12, decoder_attention_heads=12, encoder_ffn_dim=3072,
+      decoder_ffn_dim=3072)).eval()
+  results = {"new_tokens": new_tokens, "input_tokens": input_length, "cases": {}}
+  keras_model = None
+  try:
+    import keras_hub
+    keras_model = keras_hub.models.BartSeq2SeqLM(
+        backbone=keras_hub.models.BartBackbone(
+            vocabulary_size=50265, num_layers=6, num_heads=12, hidden_dim=768,
+            intermediate_dim=3072, max_sequence_length=1024), preprocessor=None)
+    keras_model.compile(sampler="greedy")
+  except Exception as e:  # keras-hub is a peer, not a dependency
+    results["keras_hub_error"] = f"{type(e).__name__}: {e}"
+  rng = np.random.default_rng(0)
+  for batch in (1, 8):
+    ids = rng.integers(4, 250, size=(batch, input_length)).astype(np.int32)
+    mask = np.ones_like(ids)
+    row = {}
+    seconds = median_ms(lambda: run_ours(ids, mask, tf.constant([0, 0])), repeats) / 1000
+    row["ours_tokens_per_s"] = batch * new_tokens / seconds
+
+    def torch_generate():
+      with torch.no_grad():
+        reference.generate(input_ids=torch.tensor(ids).long(), attention_mask=torch.tensor(mask),
+                           max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=1,
+                           do_sample=False)
+    row["pytorch_tokens_per_s"] = batch * new_tokens / (median_ms(torch_generate, repeats) / 1000)
+    if keras_model is not None:
+      decoder = np.zeros((batch, new_tokens + 1), np.int32)
+      decoder[:, 0] = 2
+      inputs = {"encoder_token_ids": ids, "encoder_padding_mask": mask,
+                "decoder_token_ids": decoder,
+                "decoder_padding_mask": (np.arange(new_tokens + 1) < 1)[None].repeat(batch, 0)
+                .astype(np.int32)}
+      keras_seconds = median_ms(lambda: keras_model.generate(inputs, stop_token_ids=None),
+                                repeats) / 1000
+      row["keras_hub_tokens_per_s"] = batch * new_tokens / keras_seconds
+      row["ours_vs_keras_hub"] = row["ours_tokens_per_s"] / row["keras_hub_tokens_per_s"]
+    row["ours_vs_pytorch"] = row["ours_tokens_per_s"] / row["pytorch_tokens_per_s"]
+    results["cases"][f"batch{batch}"] = row
+  if args.json:
+    print(json.dumps(results, indent=2))
+    return 0
+  print(f"BART-base shapes, random weights, {input_length} input / {new_tokens} new tokens, "
+        f"greedy; median of {repeats}; new tokens per second (higher is better)")
+  for case, row in results["cases"].items():
+    keras = (f" | keras-hub {row['keras_hub_tokens_per_s']:6.1f} "
+             f"(ours {row['ours_vs_keras_hub']:.2f}x)" if "keras_hub_tokens_per_s" in row else "")
+    print(f"  {case:<7} ours {row['ours_tokens_per_s']:6.1f} | PyTorch "
+          f"{row['pytorch_tokens_per_s']:6.1f} (ours {row['ours_vs_pytorch']:.2f}x){keras}")
+  if "keras_hub_error" in results:
+    print(f"  keras-hub not measured: {results['keras_hub_error']}")
   return 0
 
 

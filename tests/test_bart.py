@@ -262,3 +262,36 @@ def test_contrastive_search(hf_bart_checkpoint):
   assert (penalised != greedy_ids).any()
   again, _ = generate_with_ours(task, TEXTS, 16)
   np.testing.assert_array_equal(again, penalised)
+
+
+def test_keras_hub_preset_matches_keras_hub(bpe_dir, tmp_path):
+  import json
+  os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+  import keras_hub
+  vocabulary = json.loads((bpe_dir / "vocab.json").read_text())
+  merges = [line for line in (bpe_dir / "merges.txt").read_text().splitlines()
+            if line and not line.startswith("#version")]
+  tokenizer = keras_hub.models.BartTokenizer(vocabulary=vocabulary, merges=merges)
+  backbone = keras_hub.models.BartBackbone(vocabulary_size=len(vocabulary), num_layers=2,
+                                           num_heads=4, hidden_dim=32, intermediate_dim=48,
+                                           max_sequence_length=64)
+  rng = np.random.default_rng(0)
+  for weight in backbone.weights:   # move layer norms and biases off 1 and 0
+    weight.assign(weight + rng.normal(size=weight.shape) * 0.05)
+  preprocessor = keras_hub.models.BartSeq2SeqLMPreprocessor(
+      tokenizer, encoder_sequence_length=24, decoder_sequence_length=24)
+  keras_hub.models.BartSeq2SeqLM(backbone=backbone, preprocessor=preprocessor).save_to_preset(
+      str(tmp_path / "preset"))
+  task = checkpoints.load(tmp_path / "preset", sequence_length=24)
+  encoder = task.preprocessor(tf.constant(TEXTS))
+  decoder = tf.constant([[2, 0, 10, 20], [2, 0, 5, 1], [2, 0, 7, 1], [2, 0, 1, 1]])
+  inputs = {"encoder_token_ids": encoder["token_ids"], "encoder_padding_mask": encoder["padding_mask"],
+            "decoder_token_ids": decoder, "decoder_padding_mask": tf.cast(decoder != 1, tf.int32)}
+  expected = backbone(inputs)
+  got = task.backbone(inputs)
+  real = encoder["padding_mask"].numpy().astype(bool)
+  np.testing.assert_allclose(got["encoder_sequence_output"].numpy()[real],
+                             np.asarray(expected["encoder_sequence_output"])[real], atol=1e-4)
+  real = (decoder != 1).numpy()
+  np.testing.assert_allclose(got["decoder_sequence_output"].numpy()[real],
+                             np.asarray(expected["decoder_sequence_output"])[real], atol=1e-4)

@@ -416,8 +416,13 @@ def load_xlm_roberta_keras_hub(directory: pathlib.Path, *, dtype="float32",
 # BART.
 
 def _bpe_tokenizer(directory: pathlib.Path) -> ByteLevelBPETokenizer:
-  vocabulary = _read_json(directory / "vocab.json")
-  path = directory / "merges.txt"
+  return _bpe_tokenizer_from(directory / "vocab.json", directory / "merges.txt")
+
+
+def _bpe_tokenizer_from(vocabulary_path: pathlib.Path,
+                        path: pathlib.Path) -> ByteLevelBPETokenizer:
+  directory = path.parent
+  vocabulary = _read_json(vocabulary_path)
   if not path.exists():
     raise CheckpointError(f"{directory}: no merges.txt (the in-graph BPE is built from it)")
   lines = path.read_text(encoding="utf-8").splitlines()
@@ -508,6 +513,89 @@ def load_bart_hf(directory: pathlib.Path, *, dtype="float32", sequence_length: i
 
   assign_strict(_bart_assignments(model.backbone), weights, ignored=ignored,
                 where=str(directory), dtype=model.backbone.dtype)
+  return model
+
+
+def load_bart_keras_hub(directory: pathlib.Path, *, dtype="float32",
+                        sequence_length: int | None = None, load_weights: bool = True,
+                        task: str | None = None):
+  """Loads a keras-hub BART preset (config.json, model.weights.h5,
+  assets/tokenizer/vocabulary.json and merges.txt) as a `BartSeq2SeqLM`.
+
+  keras-hub has no final_logits_bias (zeros here) and no generation settings:
+  its generate starts the decoder with `</s><s>`, so `<s>` is forced first.
+  """
+  from tfhub_models.models import bart_generation
+
+  if task not in (None, "generate"):
+    raise CheckpointError(f"unknown task {task!r} for BART (generate)")
+  meta = _read_json(directory / "config.json")["config"]
+  config = bart.BartConfig(
+      vocabulary_size=int(meta["vocabulary_size"]), num_layers=int(meta["num_layers"]),
+      num_heads=int(meta["num_heads"]), hidden_dim=int(meta["hidden_dim"]),
+      intermediate_dim=int(meta["intermediate_dim"]), dropout=float(meta.get("dropout", 0.1)),
+      max_sequence_length=int(meta.get("max_sequence_length", 1024)),
+      generation=bart.GenerationConfig(forced_bos_token_id=0))
+  assets = directory / "assets" / "tokenizer"
+  vocabulary_path = assets / "vocabulary.json"
+  if not vocabulary_path.exists():
+    raise CheckpointError(f"{directory}: no assets/tokenizer/vocabulary.json")
+  tokenizer = _bpe_tokenizer_from(vocabulary_path, assets / "merges.txt")
+  length = sequence_length or config.max_sequence_length
+  if not 3 <= length <= config.max_sequence_length:
+    raise CheckpointError(f"sequence length {length} is outside 3..{config.max_sequence_length}")
+  model = bart_generation.BartSeq2SeqLM.build(config, tokenizer, dtype=dtype,
+                                              sequence_length=length)
+  if not load_weights:
+    return model
+  flat = {f"{path}:{i}": array
+          for path, arrays in read_keras_h5(directory / "model.weights.h5").items()
+          for i, array in enumerate(arrays)}
+  b = model.backbone
+
+  def positions(array):  # keras-hub counts positions from 0; upstream from row 2
+    table = np.zeros((array.shape[0] + bart.POSITION_OFFSET, array.shape[1]), array.dtype)
+    table[bart.POSITION_OFFSET:] = array
+    return table
+
+  def attention(prefix, module):
+    return [(f"{prefix}/{name}:0", dense.kernel, _kh_heads) for name, dense in
+            (("query", module.query), ("key", module.key), ("value", module.value))] + [
+        (f"{prefix}/{name}:1", dense.bias, _kh_heads) for name, dense in
+        (("query", module.query), ("key", module.key), ("value", module.value))] + [
+        (f"{prefix}/attention_output:0", module.output.kernel, _kh_out),
+        (f"{prefix}/attention_output:1", module.output.bias, _same)]
+
+  def kh_norm(name, norm):
+    return [(f"{name}:0", norm.gamma, _same), (f"{name}:1", norm.beta, _same)]
+
+  def kh_dense(name, dense):
+    return [(f"{name}:0", dense.kernel, _same), (f"{name}:1", dense.bias, _same)]
+
+  assignments = [
+      ("token_embedding:0", b.token_embedding.embeddings, _same),
+      ("encoder_position_embedding:0", b.encoder_position_embedding.embeddings, positions),
+      ("decoder_position_embedding:0", b.decoder_position_embedding.embeddings, positions),
+      *kh_norm("encoder_embeddings_layer_norm", b.encoder_embeddings_layer_norm),
+      *kh_norm("decoder_embeddings_layer_norm", b.decoder_embeddings_layer_norm)]
+  for i, layer in enumerate(b.encoder_layers):
+    p = f"transformer_encoder_layer_{i}/"
+    assignments += [*attention(p + "self_attention_layer", layer.self_attention),
+                    *kh_norm(p + "self_attention_layer_norm", layer.self_attention_layer_norm),
+                    *kh_dense(p + "feedforward_intermediate_dense", layer.feedforward.intermediate),
+                    *kh_dense(p + "feedforward_output_dense", layer.feedforward.output),
+                    *kh_norm(p + "feedforward_layer_norm", layer.feedforward_layer_norm)]
+  for i, layer in enumerate(b.decoder_layers):
+    p = f"transformer_decoder_layer_{i}/"
+    assignments += [*attention(p + "self_attention", layer.self_attention),
+                    *kh_norm(p + "self_attention_layer_norm", layer.self_attention_layer_norm),
+                    *attention(p + "cross_attention", layer.cross_attention),
+                    *kh_norm(p + "cross_attention_layer_norm", layer.cross_attention_layer_norm),
+                    *kh_dense(p + "feedforward_intermediate_dense", layer.feedforward.intermediate),
+                    *kh_dense(p + "feedforward_output_dense", layer.feedforward.output),
+                    *kh_norm(p + "feedforward_layer_norm", layer.feedforward_layer_norm)]
+  assign_strict(assignments, flat, ignored=lambda k: False,
+                where=str(directory / "model.weights.h5"), dtype=b.dtype)
   return model
 
 
@@ -637,8 +725,13 @@ def load_electra_hf(directory: pathlib.Path, *, dtype="float32",
 # BART.
 
 def _bpe_tokenizer(directory: pathlib.Path) -> ByteLevelBPETokenizer:
-  vocabulary = _read_json(directory / "vocab.json")
-  path = directory / "merges.txt"
+  return _bpe_tokenizer_from(directory / "vocab.json", directory / "merges.txt")
+
+
+def _bpe_tokenizer_from(vocabulary_path: pathlib.Path,
+                        path: pathlib.Path) -> ByteLevelBPETokenizer:
+  directory = path.parent
+  vocabulary = _read_json(vocabulary_path)
   if not path.exists():
     raise CheckpointError(f"{directory}: no merges.txt (the in-graph BPE is built from it)")
   lines = path.read_text(encoding="utf-8").splitlines()
@@ -732,6 +825,89 @@ def load_bart_hf(directory: pathlib.Path, *, dtype="float32", sequence_length: i
   return model
 
 
+def load_bart_keras_hub(directory: pathlib.Path, *, dtype="float32",
+                        sequence_length: int | None = None, load_weights: bool = True,
+                        task: str | None = None):
+  """Loads a keras-hub BART preset (config.json, model.weights.h5,
+  assets/tokenizer/vocabulary.json and merges.txt) as a `BartSeq2SeqLM`.
+
+  keras-hub has no final_logits_bias (zeros here) and no generation settings:
+  its generate starts the decoder with `</s><s>`, so `<s>` is forced first.
+  """
+  from tfhub_models.models import bart_generation
+
+  if task not in (None, "generate"):
+    raise CheckpointError(f"unknown task {task!r} for BART (generate)")
+  meta = _read_json(directory / "config.json")["config"]
+  config = bart.BartConfig(
+      vocabulary_size=int(meta["vocabulary_size"]), num_layers=int(meta["num_layers"]),
+      num_heads=int(meta["num_heads"]), hidden_dim=int(meta["hidden_dim"]),
+      intermediate_dim=int(meta["intermediate_dim"]), dropout=float(meta.get("dropout", 0.1)),
+      max_sequence_length=int(meta.get("max_sequence_length", 1024)),
+      generation=bart.GenerationConfig(forced_bos_token_id=0))
+  assets = directory / "assets" / "tokenizer"
+  vocabulary_path = assets / "vocabulary.json"
+  if not vocabulary_path.exists():
+    raise CheckpointError(f"{directory}: no assets/tokenizer/vocabulary.json")
+  tokenizer = _bpe_tokenizer_from(vocabulary_path, assets / "merges.txt")
+  length = sequence_length or config.max_sequence_length
+  if not 3 <= length <= config.max_sequence_length:
+    raise CheckpointError(f"sequence length {length} is outside 3..{config.max_sequence_length}")
+  model = bart_generation.BartSeq2SeqLM.build(config, tokenizer, dtype=dtype,
+                                              sequence_length=length)
+  if not load_weights:
+    return model
+  flat = {f"{path}:{i}": array
+          for path, arrays in read_keras_h5(directory / "model.weights.h5").items()
+          for i, array in enumerate(arrays)}
+  b = model.backbone
+
+  def positions(array):  # keras-hub counts positions from 0; upstream from row 2
+    table = np.zeros((array.shape[0] + bart.POSITION_OFFSET, array.shape[1]), array.dtype)
+    table[bart.POSITION_OFFSET:] = array
+    return table
+
+  def attention(prefix, module):
+    return [(f"{prefix}/{name}:0", dense.kernel, _kh_heads) for name, dense in
+            (("query", module.query), ("key", module.key), ("value", module.value))] + [
+        (f"{prefix}/{name}:1", dense.bias, _kh_heads) for name, dense in
+        (("query", module.query), ("key", module.key), ("value", module.value))] + [
+        (f"{prefix}/attention_output:0", module.output.kernel, _kh_out),
+        (f"{prefix}/attention_output:1", module.output.bias, _same)]
+
+  def kh_norm(name, norm):
+    return [(f"{name}:0", norm.gamma, _same), (f"{name}:1", norm.beta, _same)]
+
+  def kh_dense(name, dense):
+    return [(f"{name}:0", dense.kernel, _same), (f"{name}:1", dense.bias, _same)]
+
+  assignments = [
+      ("token_embedding:0", b.token_embedding.embeddings, _same),
+      ("encoder_position_embedding:0", b.encoder_position_embedding.embeddings, positions),
+      ("decoder_position_embedding:0", b.decoder_position_embedding.embeddings, positions),
+      *kh_norm("encoder_embeddings_layer_norm", b.encoder_embeddings_layer_norm),
+      *kh_norm("decoder_embeddings_layer_norm", b.decoder_embeddings_layer_norm)]
+  for i, layer in enumerate(b.encoder_layers):
+    p = f"transformer_encoder_layer_{i}/"
+    assignments += [*attention(p + "self_attention_layer", layer.self_attention),
+                    *kh_norm(p + "self_attention_layer_norm", layer.self_attention_layer_norm),
+                    *kh_dense(p + "feedforward_intermediate_dense", layer.feedforward.intermediate),
+                    *kh_dense(p + "feedforward_output_dense", layer.feedforward.output),
+                    *kh_norm(p + "feedforward_layer_norm", layer.feedforward_layer_norm)]
+  for i, layer in enumerate(b.decoder_layers):
+    p = f"transformer_decoder_layer_{i}/"
+    assignments += [*attention(p + "self_attention", layer.self_attention),
+                    *kh_norm(p + "self_attention_layer_norm", layer.self_attention_layer_norm),
+                    *attention(p + "cross_attention", layer.cross_attention),
+                    *kh_norm(p + "cross_attention_layer_norm", layer.cross_attention_layer_norm),
+                    *kh_dense(p + "feedforward_intermediate_dense", layer.feedforward.intermediate),
+                    *kh_dense(p + "feedforward_output_dense", layer.feedforward.output),
+                    *kh_norm(p + "feedforward_layer_norm", layer.feedforward_layer_norm)]
+  assign_strict(assignments, flat, ignored=lambda k: False,
+                where=str(directory / "model.weights.h5"), dtype=b.dtype)
+  return model
+
+
 # ---------------------------------------------------------------------------
 # Entry point.
 
@@ -742,8 +918,10 @@ def detect(directory: pathlib.Path) -> tuple[str, str]:
     class_name = meta["class_name"]
     if class_name == "XLMRobertaBackbone":
       return "keras_hub", "xlm_roberta"
+    if class_name == "BartBackbone":
+      return "keras_hub", "bart"
     raise CheckpointError(f"{directory}: keras-hub class {class_name!r} is not supported "
-                          "(supported: XLMRobertaBackbone)")
+                          "(supported: XLMRobertaBackbone, BartBackbone)")
   model_type = meta.get("model_type")
   if model_type in ("xlm-roberta", "xlm_roberta"):
     return "hf", "xlm_roberta"
@@ -786,12 +964,12 @@ def load(source: str | os.PathLike, *, dtype="float32", sequence_length: int | N
   "replaced_token_detection" (ELECTRA).
   """
   directory = resolve(source)
-  _, family = detect(directory)
+  fmt, family = detect(directory)
   kwargs = dict(dtype=dtype, sequence_length=sequence_length, load_weights=load_weights, task=task)
   if family == "electra":
     return load_electra_hf(directory, **kwargs)
   if family == "bart":
-    return load_bart_hf(directory, **kwargs)
+    return (load_bart_keras_hub if fmt == "keras_hub" else load_bart_hf)(directory, **kwargs)
   return _load_xlm_roberta(directory, **kwargs)
 
 

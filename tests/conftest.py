@@ -154,7 +154,8 @@ def hf_bart_tokenizer(bpe_dir):
 
 
 def write_bart_checkpoint(directory: pathlib.Path, bpe_dir: pathlib.Path, *, seed: int = 0,
-                          generation: dict | None = None, **overrides) -> pathlib.Path:
+                          generation: dict | None = None, eos_bias: float = 0.0,
+                          **overrides) -> pathlib.Path:
   """Saves a random transformers BartForConditionalGeneration with its BPE files."""
   import json
   import torch
@@ -170,6 +171,7 @@ def write_bart_checkpoint(directory: pathlib.Path, bpe_dir: pathlib.Path, *, see
   with torch.no_grad():
     for parameter in model.parameters():
       parameter.add_(torch.randn_like(parameter) * 0.05)
+    model.final_logits_bias[0, model.config.eos_token_id] += eos_bias   # rows end early
   for key, value in (generation or {}).items():
     setattr(model.generation_config, key, value)
   model.save_pretrained(str(directory))

@@ -295,3 +295,44 @@ def test_keras_hub_preset_matches_keras_hub(bpe_dir, tmp_path):
   real = (decoder != 1).numpy()
   np.testing.assert_allclose(got["decoder_sequence_output"].numpy()[real],
                              np.asarray(expected["decoder_sequence_output"])[real], atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def early_ending_checkpoint(tmp_path_factory, bpe_dir):
+  """EOS made likelier, so rows end at different steps: exercises finishing,
+  the early-stop check and the length penalty across lengths."""
+  return write_bart_checkpoint(tmp_path_factory.mktemp("bart_eos"), bpe_dir, seed=5,
+                               eos_bias=2.0, generation=dict(CNN_STYLE, min_length=3))
+
+
+@pytest.mark.parametrize("settings", [
+    dict(name="greedy"),
+    dict(name="beam", length_penalty=2.0, early_stopping=True),
+    dict(name="beam", length_penalty=2.0, early_stopping="never"),
+    dict(name="beam", length_penalty=0.5, early_stopping=False, num_return_sequences=3),
+    dict(name="beam", length_penalty=-1.0, early_stopping="never"),
+], ids=lambda s: "-".join(str(v) for v in s.values()))
+def test_generation_with_early_endings_matches_transformers(early_ending_checkpoint, settings):
+  task = checkpoints.load(early_ending_checkpoint)
+  task.compile(generation.Sampler(num_beams=4, **settings))
+  kwargs = dict(num_beams=1) if settings["name"] == "greedy" else dict(
+      num_beams=4, length_penalty=settings["length_penalty"],
+      early_stopping=settings["early_stopping"],
+      num_return_sequences=settings.get("num_return_sequences", 1))
+  theirs, their_scores = generate_with_transformers(early_ending_checkpoint, TEXTS, task,
+                                                    **kwargs)
+  ours, our_scores = generate_with_ours(task, TEXTS, CNN_STYLE["max_length"])
+  ends = [list(row).index(2, 1) if 2 in row[1:] else len(row) for row in theirs]
+  if settings.get("early_stopping") != "never":         # "never" searches to max_length
+    assert min(ends) < CNN_STYLE["max_length"] - 1     # some rows really end early
+  assert_same_sequences(ours, theirs)
+  if their_scores is not None:
+    np.testing.assert_allclose(our_scores, their_scores.numpy(), atol=1e-4)
+
+
+def test_max_length_is_bounded_by_the_positions(hf_bart_checkpoint):
+  task = checkpoints.load(hf_bart_checkpoint)
+  with pytest.raises(ValueError, match="must be in 2..64"):
+    task.generate(["x"], max_length=90)
+  with pytest.raises(ValueError, match="must be in 2..64"):
+    export.GenerateServingModule(task, export.ExportOptions(max_new_tokens=200))

@@ -215,23 +215,28 @@ def test_hub_encoder_fine_tunes(source, electra_checkpoints, hf_checkpoint, tmp_
   with pytest.raises(tf.errors.InvalidArgumentError, match="at most the encoder"):
     preprocessor.bert_pack_inputs([first], seq_length=1000)
 
-  # Fine-tuning a few steps changes the variables and lowers the loss.
+  # Fine-tuning a few steps (dropout on) changes the variables and lowers the loss
+  # measured without dropout.
+  tf.random.set_seed(0)
   head = tf.Variable(tf.random.stateless_normal([outputs["pooled_output"].shape[-1], 1], [1, 2],
                                                 stddev=0.1))
   target = tf.constant([[1.0], [-1.0]])
   trainable = list(encoder.trainable_variables) + [head]
   before = [v.numpy().copy() for v in encoder.trainable_variables]
-  losses = []
-  for _ in range(8):
+
+  def loss_of(training):
+    pooled = encoder(packed, training=training)["pooled_output"]
+    return tf.reduce_mean((pooled @ head - target) ** 2)
+
+  initial = float(loss_of(False))
+  for _ in range(10):
     with tf.GradientTape() as tape:
-      pooled = encoder(packed, training=True)["pooled_output"]
-      loss = tf.reduce_mean((pooled @ head - target) ** 2)
+      loss = loss_of(True)
     for variable, gradient in zip(trainable, tape.gradient(loss, trainable)):
-      variable.assign_sub(0.02 * tf.convert_to_tensor(gradient))
-    losses.append(float(loss))
+      variable.assign_sub(0.01 * tf.convert_to_tensor(gradient))
   changed = sum(np.abs(b - v.numpy()).max() > 0 for b, v in zip(before, encoder.trainable_variables))
   assert changed >= 0.9 * len(before)
-  assert np.mean(losses[-3:]) < losses[0]
+  assert float(loss_of(False)) < initial
 
 
 # ---------------------------------------------------------------------------

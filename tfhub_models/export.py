@@ -337,6 +337,7 @@ class GenerateServingModule(_ServingModule):
     if new_tokens < 1:
       raise ValueError("max_new_tokens must be at least 1")
     self.max_length = int(new_tokens) + 1
+    task.check_max_length(self.max_length)
     self.returns = task.sampler.num_return_sequences if task.sampler.name == "beam" else 1
     seed = tf.constant(list(options.seed), tf.int32)
     self._generate_core = tf.function(

@@ -30,23 +30,35 @@ def random(logits: tf.Tensor, seed: tf.Tensor, temperature: float = 1.0) -> tf.T
 
 
 def top_k(logits: tf.Tensor, seed: tf.Tensor, k: int = 5, temperature: float = 1.0) -> tf.Tensor:
-  """An id drawn from the k most likely, renormalised."""
-  values, indices = tf.math.top_k(logits / temperature, k=k)                  # [B, k]
-  choice = tf.random.stateless_categorical(values, 1, seed, dtype=tf.int32)  # [B, 1]
-  return tf.gather(indices, choice[:, 0], batch_dims=1)
+  """An id drawn from the k most likely, renormalised (ids tied with the k-th kept,
+  as upstream's TopKLogitsWarper)."""
+  logits = logits / temperature
+  kth = tf.math.top_k(logits, k=k).values[:, -1:]                             # [B, 1]
+  kept = tf.where(logits >= kth, logits, NEG_INF)
+  return tf.random.stateless_categorical(kept, 1, seed, dtype=tf.int32)[:, 0]
 
 
 def top_p(logits: tf.Tensor, seed: tf.Tensor, p: float = 0.9, k: int | None = None,
           temperature: float = 1.0) -> tf.Tensor:
   """An id drawn from the smallest set of most likely ids whose mass reaches p
-  (among the k most likely when k is given)."""
-  k = k or logits.shape[-1]
-  values, indices = tf.math.top_k(logits / temperature, k=k)                  # [B, k] sorted
-  probabilities = tf.nn.softmax(values, axis=-1)
-  before = tf.cumsum(probabilities, axis=-1, exclusive=True)                  # mass of better ids
-  values = tf.where(before < p, values, -1e9)                                 # keeps at least one
-  choice = tf.random.stateless_categorical(values, 1, seed, dtype=tf.int32)
-  return tf.gather(indices, choice[:, 0], batch_dims=1)
+  (after top-k when k is given), as upstream's TopPLogitsWarper: ids sorted
+  ascending (stably), those whose cumulative mass stays at or below 1 - p
+  dropped, the most likely always kept."""
+  logits = logits / temperature
+  if k is not None:
+    kth = tf.math.top_k(logits, k=k).values[:, -1:]
+    logits = tf.where(logits >= kth, logits, NEG_INF)
+  order = tf.argsort(logits, axis=-1, direction="ASCENDING", stable=True)       # [B, V]
+  ascending = tf.gather(logits, order, batch_dims=1)
+  mass = tf.cumsum(tf.nn.softmax(ascending, axis=-1), axis=-1)
+  drop = mass <= 1.0 - p
+  drop = tf.concat([drop[:, :-1], tf.zeros_like(drop[:, -1:])], axis=-1)       # keep the best
+  dropped = tf.scatter_nd(
+      tf.stack([tf.repeat(tf.range(tf.shape(order)[0]), tf.shape(order)[1]),
+                tf.reshape(order, [-1])], axis=1),
+      tf.reshape(drop, [-1]), tf.shape(order))
+  kept = tf.where(dropped, NEG_INF, logits)
+  return tf.random.stateless_categorical(kept, 1, seed, dtype=tf.int32)[:, 0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +75,7 @@ class Sampler:
   temperature: float = 1.0
   num_beams: int = 4
   length_penalty: float = 1.0
-  early_stopping: bool = False
+  early_stopping: bool | str = False     # True, False or "never", as upstream
   num_return_sequences: int = 1
   alpha: float = 0.6
 
@@ -236,7 +248,7 @@ def sample_loop(step_fn, state, start_ids: tf.Tensor, max_length: int, sample_fn
 
 def beam_search(step_fn, state, start_ids: tf.Tensor, max_length: int, num_beams: int,
                 processors: Processors, stop_token_ids, pad_token_id: int, vocabulary_size: int,
-                length_penalty: float = 1.0, early_stopping: bool = False,
+                length_penalty: float = 1.0, early_stopping: bool | str = False,
                 num_return_sequences: int = 1, reorder_state=None):
   """Beam search with the upstream's scoring and stopping rules.
 
@@ -270,9 +282,11 @@ def beam_search(step_fn, state, start_ids: tf.Tensor, max_length: int, num_beams
   def gather_beams(x, indices):
     return tf.gather(x, indices, batch_dims=1)
 
+  stop_when_full = early_stopping is True
+
   def condition(length, running, running_scores, best, best_scores, finished, improvable, hits,
                 state):
-    open_beam = ~(tf.reduce_all(finished) & early_stopping)
+    open_beam = ~(tf.reduce_all(finished) & stop_when_full)
     return (tf.reduce_any(improvable) & open_beam & ~tf.reduce_all(hits)
             & (length < max_length))
 
@@ -301,7 +315,7 @@ def beam_search(step_fn, state, start_ids: tf.Tensor, max_length: int, num_beams
     # Candidates that just finished compete with the finished ones.
     just_finished = hits & top_beam_mask[None, :]
     penalized = top_log_probs / tf.pow(tf.cast(length, tf.float32), length_penalty)
-    full = tf.reduce_all(finished, axis=-1, keepdims=True) & early_stopping
+    full = tf.reduce_all(finished, axis=-1, keepdims=True) & stop_when_full
     penalized += tf.cast(full, tf.float32) * -1e9
     penalized += tf.cast(~improvable, tf.float32) * -1e9
     penalized += tf.cast(~just_finished, tf.float32) * -1e9
@@ -323,8 +337,11 @@ def beam_search(step_fn, state, start_ids: tf.Tensor, max_length: int, num_beams
     hits = tf.ensure_shape(hits, [static_batch, keep])
     length += 1
     # Can a running beam still beat the worst finished one? (upstream's heuristic)
-    best_possible = running_scores[:, :1] / tf.pow(tf.cast(length - 1, tf.float32),
-                                                   length_penalty)
+    if early_stopping == "never" and length_penalty > 0.0:
+      hypothetical = tf.constant(max_length - 1, tf.float32)   # longer can only score better
+    else:
+      hypothetical = tf.cast(length - 1, tf.float32)
+    best_possible = running_scores[:, :1] / tf.pow(hypothetical, length_penalty)
     worst = tf.where(finished, tf.reduce_min(best_scores, axis=1, keepdims=True), -1e9)
     improvable &= tf.reduce_any(best_possible > worst, axis=-1, keepdims=True)
     return length, running, running_scores, best, best_scores, finished, improvable, hits, state

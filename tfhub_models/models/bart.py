@@ -25,7 +25,7 @@ class GenerationConfig:
   min_length: int = 0
   num_beams: int = 1
   length_penalty: float = 1.0
-  early_stopping: bool = False
+  early_stopping: bool | str = False    # True, False or "never", as upstream
   no_repeat_ngram_size: int = 0
   repetition_penalty: float = 1.0
   forced_bos_token_id: int | None = None
@@ -57,9 +57,9 @@ class GenerationConfig:
   def from_hf(cls, config: dict) -> "GenerationConfig":
     known = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in config.items() if k in known and v is not None}
-    # Upstream's early_stopping is True, False (a heuristic) or "never"; the last
-    # two both keep searching here until no beam can improve or max_length.
-    values["early_stopping"] = values.get("early_stopping") is True
+    # Upstream's early_stopping is True, False (a heuristic) or "never".
+    early = values.get("early_stopping", False)
+    values["early_stopping"] = "never" if early == "never" else early is True
     return cls(**values)
 
 

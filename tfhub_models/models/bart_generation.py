@@ -55,6 +55,13 @@ class BartSeq2SeqLM(tf.Module):
     self.jit_compile = jit_compile
     self._compiled = {}
 
+  def check_max_length(self, max_length: int) -> None:
+    """Decoder positions end at max_sequence_length (XLA would clamp silently)."""
+    limit = self.backbone.config.max_sequence_length
+    if not 2 <= max_length <= limit:
+      raise ValueError(f"max_length {max_length} (the decoder start token included) must be in "
+                       f"2..{limit}, the model's positions")
+
   def processors(self, stop_token_ids=None) -> generation.Processors:
     g = self.backbone.config.generation
     return generation.Processors(
@@ -105,6 +112,7 @@ class BartSeq2SeqLM(tf.Module):
         tf.cast(tf.convert_to_tensor(seed), tf.int32), stops, config.pad_token_id)
 
   def _function(self, max_length: int, stop_token_ids):
+    self.check_max_length(max_length)
     key = (max_length, tuple(stop_token_ids) if stop_token_ids is not None else None)
     if key not in self._compiled:
       self._compiled[key] = tf.function(

@@ -94,3 +94,24 @@ def test_preprocessor_truncates_keeping_eos(tokenizer, hf_bart_tokenizer):
   invalid = pre(tf.constant([b"\xff\xfe ok"]))["token_ids"][0].numpy().tolist()
   assert invalid[: 1 + len(ours(tokenizer, ["\ufffd\ufffd ok"])[0])] == [0] + ours(
       tokenizer, ["\ufffd\ufffd ok"])[0]
+
+
+def test_mask_lstrip_from_tokenizer_json(bpe_dir, tmp_path):
+  """A tokenizer.json whose <mask> has lstrip=True (as the public BART checkpoints')."""
+  from tokenizers import AddedToken
+  from transformers import BartTokenizer
+  from tfhub_models import checkpoints
+  upstream = BartTokenizer.from_pretrained(str(bpe_dir))
+  upstream.add_special_tokens({"mask_token": AddedToken("<mask>", lstrip=True)})
+  upstream.save_pretrained(str(tmp_path))             # writes tokenizer.json only
+  import shutil
+  for name in ("vocab.json", "merges.txt"):             # checkpoints ship all three
+    shutil.copy(bpe_dir / name, tmp_path / name)
+  reloaded = BartTokenizer.from_pretrained(str(tmp_path))
+  tokenizer = checkpoints._bpe_tokenizer(tmp_path)
+  assert tokenizer.lstrip == ("<mask>",)
+  texts = ["No <mask> in sight", "a  \t<mask>b", "<mask>", " <mask> ", "x <s> y"]
+  expected = reloaded(texts, add_special_tokens=False)["input_ids"]
+  assert ours(tokenizer, texts) == expected
+  assert expected[0] != ours(ByteLevelBPETokenizer(tokenizer.vocabulary, tokenizer.merges),
+                             texts[:1])[0]   # the setting matters

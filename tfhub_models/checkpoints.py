@@ -549,8 +549,17 @@ def _bpe_tokenizer_from(vocabulary_path: pathlib.Path,
   bad = [m for m in merges if len(m) != 2]
   if bad:
     raise CheckpointError(f"{path}: a merge is two tokens separated by a space, not {bad[0]}")
+  # tokenizer.json, when present, says which added tokens strip the spaces
+  # around them (upstream loads it in preference to vocab.json/merges.txt).
+  lstrip, rstrip = [], []
+  if (directory / "tokenizer.json").exists():
+    for added in _read_json(directory / "tokenizer.json").get("added_tokens", []):
+      if added.get("lstrip"):
+        lstrip.append(added.get("content"))
+      if added.get("rstrip"):
+        rstrip.append(added.get("content"))
   try:
-    return ByteLevelBPETokenizer(vocabulary, merges)
+    return ByteLevelBPETokenizer(vocabulary, merges, lstrip=lstrip, rstrip=rstrip)
   except ValueError as e:
     raise CheckpointError(f"{directory}: {e}") from None
 

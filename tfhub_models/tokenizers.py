@@ -26,8 +26,17 @@ _WHITE_SPACE = (r"[\t\n\x{0C}\r \x{85}\x{A0}\x{1680}\x{2000}-\x{200A}"
 DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
 
 
-def split_special_tokens(text: tf.Tensor, tokens: Sequence[str], ids: Sequence[int]):
+# Unicode White_Space (Rust's char::is_whitespace), for lstrip/rstrip of added tokens.
+_ANY_SPACE = (r"[\t\n\x{0B}\x{0C}\r \x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}"
+              r"\x{202F}\x{205F}\x{3000}]*")
+
+
+def split_special_tokens(text: tf.Tensor, tokens: Sequence[str], ids: Sequence[int],
+                         lstrip: Sequence[str] = (), rstrip: Sequence[str] = ()):
   """Splits raw text on literal special tokens, as the upstream added-token matcher does.
+
+  A token in `lstrip` (`rstrip`) also takes the whitespace before (after) it, as
+  an upstream AddedToken with lstrip=True (rstrip=True).
 
   Args:
     text: string [B].
@@ -36,12 +45,16 @@ def split_special_tokens(text: tf.Tensor, tokens: Sequence[str], ids: Sequence[i
     (pieces RaggedTensor string [B, (P)], special_id int32 [total P], -1 where a
     piece is ordinary text).
   """
-  pattern = "|".join(re.escape(t) for t in tokens)
+  patterns = [(_ANY_SPACE if t in lstrip else "") + re.escape(t)
+              + (_ANY_SPACE if t in rstrip else "") for t in tokens]
+  pattern = "|".join(patterns)
   pieces = tf_text.regex_split(text, pattern, pattern)                        # [B, (P)]
   flat = pieces.flat_values
   special_id = tf.fill(tf.shape(flat), -1)
-  for token, token_id in zip(tokens, ids):
-    special_id = tf.where(tf.equal(flat, token), token_id, special_id)
+  for token, token_id, token_pattern in zip(tokens, ids, patterns):
+    match = (tf.strings.regex_full_match(flat, token_pattern) if token_pattern != re.escape(token)
+             else tf.equal(flat, token))
+    special_id = tf.where(match, token_id, special_id)
   return pieces, special_id
 
 
@@ -510,8 +523,9 @@ def bpe_sentencepiece_model(vocabulary: dict, merges: Sequence[tuple], specials:
 class ByteLevelBPETokenizer(tf.Module):
   """Byte-level BPE (BART, RoBERTa) in the graph, as the upstream tokenizer.
 
-  Special tokens written in text are recognised (no stripping of the spaces
-  around them, as transformers' tokenizer built from vocab.json/merges.txt);
+  Special tokens written in text are recognised; those in `lstrip`/`rstrip`
+  take the whitespace before/after them (a checkpoint's tokenizer.json says
+  which; built from vocab.json/merges.txt alone, none does);
   the rest is pre-split with GPT-2's regex, mapped byte by byte to GPT-2's
   printable alphabet and merged by a SentencePiece BPE model built from the
   merges.  No mutable tables: the maps are constants, the model a graph
@@ -520,7 +534,8 @@ class ByteLevelBPETokenizer(tf.Module):
 
   def __init__(self, vocabulary: dict, merges: Sequence[tuple], *, bos_token: str = "<s>",
                eos_token: str = "</s>", pad_token: str = "<pad>", unk_token: str = "<unk>",
-               mask_token: str = "<mask>", name: str | None = None):
+               mask_token: str = "<mask>", lstrip: Sequence[str] = (),
+               rstrip: Sequence[str] = (), name: str | None = None):
     super().__init__(name=name)
     missing = [t for t in (bos_token, eos_token, pad_token, unk_token, mask_token)
                if t not in vocabulary]
@@ -536,6 +551,7 @@ class ByteLevelBPETokenizer(tf.Module):
     self.mask_token_id = vocabulary[mask_token]
     self._specials = (bos_token, eos_token, pad_token, unk_token, mask_token)
     self._special_ids = tuple(vocabulary[t] for t in self._specials)
+    self.lstrip, self.rstrip = tuple(lstrip), tuple(rstrip)
     proto, to_vocabulary = bpe_sentencepiece_model(vocabulary, self.merges, self._specials)
     byte_map = bytes_to_unicode()
     self._nul_mapped = re.escape("".join(chr(byte_map[b]) for b in _NUL_STAND_IN.encode()))
@@ -569,7 +585,8 @@ class ByteLevelBPETokenizer(tf.Module):
     # regex_split stops at U+0000: a stand-in of the same regex class (Cn, "other")
     # takes its place, and its mapped bytes become byte 0's character again below.
     text = tf.strings.regex_replace(text, r"\x00", _NUL_STAND_IN)
-    parts, special_id = split_special_tokens(text, self._specials, self._special_ids)
+    parts, special_id = split_special_tokens(text, self._specials, self._special_ids,
+                                             self.lstrip, self.rstrip)
     words = self._split(tf.where(special_id >= 0, "", parts.flat_values))         # [P, (W)]
     word_bytes = tf.strings.bytes_split(words.flat_values)                        # [W, (b)]
     values = tf.cast(tf.reshape(tf.io.decode_raw(word_bytes.flat_values, tf.uint8), [-1]),

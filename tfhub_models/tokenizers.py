@@ -78,6 +78,18 @@ def merge_pieces(pieces: tf.RaggedTensor, special_id: tf.Tensor,
   return tf.RaggedTensor.from_row_splits(per_piece, pieces.row_splits).merge_dims(1, 2)
 
 
+def ordinary_ids(ids, special_ids: Sequence[int], vocabulary_size: int) -> tf.RaggedTensor:
+  """ids int [B, L] (dense or ragged) without special and out-of-range ids: int32 [B, (n)]."""
+  if not isinstance(ids, tf.RaggedTensor):
+    ids = tf.RaggedTensor.from_tensor(tf.convert_to_tensor(ids))
+  ids = tf.cast(ids, tf.int32)
+  special = tf.constant(list(special_ids) or [-1], tf.int32)
+  keep = tf.ragged.map_flat_values(
+      lambda v: tf.reduce_all(v[:, None] != special[None, :], axis=1)
+      & (v >= 0) & (v < vocabulary_size), ids)
+  return tf.ragged.boolean_mask(ids, keep)
+
+
 def bucket_lengths_for(sequence_length: int, buckets: Sequence[int] = DEFAULT_BUCKETS) -> tuple:
   """The padded lengths a batch may take: buckets below sequence_length, then it."""
   if sequence_length < 3:
@@ -336,14 +348,9 @@ class WordPieceTokenizer(tf.Module):
 
   def detokenize(self, ids) -> tf.Tensor:
     """Ids int [B, L] (dense or ragged) -> string [B]; special tokens dropped."""
-    if not isinstance(ids, tf.RaggedTensor):
-      ids = tf.RaggedTensor.from_tensor(tf.convert_to_tensor(ids))
-    ids = tf.cast(ids, tf.int32)
-    special = tf.constant([i for i in self._special_ids if i != self.unk_token_id], tf.int32)
-    keep = tf.ragged.map_flat_values(
-        lambda v: tf.reduce_all(v[:, None] != special[None, :], axis=1)
-        & (v >= 0) & (v < self.vocabulary_size), ids)
-    text = self._wordpiece.detokenize(tf.ragged.boolean_mask(ids, keep))
+    kept = ordinary_ids(ids, [i for i in self._special_ids if i != self.unk_token_id],
+                        self.vocabulary_size)
+    text = self._wordpiece.detokenize(kept)
     # The upstream decode's clean-up of spaces before punctuation and contractions.
     for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
                           (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"),
@@ -605,14 +612,7 @@ class ByteLevelBPETokenizer(tf.Module):
 
   def detokenize(self, ids) -> tf.Tensor:
     """Ids int [B, L] (dense or ragged) -> string [B]; special tokens dropped."""
-    if not isinstance(ids, tf.RaggedTensor):
-      ids = tf.RaggedTensor.from_tensor(tf.convert_to_tensor(ids))
-    ids = tf.cast(ids, tf.int32)
-    special = tf.constant(self._special_ids, tf.int32)
-    keep = tf.ragged.map_flat_values(
-        lambda v: tf.reduce_all(v[:, None] != special[None, :], axis=1)
-        & (v >= 0) & (v < self.vocabulary_size), ids)
-    kept = tf.ragged.boolean_mask(ids, keep)
+    kept = ordinary_ids(ids, self._special_ids, self.vocabulary_size)
     text = tf.strings.reduce_join(tf.ragged.map_flat_values(
         lambda v: tf.gather(self._tokens, v), kept), axis=-1)                 # [B]
     codes = tf.strings.unicode_decode(text, "UTF-8")                           # [B, (chars)]

@@ -146,7 +146,6 @@ def build_task(args):
 
 def configure_generation(task, args) -> None:
   """BART: the checkpoint's generation settings, overridden by the flags."""
-  from tfhub_models.generation import Sampler
   from tfhub_models.models.bart_generation import BartSeq2SeqLM
 
   flags = [args.sampler, args.num_beams, args.max_new_tokens, args.top_p, args.temperature,

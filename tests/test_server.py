@@ -10,7 +10,6 @@ import time
 import grpc
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from conftest import ROOT
 from serving.client import ServingClient, format_fill_mask

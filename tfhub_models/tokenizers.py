@@ -397,7 +397,7 @@ def truncate_longest_first(first: tf.RaggedTensor, second: tf.RaggedTensor, budg
   """
   n_first, n_second = first.row_lengths(), second.row_lengths()
   swap = n_first > n_second
-  short, long = tf.minimum(n_first, n_second), tf.maximum(n_first, n_second)
+  short = tf.minimum(n_first, n_second)
   long_keep = tf.where(short > budget, short, tf.maximum(short, budget - short))
   short_keep = short
   over = short_keep + long_keep > budget

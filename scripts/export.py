@@ -117,6 +117,22 @@ def build_task(args):
         vocabulary = f.read()
     except OSError as e:
       raise checkpoints.CheckpointError(f"--vocabulary: {e.strerror}: {args.vocabulary}") from None
+  try:
+    return _random_model(args, task, vocabulary)
+  except checkpoints.CheckpointError:
+    raise
+  except Exception as e:  # a vocabulary file the tokenizer ops reject
+    if not args.vocabulary:
+      raise
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+    raise checkpoints.CheckpointError(
+        f"--vocabulary {args.vocabulary}: not a usable vocabulary ({reason[:200]})") from None
+
+
+def _random_model(args, task, vocabulary):
+  from tfhub_models import checkpoints, demo
+  from tfhub_models.models import bart, electra, xlm_roberta
+
   if args.preset in xlm_roberta.PRESETS:
     if task not in (None, "fill_mask", "embedding"):
       raise checkpoints.CheckpointError(f"XLM-RoBERTa has no {task} task")

@@ -260,3 +260,19 @@ def test_cli_random_weights_preset(tmp_path):
   loaded = tf.saved_model.load(result.stdout.strip().splitlines()[-1])
   out = loaded.signatures["serving_default"](text=tf.constant(["a <mask> b"]))
   assert out["num_masks"].numpy().tolist() == [1]
+
+
+@pytest.mark.parametrize("preset,content", [
+    ("xlm_roberta_base_multi", b"\x00not a sentencepiece model"),
+    ("electra_small_discriminator_uncased_en", b"a\na\n[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n"),
+])
+def test_cli_rejects_an_unusable_vocabulary(preset, content, tmp_path):
+  vocabulary = tmp_path / "vocabulary"
+  vocabulary.write_bytes(content)
+  result = run_script("scripts/export.py", "--preset", preset, "--random-weights", "--vocabulary",
+                      vocabulary, "--output", tmp_path / "out", "--sequence-length", "16")
+  assert result.returncode == 1
+  lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and "not a usable vocabulary" in lines[0], result.stderr[-500:]
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("saved_model.pb"))

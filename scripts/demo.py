@@ -32,7 +32,7 @@ def wait_for_port(port_file: str, server: subprocess.Popen, timeout: float = 300
     if server.poll() is not None:
       raise RuntimeError(f"the server exited with code {server.returncode}")
     if os.path.exists(port_file):
-      return int(open(port_file).read())
+      return int(open(port_file).read().split()[0])
     time.sleep(0.2)
   raise TimeoutError("the server did not start in time")
 

@@ -2,6 +2,11 @@
 """Sends text to a served model and prints the answer.
 
   python scripts/predict.py --server HOST:PORT --model NAME [--signature S] [--json] TEXT...
+
+Works against TF Serving and `serving.server` alike.  The answer is printed as
+a table (fill-mask fillers with scores, replaced-token probabilities,
+generated text, embedding summaries) or, with --json, as the signature's
+outputs in JSON.
 """
 
 from __future__ import annotations
@@ -15,48 +20,81 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--server", default="127.0.0.1:8500")
+  parser.add_argument("--server", default="127.0.0.1:8500", help="HOST:PORT of the gRPC API")
   parser.add_argument("--model", required=True)
   parser.add_argument("--signature", default="serving_default",
                       help="a signature whose input is `text` (serving_default, tokenize, "
                            "embedding); default serving_default")
-  parser.add_argument("--version", type=int)
-  parser.add_argument("--label")
-  parser.add_argument("--timeout", type=float, default=30.0)
+  parser.add_argument("--text-pair", action="append", dest="text_pairs", metavar="TEXT",
+                      help="second segment, once per TEXT (exports made with --pair)")
+  which = parser.add_mutually_exclusive_group()
+  which.add_argument("--version", type=int)
+  which.add_argument("--label")
+  parser.add_argument("--timeout", type=float, default=30.0, help="seconds, retries included")
+  parser.add_argument("--tls", action="store_true", help="connect with TLS")
+  parser.add_argument("--root-cert", help="PEM file of the CA to trust (implies --tls)")
   parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
   parser.add_argument("texts", nargs="+", metavar="TEXT")
-  args = parser.parse_args(argv)
+  return parser
+
+
+def main(argv=None) -> int:
+  args = build_parser().parse_args(argv)
+  if args.text_pairs is not None and len(args.text_pairs) != len(args.texts):
+    print(f"error: {len(args.texts)} texts but {len(args.text_pairs)} --text-pair values",
+          file=sys.stderr)
+    return 2
 
   import grpc
   import numpy as np
-  from serving.client import (ServingClient, fill_mask_answers, format_fill_mask,
-                              format_replaced)
+  from serving import client as serving_client
 
+  root = None
+  if args.root_cert:
+    try:
+      root = open(args.root_cert, "rb").read()
+    except OSError as e:
+      print(f"error: cannot read --root-cert: {e.strerror}", file=sys.stderr)
+      return 2
+  inputs = {"text": np.array([t.encode() for t in args.texts], dtype=object)}
+  if args.text_pairs:
+    inputs["text_pair"] = np.array([t.encode() for t in args.text_pairs], dtype=object)
   try:
-    with ServingClient(args.server, args.model, version=args.version, label=args.label,
-                       timeout=args.timeout) as client:
-      out = client.predict({"text": np.array([t.encode() for t in args.texts], dtype=object)},
-                           signature=args.signature)
+    with serving_client.ServingClient(args.server, args.model, version=args.version,
+                                      label=args.label, timeout=args.timeout, tls=args.tls,
+                                      root_certificates=root) as client:
+      out = client.predict(inputs, signature=args.signature)
   except grpc.RpcError as e:
     print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
     return 1
   if args.json:
     print(json.dumps({k: _plain(v) for k, v in out.items()}, ensure_ascii=False))
-  elif "top_k_ids" in out:
-    print(format_fill_mask(args.texts, fill_mask_answers(out)))
-  elif "replaced_probability" in out:
-    print(format_replaced(args.texts, out))
   else:
-    print(json.dumps({k: _plain(v) for k, v in out.items()}, ensure_ascii=False, indent=2))
+    print(format_answer(args.texts, out))
   return 0
+
+
+def format_answer(texts, out: dict) -> str:
+  """The table for whichever task's outputs `out` holds."""
+  from serving import client as c
+  if "top_k_ids" in out:
+    return c.format_fill_mask(texts, c.fill_mask_answers(out))
+  if "replaced_probability" in out:
+    return c.format_replaced(texts, c.replaced_answers(out))
+  if "generated_text" in out:
+    return c.format_generations(texts, c.generation_answers(out, len(texts)))
+  if "pooled_output" in out:
+    return c.format_embeddings(texts, c.embedding_answers(out))
+  return json.dumps({k: _plain(v) for k, v in out.items()}, ensure_ascii=False, indent=2)
 
 
 def _plain(value):
   import numpy as np
   if value.dtype == object:
-    return np.vectorize(lambda b: b.decode("utf-8", "replace"), otypes=[object])(value).tolist()
+    return np.vectorize(lambda b: b.decode("utf-8", "replace"), otypes=[object])(value).tolist() \
+        if value.size else value.tolist()
   return value.tolist()
 
 

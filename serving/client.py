@@ -1,14 +1,21 @@
 """A small typed client over the stock `tensorflow_serving.apis` stubs.
 
-  client = ServingClient("127.0.0.1:8500", "xlm_roberta")
-  client.fill_mask(["The capital of France is <mask>."])
+  with ServingClient("127.0.0.1:8500", "xlm_roberta") as client:
+    client.fill_mask(["The capital of France is <mask>."])   # [text][mask][rank] Filler
+    client.generate(["A long article ..."])                   # one string per text
+    client.predict({"text": np.array([b"..."], dtype=object)}, signature="tokenize")
 
-Works unchanged against TF Serving and `serving.server`.
+Works unchanged against TF Serving and `serving.server`.  Every call has a
+deadline (`timeout` seconds, retries included); UNAVAILABLE, and only that, is
+retried with exponential back-off, since it is the one code that says "try
+again" (a full batching queue, a server starting or swapping); every other
+error is the request's own and comes back as the `grpc.RpcError` it is.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import random
 import time
 from typing import Mapping, Sequence
 
@@ -18,11 +25,13 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
+# Generation answers (several sequences of ids and text per input) outgrow
+# gRPC's 4 MB default; TF Serving itself accepts up to 2 GB.
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 
 def _to_proto(value):
-  from tensorflow import make_tensor_proto  # TensorProto conversion, no ops run
+  from tensorflow import make_tensor_proto  # conversion only, no ops run
   return make_tensor_proto(value)
 
 
@@ -31,29 +40,78 @@ def _from_proto(proto):
   return make_ndarray(proto)
 
 
+def _texts(texts: Sequence[str] | str) -> np.ndarray:
+  if isinstance(texts, str):
+    raise TypeError("pass a list of texts, not one string")
+  return np.array([t.encode("utf-8") if isinstance(t, str) else bytes(t) for t in texts],
+                  dtype=object)
+
+
 @dataclasses.dataclass(frozen=True)
 class Filler:
+  """One candidate for a mask."""
   token: str
   token_id: int
   score: float
 
 
+@dataclasses.dataclass(frozen=True)
+class TokenScore:
+  """One token of a replaced-token detection answer."""
+  token: str
+  token_id: int
+  replaced_probability: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Embedding:
+  """One text's embedding: `pooled` [D] and `sequence` [tokens, D] (padding removed)."""
+  pooled: np.ndarray
+  sequence: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+  """One generated sequence."""
+  text: str
+  token_ids: tuple[int, ...]
+  score: float
+
+
 class ServingClient:
-  """Predict, metadata and status calls for one model on one server."""
+  """Predict, metadata and status calls for one model on one server.
+
+  version / label: which version answers (default: the newest the server has).
+  timeout: seconds for a whole call, retries included.
+  retries, backoff: how often and how patiently UNAVAILABLE is retried.
+  tls: use TLS; root_certificates (PEM bytes) replaces the system roots, and
+  private_key / certificate_chain (PEM bytes) are the client's own for servers
+  that verify clients.
+  """
 
   def __init__(self, target: str, model: str, *, version: int | None = None,
-               label: str | None = None, timeout: float = 30.0, retries: int = 3):
+               label: str | None = None, timeout: float = 30.0, retries: int = 3,
+               backoff: float = 0.1, tls: bool = False, root_certificates: bytes | None = None,
+               private_key: bytes | None = None, certificate_chain: bytes | None = None,
+               max_message_bytes: int = MAX_MESSAGE_BYTES, options: Sequence = ()):
     if version is not None and label is not None:
       raise ValueError("give a version or a label, not both")
+    if timeout <= 0 or retries < 0 or backoff < 0:
+      raise ValueError("timeout must be positive, retries and backoff not negative")
     self.model, self.version, self.label = model, version, label
-    self.timeout, self.retries = timeout, retries
-    self.channel = grpc.insecure_channel(target, options=[
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+    self.timeout, self.retries, self.backoff = timeout, retries, backoff
+    channel_options = [("grpc.max_receive_message_length", max_message_bytes),
+                       ("grpc.max_send_message_length", max_message_bytes), *options]
+    if tls or root_certificates or private_key:
+      credentials = grpc.ssl_channel_credentials(root_certificates, private_key,
+                                                 certificate_chain)
+      self.channel = grpc.secure_channel(target, credentials, options=channel_options)
+    else:
+      self.channel = grpc.insecure_channel(target, options=channel_options)
     self.prediction = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
     self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
 
-  def close(self):
+  def close(self) -> None:
     self.channel.close()
 
   def __enter__(self):
@@ -62,7 +120,7 @@ class ServingClient:
   def __exit__(self, *exc):
     self.close()
 
-  def _spec(self, spec, signature: str | None = None):
+  def _spec(self, spec, signature: str | None = None) -> None:
     spec.name = self.model
     if self.version is not None:
       spec.version.value = self.version
@@ -72,31 +130,34 @@ class ServingClient:
       spec.signature_name = signature
 
   def _call(self, method, request):
-    delay = 0.1
+    deadline = time.monotonic() + self.timeout
+    delay = self.backoff
     for attempt in range(self.retries + 1):
+      left = deadline - time.monotonic()
       try:
-        return method(request, timeout=self.timeout)
-      except grpc.RpcError as e:  # only UNAVAILABLE is worth another try
-        if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
+        return method(request, timeout=max(left, 0.001))
+      except grpc.RpcError as e:
+        pause = delay * (0.5 + random.random())  # jitter spreads clients apart
+        if (e.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries
+            or time.monotonic() + pause >= deadline):
           raise
-        time.sleep(delay)
+        time.sleep(pause)
         delay *= 2
 
-  def predict(self, inputs: Mapping[str, object], signature: str = "serving_default") -> dict:
+  # --- raw calls -------------------------------------------------------------------
+
+  def predict(self, inputs: Mapping[str, object], signature: str = "serving_default",
+              output_filter: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """Runs a signature; inputs and outputs are numpy arrays (strings as bytes)."""
-    request = predict_pb2.PredictRequest()
+    request = predict_pb2.PredictRequest(output_filter=list(output_filter))
     self._spec(request.model_spec, signature)
     for key, value in inputs.items():
       request.inputs[key].CopyFrom(_to_proto(value))
     response = self._call(self.prediction.Predict, request)
     return {key: _from_proto(value) for key, value in response.outputs.items()}
 
-  def fill_mask(self, texts: Sequence[str]) -> list:
-    """For each text, for each mask token, the fillers best first."""
-    return fill_mask_answers(
-        self.predict({"text": np.array([t.encode("utf-8") for t in texts], dtype=object)}))
-
-  def metadata(self):
+  def metadata(self) -> get_model_metadata_pb2.SignatureDefMap:
+    """The served version's signatures (`.signature_def[name].inputs/outputs`)."""
     request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
     self._spec(request.model_spec)
     response = self._call(self.prediction.GetModelMetadata, request)
@@ -104,34 +165,89 @@ class ServingClient:
     response.metadata["signature_def"].Unpack(signatures)
     return signatures
 
-  def status(self):
+  def status(self) -> get_model_status_pb2.GetModelStatusResponse:
+    """Every version's state (and error, for one that failed to load)."""
     request = get_model_status_pb2.GetModelStatusRequest()
     self._spec(request.model_spec)
     return self._call(self.models.GetModelStatus, request)
 
+  # --- by task -----------------------------------------------------------------------
 
-def fill_mask_answers(out: dict) -> list:
+  def fill_mask(self, texts: Sequence[str]) -> list[list[list[Filler]]]:
+    """For each text, for each mask token, the fillers best first."""
+    return fill_mask_answers(self.predict({"text": _texts(texts)}))
+
+  def _with_pairs(self, texts, text_pairs) -> dict:
+    inputs = {"text": _texts(texts)}
+    if text_pairs is not None:
+      if len(text_pairs) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(text_pairs)} text_pairs")
+      inputs["text_pair"] = _texts(text_pairs)
+    return inputs
+
+  def detect_replaced(self, texts: Sequence[str],
+                      text_pairs: Sequence[str] | None = None) -> list[list[TokenScore]]:
+    """For each text, its tokens with the probability that each was replaced."""
+    return replaced_answers(self.predict(self._with_pairs(texts, text_pairs)))
+
+  def embed(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None,
+            signature: str = "serving_default") -> list[Embedding]:
+    """Each text's pooled and per-token embeddings (`signature="embedding"` on ELECTRA
+    discriminator and generator exports)."""
+    return embedding_answers(self.predict(self._with_pairs(texts, text_pairs), signature))
+
+  def generate(self, texts: Sequence[str], *, all_sequences: bool = False):
+    """The generated text for each input; with `all_sequences`, every returned
+    sequence (num_return_sequences of the export) as `Generation`s, best first."""
+    out = self.predict({"text": _texts(texts)})
+    answers = generation_answers(out, len(texts))
+    return answers if all_sequences else [a[0].text for a in answers]
+
+
+# --- outputs to typed answers --------------------------------------------------------
+
+def _text(value: bytes) -> str:
+  return value.decode("utf-8", "replace")
+
+
+def fill_mask_answers(out: dict) -> list[list[list[Filler]]]:
   """A fill-mask signature's outputs as [text][mask][rank] Fillers."""
   answers = []
   for b, count in enumerate(out["num_masks"]):
-    answers.append([[Filler(out["top_k_tokens"][b, m, k].decode("utf-8", "replace"),
-                            int(out["top_k_ids"][b, m, k]), float(out["top_k_scores"][b, m, k]))
+    answers.append([[Filler(_text(out["top_k_tokens"][b, m, k]), int(out["top_k_ids"][b, m, k]),
+                            float(out["top_k_scores"][b, m, k]))
                      for k in range(out["top_k_ids"].shape[2])] for m in range(int(count))])
   return answers
 
 
-def format_replaced(texts: Sequence[str], out: dict) -> str:
-  """A readable table of a replaced-token detection answer."""
-  lines = []
-  for b, text in enumerate(texts):
-    lines.append(text)
-    for token, probability, real in zip(out["tokens"][b], out["replaced_probability"][b],
-                                        out["padding_mask"][b]):
-      if real:
-        flag = "  replaced?" if probability > 0.5 else ""
-        lines.append(f"  {token.decode('utf-8', 'replace'):<16} {probability:.4f}{flag}")
-  return "\n".join(lines)
+def replaced_answers(out: dict) -> list[list[TokenScore]]:
+  return [[TokenScore(_text(token), int(token_id), float(p))
+           for token, token_id, p, real in zip(out["tokens"][b], out["token_ids"][b],
+                                               out["replaced_probability"][b],
+                                               out["padding_mask"][b]) if real]
+          for b in range(out["tokens"].shape[0])]
 
+
+def embedding_answers(out: dict) -> list[Embedding]:
+  return [Embedding(out["pooled_output"][b], out["sequence_output"][b][out["padding_mask"][b] > 0])
+          for b in range(out["pooled_output"].shape[0])]
+
+
+def generation_answers(out: dict, num_texts: int) -> list[list[Generation]]:
+  rows = out["generated_text"].shape[0]
+  if num_texts == 0 or rows % num_texts:
+    raise ValueError(f"{rows} generated sequences for {num_texts} texts")
+  per_text = rows // num_texts
+  answers = []
+  for b in range(num_texts):
+    answers.append([Generation(_text(out["generated_text"][r]),
+                               tuple(int(i) for i in out["generated_ids"][r]),
+                               float(out["scores"][r]))
+                    for r in range(b * per_text, (b + 1) * per_text)])
+  return answers
+
+
+# --- tables for people -----------------------------------------------------------------
 
 def format_fill_mask(texts: Sequence[str], answers: list) -> str:
   """A readable table of `fill_mask` answers."""
@@ -139,10 +255,42 @@ def format_fill_mask(texts: Sequence[str], answers: list) -> str:
   for text, masks in zip(texts, answers):
     lines.append(text)
     if not masks:
-      lines.append("  (no <mask> in this text)")
+      lines.append("  (no mask token in this text)")
     for m, fillers in enumerate(masks):
       lines.append(f"  mask {m + 1}:")
       width = max((len(f.token) for f in fillers), default=5)
       for rank, f in enumerate(fillers, 1):
-        lines.append(f"    {rank:>2}. {f.token or repr(f.token):<{width}}  {f.score:.4f}  (id {f.token_id})")
+        lines.append(f"    {rank:>2}. {f.token or repr(f.token):<{width}}  {f.score:.4f}  "
+                     f"(id {f.token_id})")
+  return "\n".join(lines)
+
+
+def format_replaced(texts: Sequence[str], answers: list[list[TokenScore]]) -> str:
+  """A readable table of a replaced-token detection answer."""
+  lines = []
+  for text, tokens in zip(texts, answers):
+    lines.append(text)
+    width = max((len(t.token) for t in tokens), default=5)
+    for t in tokens:
+      flag = "  replaced?" if t.replaced_probability > 0.5 else ""
+      lines.append(f"  {t.token:<{width}}  {t.replaced_probability:.4f}{flag}")
+  return "\n".join(lines)
+
+
+def format_generations(texts: Sequence[str], answers: list[list[Generation]]) -> str:
+  lines = []
+  for text, generations in zip(texts, answers):
+    lines.append(text)
+    for rank, g in enumerate(generations, 1):
+      prefix = f"  {rank}." if len(generations) > 1 else "  →"
+      lines.append(f"{prefix} {g.text}  (score {g.score:.4f})")
+  return "\n".join(lines)
+
+
+def format_embeddings(texts: Sequence[str], answers: list[Embedding]) -> str:
+  lines = []
+  for text, e in zip(texts, answers):
+    head = ", ".join(f"{v:.4f}" for v in e.pooled[:4])
+    lines.append(f"{text}\n  pooled [{e.pooled.shape[0]}]: {head}, ...  "
+                 f"(norm {float(np.linalg.norm(e.pooled)):.4f}); {e.sequence.shape[0]} tokens")
   return "\n".join(lines)

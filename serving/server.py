@@ -1,16 +1,28 @@
-"""A local model server that speaks TF Serving's gRPC API.
+"""A local model server that speaks TF Serving's API and reads its config files.
 
-  python -m serving.server --model_name NAME --model_base_path BASE/NAME [--port 8500]
+  python -m serving.server --model_name NAME --model_base_path BASE/NAME [--rest_api_port 8501]
+  python -m serving.server --model_config_file models.config [--enable_batching \\
+      --batching_parameters_file batching.config] [--monitoring_config_file monitoring.config]
 
-It loads the newest numeric version under --model_base_path through the TF1
-session loader (the path TF Serving's C++ loader corresponds to), replays its
-warmup requests, and answers `tensorflow.serving.PredictionService/Predict`
-and `GetModelMetadata`, `tensorflow.serving.ModelService/GetModelStatus`, and
-the standard gRPC health service.  Unlike TF Serving it binds to 127.0.0.1
-unless --host says otherwise.
+Flags carry `tensorflow_model_server`'s names, defaults and meanings, so a
+command line, a config file or a client that works here works against TF
+Serving, and the other way round.  Models run through the TF1 session loader,
+the path TF Serving's C++ loader takes, from the signature graph alone.
 
-This is the first cut used by the README's demo; REST, config files, version
-polling and batching are tracked in the serving issue.
+  gRPC   tensorflow.serving.PredictionService   Predict, GetModelMetadata
+                                                (Classify, Regress, MultiInference: UNIMPLEMENTED)
+         tensorflow.serving.ModelService        GetModelStatus, HandleReloadConfigRequest
+         grpc.health.v1.Health
+  REST   /v1/models/NAME[/versions/N|/labels/L][/metadata|:predict], the Prometheus path
+
+Where it differs from TF Serving, on purpose:
+  - it binds 127.0.0.1 unless --host says otherwise (TF Serving binds every address);
+  - HandleReloadConfigRequest may change policies, labels and the model list, but not
+    name a base path the operator's own config (flags or --model_config_file) does not
+    have: a request never makes the server read a path it chose;
+  - with --ssl_config_file the REST port speaks HTTPS too (TF Serving keeps it plain);
+  - a version that fails to load is tried again when its files change, not on a timer;
+  - --port 0 picks a free port, and --port_file writes the ports once serving.
 """
 
 from __future__ import annotations
@@ -18,10 +30,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import pathlib
 import signal
+import ssl
 import sys
+import tempfile
 import threading
+import time
 from concurrent import futures
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -29,270 +43,383 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import grpc  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_text  # noqa: E402,F401  (registers the ops the exports use)
+from google.protobuf import text_format  # noqa: E402
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # noqa: E402
 from tensorflow.core.framework import types_pb2  # noqa: E402
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,  # noqa: E402
+from tensorflow_serving.apis import (get_model_metadata_pb2, model_management_pb2,  # noqa: E402
                                      model_service_pb2_grpc, predict_pb2,
-                                     prediction_log_pb2, prediction_service_pb2_grpc)
+                                     prediction_service_pb2_grpc)
+from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
+
+from serving import protos  # noqa: E402
+from serving.batching import Batcher, BatchingOptions  # noqa: E402
+from serving.metrics import DEFAULT_PATH, Metrics  # noqa: E402
+from serving.registry import (Registry, Servable, ServingError, check_config,  # noqa: E402
+                              invalid)
 
 log = logging.getLogger("serving.server")
 
-# Generation outputs can be large; TF Serving itself allows up to 2 GB.
+# TF Serving accepts messages up to 2 GB; generation outputs need more than gRPC's 4 MB.
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
 
 
-class ServingError(Exception):
-  """An error with the gRPC status code TF Serving would answer."""
+class ModelServer:
+  """What the gRPC and REST front ends share: models, batching, metrics."""
 
-  def __init__(self, code: grpc.StatusCode, message: str):
-    super().__init__(message)
-    self.code = code
+  def __init__(self, registry: Registry, metrics: Metrics, *, metrics_path: str | None = None,
+               max_request_bytes: int = MAX_MESSAGE_BYTES, allowed_base_paths=()):
+    self.registry, self.metrics = registry, metrics
+    self.metrics_path = metrics_path
+    self.max_request_bytes = max_request_bytes
+    self.allowed_base_paths = set(allowed_base_paths)
+    self.config_lock = threading.Lock()
 
-
-class LoadedVersion:
-  """One SavedModel version in its own graph and session."""
-
-  def __init__(self, name: str, version: int, path: pathlib.Path):
-    self.name, self.version, self.path = name, version, path
-    self.graph = tf.Graph()
-    self.session = tf.compat.v1.Session(graph=self.graph)
-    meta = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], str(path))
-    self.meta_graph = meta
-    self.signatures = {k: v for k, v in meta.signature_def.items() if not k.startswith("__")}
-
-  def warmup(self) -> int:
-    """Replays assets.extra/tf_serving_warmup_requests; returns how many ran."""
-    warmup = self.path / "assets.extra" / "tf_serving_warmup_requests"
-    if not warmup.exists():
-      return 0
-    count = 0
-    for record in tf.compat.v1.io.tf_record_iterator(str(warmup)):
-      entry = prediction_log_pb2.PredictionLog.FromString(record)
-      if entry.WhichOneof("log_type") == "predict_log":
-        self.predict(entry.predict_log.request)
-        count += 1
-    return count
+  def run(self, servable: Servable, spec, inputs: dict, output_filter) -> tuple:
+    """Checks and runs one predict on an acquired version: (served spec, outputs)."""
+    signature_name = spec.signature_name or "serving_default"
+    servable.check_inputs(signature_name, inputs)
+    outputs = servable.output_names(signature_name, output_filter)
+    runner = servable.batcher.run if servable.batcher else servable.run
+    result = runner(signature_name, inputs, outputs)
+    return (servable.name, servable.version, signature_name), result
 
   def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
-    name = request.model_spec.signature_name or "serving_default"
-    signature = self.signatures.get(name)
-    if signature is None:
-      raise ServingError(grpc.StatusCode.NOT_FOUND,
-                         f"Serving signature name: \"{name}\" not found in signature def")
-    missing = sorted(set(signature.inputs) - set(request.inputs))
-    if missing:
-      raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                         f"input(s) missing from the request: {', '.join(missing)} "
-                         f"(signature {name} takes {', '.join(sorted(signature.inputs))})")
-    extra = sorted(set(request.inputs) - set(signature.inputs))
-    if extra:
-      raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                         f"input(s) not in signature {name}: {', '.join(extra)}")
-    feed = {}
-    for key, tensor in request.inputs.items():
-      spec = signature.inputs[key]
-      if tensor.dtype != spec.dtype:
-        raise ServingError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"input {key} has dtype {types_pb2.DataType.Name(tensor.dtype)}, the signature "
-            f"expects {types_pb2.DataType.Name(spec.dtype)}")
-      try:
-        value = tf.make_ndarray(tensor)
-      except Exception as e:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"input {key}: {e}") from None
-      expected = [d.size for d in spec.tensor_shape.dim]
-      if not spec.tensor_shape.unknown_rank and (
-          len(expected) != value.ndim
-          or any(e not in (-1, v) for e, v in zip(expected, value.shape))):
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"input {key} has shape {list(value.shape)}, the signature expects "
-                           f"{['?' if e == -1 else e for e in expected]}")
-      feed[spec.name] = value
-    wanted = list(request.output_filter) or sorted(signature.outputs)
-    unknown = [k for k in wanted if k not in signature.outputs]
-    if unknown:
-      raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                         f"output_filter names unknown output(s): {', '.join(unknown)}")
-    fetch = {k: signature.outputs[k].name for k in wanted}
-    try:
-      outputs = self.session.run(fetch, feed_dict=feed)
-    except tf.errors.InvalidArgumentError as e:
-      raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, e.message) from None
-    except tf.errors.OpError as e:
-      raise ServingError(grpc.StatusCode.INTERNAL, e.message) from None
+    with self.registry.acquire(request.model_spec) as servable:
+      servable.signature(request.model_spec.signature_name or "serving_default")
+      inputs = {}
+      for key, tensor in request.inputs.items():
+        try:
+          inputs[key] = tf.make_ndarray(tensor)
+        except Exception as e:
+          raise invalid(f"input {key} is not a valid {types_pb2.DataType.Name(tensor.dtype)} "
+                        f"TensorProto: {e}") from None
+      (name, version, signature_name), outputs = self.run(
+          servable, request.model_spec, inputs, request.output_filter)
     response = predict_pb2.PredictResponse()
-    response.model_spec.name = self.name
-    response.model_spec.version.value = self.version
-    response.model_spec.signature_name = name
+    response.model_spec.name = name
+    response.model_spec.version.value = version
+    response.model_spec.signature_name = signature_name
     for key, value in outputs.items():
       response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
     return response
 
-  def close(self):
-    self.session.close()
+  def metadata(self, spec) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    with self.registry.acquire(spec) as servable:
+      signature_map = get_model_metadata_pb2.SignatureDefMap()
+      for key, value in servable.signatures.items():
+        signature_map.signature_def[key].CopyFrom(value)
+      response = get_model_metadata_pb2.GetModelMetadataResponse()
+      response.model_spec.name = servable.name
+      response.model_spec.version.value = servable.version
+      response.metadata["signature_def"].Pack(signature_map)
+    return response
+
+  def status(self, spec):
+    return self.registry.status(spec)
+
+  def reload_config(self, config: model_server_config_pb2.ModelServerConfig,
+                    from_request: bool) -> None:
+    """Serves `config`'s models; waits for their first load like TF Serving."""
+    try:
+      check_config(config)
+    except ValueError as e:
+      raise invalid(str(e)) from None
+    if from_request:
+      for model in config.model_config_list.config:
+        if os.path.realpath(model.base_path) not in self.allowed_base_paths:
+          raise ServingError(
+              grpc.StatusCode.PERMISSION_DENIED,
+              f"model {model.name}: base path {model.base_path} is not one of the server's "
+              "configured base paths; base paths come only from --model_base_path or "
+              "--model_config_file")
+    with self.config_lock:
+      self.registry.set_config(config)
+      self.registry.poll()
 
 
-class ModelRegistry:
-  """The served model: its newest numeric version directory."""
-
-  def __init__(self, name: str, base_path: str, warmup: bool = True):
-    self.name = name
-    self.base_path = pathlib.Path(base_path)
-    self.lock = threading.Lock()
-    self.loaded: LoadedVersion | None = None
-    self.error: str | None = None
-    self.warmup = warmup
-
-  def load_latest(self) -> None:
-    if not self.base_path.is_dir():
-      raise FileNotFoundError(f"--model_base_path {self.base_path} is not a directory")
-    versions = sorted((int(p.name) for p in self.base_path.iterdir()
-                       if p.is_dir() and p.name.isdigit()), reverse=True)
-    if not versions:
-      raise FileNotFoundError(f"no numeric version directory under {self.base_path}")
-    for version in versions:  # newest first; a broken version is skipped
+def _timed(metrics: Metrics, api: str, entrypoint: str = "GRPC"):
+  """Wraps a servicer method: TF Serving's status codes, and request metrics."""
+  def wrap(method):
+    def call(self, request, context):
+      started = time.monotonic()
+      name = request.model_spec.name if hasattr(request, "model_spec") else ""
       try:
-        loaded = LoadedVersion(self.name, version, self.base_path / str(version))
-        ran = loaded.warmup() if self.warmup else 0
-        log.info("loaded %s version %d (%d warmup requests)", self.name, version, ran)
-        with self.lock:
-          self.loaded = loaded
-          self.error = None
-        return
-      except Exception as e:  # corrupt or half-copied version: report, try the previous one
-        self.error = f"version {version}: {type(e).__name__}: {e}"
-        log.error("could not load %s: %s", self.name, self.error)
-    raise RuntimeError(f"no version of {self.name} could be loaded: {self.error}")
-
-  def get(self, model_spec) -> LoadedVersion:
-    if model_spec.name != self.name:
-      raise ServingError(grpc.StatusCode.NOT_FOUND,
-                         f"Servable not found for request: Latest({model_spec.name})")
-    loaded = self.loaded
-    if loaded is None:
-      raise ServingError(grpc.StatusCode.UNAVAILABLE, f"{self.name} has no version loaded")
-    if model_spec.HasField("version") and model_spec.version.value != loaded.version:
-      raise ServingError(
-          grpc.StatusCode.NOT_FOUND,
-          f"Servable not found for request: Specific({self.name}, {model_spec.version.value})")
-    if model_spec.version_label:
-      raise ServingError(grpc.StatusCode.NOT_FOUND,
-                         f"Unrecognized servable version label: {model_spec.version_label}")
-    return loaded
+        response = method(self, request, context)
+      except ServingError as e:
+        metrics.request(name, api, entrypoint, e.code.name, time.monotonic() - started)
+        context.abort(e.code, e.message)
+      except Exception as e:
+        log.exception("%s failed", api)
+        metrics.request(name, api, entrypoint, "INTERNAL", time.monotonic() - started)
+        context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+      metrics.request(name, api, entrypoint, "OK", time.monotonic() - started)
+      return response
+    return call
+  return wrap
 
 
-def _abort(context, error: ServingError):
-  context.abort(error.code, str(error))
+def build_grpc(model_server: ModelServer, host: str, port: int, *, max_workers: int = 64,
+               credentials=None, channel_arguments=()):
+  """An unstarted grpc.Server with every service; returns (server, bound port, health)."""
+  metrics = model_server.metrics
 
+  class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
-class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    @_timed(metrics, "predict")
+    def Predict(self, request, context):  # noqa: N802
+      return model_server.predict(request)
 
-  def __init__(self, registry: ModelRegistry):
-    self.registry = registry
+    @_timed(metrics, "GetModelMetadata")
+    def GetModelMetadata(self, request, context):  # noqa: N802
+      if list(request.metadata_field) != ["signature_def"]:
+        raise invalid("Metadata field must be exactly [\"signature_def\"], got "
+                      f"{list(request.metadata_field)}")
+      return model_server.metadata(request.model_spec)
 
-  def Predict(self, request, context):
-    try:
-      return self.registry.get(request.model_spec).predict(request)
-    except ServingError as e:
-      _abort(context, e)
+    def _unimplemented(self, request, context):
+      context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                    "Classify, Regress and MultiInference need classification or regression "
+                    "signatures; the exported models have predict signatures only: use Predict")
 
-  def GetModelMetadata(self, request, context):
-    try:
-      loaded = self.registry.get(request.model_spec)
-    except ServingError as e:
-      _abort(context, e)
-    if list(request.metadata_field) != ["signature_def"]:
-      _abort(context, ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   "metadata_field must be exactly [\"signature_def\"]"))
-    signature_map = get_model_metadata_pb2.SignatureDefMap()
-    for key, value in loaded.signatures.items():
-      signature_map.signature_def[key].CopyFrom(value)
-    response = get_model_metadata_pb2.GetModelMetadataResponse()
-    response.model_spec.name = loaded.name
-    response.model_spec.version.value = loaded.version
-    response.metadata["signature_def"].Pack(signature_map)
-    return response
+    Classify = Regress = MultiInference = _unimplemented
 
-  def _unimplemented(self, request, context):
-    context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                  "only Predict is supported by the exported signatures")
+  class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
-  Classify = Regress = MultiInference = _unimplemented
+    @_timed(metrics, "GetModelStatus")
+    def GetModelStatus(self, request, context):  # noqa: N802
+      return model_server.status(request.model_spec)
 
+    def HandleReloadConfigRequest(self, request, context):  # noqa: N802
+      try:
+        model_server.reload_config(request.config, from_request=True)
+      except ServingError as e:
+        context.abort(e.code, e.message)
+      return model_management_pb2.ReloadConfigResponse()
 
-class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-
-  def __init__(self, registry: ModelRegistry):
-    self.registry = registry
-
-  def GetModelStatus(self, request, context):
-    if request.model_spec.name != self.registry.name:
-      context.abort(grpc.StatusCode.NOT_FOUND,
-                    f"Could not find any versions of model {request.model_spec.name}")
-    response = get_model_status_pb2.GetModelStatusResponse()
-    loaded = self.registry.loaded
-    if loaded is not None:
-      status = response.model_version_status.add()
-      status.version = loaded.version
-      status.state = get_model_status_pb2.ModelVersionStatus.AVAILABLE
-    return response
-
-
-def build_server(registry: ModelRegistry, host: str, port: int, max_workers: int = 8):
-  """A started-ready grpc.Server; returns (server, bound port)."""
-  server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=[
-      ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-      ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
-  prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-      PredictionService(registry), server)
-  model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(registry), server)
+  options = [("grpc.max_receive_message_length", model_server.max_request_bytes),
+             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES), *channel_arguments]
+  server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options)
+  prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(), server)
+  model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(), server)
   health_servicer = health.HealthServicer()
   health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-  bound = server.add_insecure_port(f"{host}:{port}" if ":" not in host else f"[{host}]:{port}")
+  address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+  bound = (server.add_secure_port(address, credentials) if credentials
+           else server.add_insecure_port(address))
   if bound == 0:
-    raise OSError(f"could not bind {host}:{port}")
-  health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-  health_servicer.set("tensorflow.serving.PredictionService",
-                      health_pb2.HealthCheckResponse.SERVING)
-  return server, bound
+    raise OSError(f"could not bind gRPC to {address}")
+  return server, bound, health_servicer
+
+
+def _bool(text: str) -> bool:
+  value = str(text).lower()
+  if value in ("true", "1", "yes"):
+    return True
+  if value in ("false", "0", "no"):
+    return False
+  raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _channel_arguments(text: str) -> list:
+  """TF Serving's --grpc_channel_arguments: `key=value,key=value`."""
+  arguments = []
+  for item in filter(None, (s.strip() for s in text.split(","))):
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise argparse.ArgumentTypeError(f"expected key=value, got {item!r}")
+    arguments.append((key, int(value) if value.lstrip("-").isdigit() else value))
+  return arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--port", type=int, default=8500, help="gRPC port (0 = pick a free one)")
-  parser.add_argument("--host", default="127.0.0.1",
-                      help="address to bind (default loopback; TF Serving binds all addresses)")
-  parser.add_argument("--model_name", required=True)
-  parser.add_argument("--model_base_path", required=True)
-  parser.add_argument("--enable_model_warmup", default="true", choices=["true", "false"])
-  parser.add_argument("--port_file", help="write the bound gRPC port here once serving")
+  parser = argparse.ArgumentParser(
+      description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+  flag = parser.add_argument
+
+  def boolean(name, default, help):  # noqa: A002
+    flag(name, type=_bool, nargs="?", const=True, default=default, metavar="true|false",
+         help=help)
+
+  flag("--port", type=int, default=8500, help="gRPC port (0 picks a free one)")
+  flag("--rest_api_port", type=int, default=0, help="REST port; 0 turns REST off")
+  flag("--host", default="127.0.0.1",
+       help="address to bind (default loopback; TF Serving binds every address)")
+  flag("--model_name", default="default", help="the model's name (with --model_base_path)")
+  flag("--model_base_path", default="",
+       help="directory holding the model's numeric version directories")
+  flag("--model_config_file", default="",
+       help="text-format ModelServerConfig: several models, version policies, labels")
+  flag("--model_config_file_poll_wait_seconds", type=int, default=0,
+       help="re-read --model_config_file this often (0: read once)")
+  flag("--file_system_poll_wait_seconds", type=int, default=1,
+       help="look for new and removed versions this often (0: only at start)")
+  boolean("--enable_batching", False, "merge concurrent requests into batches")
+  flag("--batching_parameters_file", default="",
+       help="text-format BatchingParameters (defaults are TF Serving's)")
+  boolean("--enable_model_warmup", True,
+          "replay assets.extra/tf_serving_warmup_requests before serving a version")
+  flag("--monitoring_config_file", default="",
+       help="text-format MonitoringConfig: Prometheus metrics on the REST port")
+  flag("--ssl_config_file", default="", help="text-format SSLConfig: serve TLS only")
+  flag("--grpc_channel_arguments", type=_channel_arguments, default=[],
+       help="comma-separated key=value gRPC server arguments, e.g. "
+            "grpc.max_receive_message_length=1048576")
+  flag("--grpc_max_threads", type=int, default=64, help="threads answering gRPC requests")
+  flag("--rest_api_timeout_in_ms", type=int, default=30000,
+       help="REST read timeout per connection")
+  flag("--port_file", help="write the bound ports here once serving (gRPC, then REST)")
   return parser
+
+
+def _model_config(args) -> model_server_config_pb2.ModelServerConfig:
+  if args.model_config_file and args.model_base_path:
+    raise protos.ConfigError("give --model_config_file or --model_base_path, not both")
+  if args.model_config_file:
+    return protos.parse_text(model_server_config_pb2.ModelServerConfig, args.model_config_file)
+  if not args.model_base_path:
+    raise protos.ConfigError("give --model_base_path (with --model_name) or "
+                             "--model_config_file")
+  config = model_server_config_pb2.ModelServerConfig()
+  config.model_config_list.config.add(name=args.model_name, base_path=args.model_base_path,
+                                      model_platform="tensorflow")
+  return config
+
+
+def _ssl(args):
+  """(gRPC credentials, REST ssl context) from --ssl_config_file, or (None, None)."""
+  if not args.ssl_config_file:
+    return None, None
+  config = protos.parse_text(protos.SSLConfig, args.ssl_config_file)
+  if not config.server_key or not config.server_cert:
+    raise protos.ConfigError(f"{args.ssl_config_file}: server_key and server_cert (PEM "
+                             "contents) are both required")
+  if config.client_verify and not config.custom_ca:
+    raise protos.ConfigError(f"{args.ssl_config_file}: client_verify needs custom_ca")
+  credentials = grpc.ssl_server_credentials(
+      [(config.server_key.encode(), config.server_cert.encode())],
+      root_certificates=config.custom_ca.encode() or None,
+      require_client_auth=config.client_verify)
+  context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+  with tempfile.TemporaryDirectory() as tmp:  # ssl wants files; they never outlive this block
+    cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+    for path, text in ((cert, config.server_cert), (key, config.server_key)):
+      with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+        f.write(text)
+    try:
+      context.load_cert_chain(cert, key)
+    except ssl.SSLError as e:
+      raise protos.ConfigError(f"{args.ssl_config_file}: the key or certificate does not "
+                               f"load: {e}") from None
+  if config.custom_ca:
+    context.load_verify_locations(cadata=config.custom_ca)
+    if config.client_verify:
+      context.verify_mode = ssl.CERT_REQUIRED
+  return credentials, context
+
+
+def _watch_config_file(model_server: ModelServer, path: str, interval: int,
+                       stop: threading.Event) -> None:
+  last = open(path, "rb").read()
+  while not stop.wait(interval):
+    try:
+      text = open(path, "rb").read()
+      if text == last:
+        continue
+      config = text_format.Parse(text.decode("utf-8"), model_server_config_pb2.ModelServerConfig())
+      model_server.allowed_base_paths |= {os.path.realpath(m.base_path)
+                                          for m in config.model_config_list.config}
+      model_server.reload_config(config, from_request=False)
+      last = text
+      log.info("applied the changed %s", path)
+    except Exception as e:  # keep serving the last good config
+      log.error("ignoring %s: %s", path, e)
 
 
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
   tf.get_logger().setLevel(logging.ERROR)
-  registry = ModelRegistry(args.model_name, args.model_base_path,
-                           warmup=args.enable_model_warmup == "true")
   try:
-    registry.load_latest()
-  except (FileNotFoundError, RuntimeError) as e:
+    config = _model_config(args)
+    check_config(config)
+    batching = None
+    if args.enable_batching:
+      batching = BatchingOptions()
+      if args.batching_parameters_file:
+        batching = BatchingOptions.from_proto(
+            protos.parse_text(protos.BatchingParameters, args.batching_parameters_file))
+    elif args.batching_parameters_file:
+      log.warning("--batching_parameters_file is ignored without --enable_batching")
+    metrics_path = None
+    if args.monitoring_config_file:
+      monitoring = protos.parse_text(protos.MonitoringConfig, args.monitoring_config_file)
+      if monitoring.prometheus_config.enable:
+        metrics_path = monitoring.prometheus_config.path or DEFAULT_PATH
+        if not args.rest_api_port:
+          log.warning("Prometheus metrics need the REST port: set --rest_api_port")
+    credentials, ssl_context = _ssl(args)
+  except (protos.ConfigError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+  metrics = Metrics()
+
+  def attach_batcher(servable: Servable) -> None:
+    if batching is not None:
+      servable.batcher = Batcher(servable.run, batching,
+                                 on_batch=lambda size: metrics.batch(servable.name, size))
+
+  registry = Registry(warmup=args.enable_model_warmup, on_load=attach_batcher, metrics=metrics)
+  max_request = dict(args.grpc_channel_arguments).get("grpc.max_receive_message_length",
+                                                      MAX_MESSAGE_BYTES)
+  model_server = ModelServer(
+      registry, metrics, metrics_path=metrics_path, max_request_bytes=max_request,
+      allowed_base_paths={os.path.realpath(m.base_path) for m in config.model_config_list.config})
+  model_server.reload_config(config, from_request=False)  # first load, before serving
+  registry.start_polling(args.file_system_poll_wait_seconds)
+
+  try:
+    grpc_server, grpc_port, health_servicer = build_grpc(
+        model_server, args.host, args.port, max_workers=args.grpc_max_threads,
+        credentials=credentials, channel_arguments=args.grpc_channel_arguments)
+    rest_server = None
+    if args.rest_api_port:
+      from serving.rest import RestServer
+      rest_server = RestServer((args.host, args.rest_api_port), model_server, ssl_context,
+                               timeout=args.rest_api_timeout_in_ms / 1000)
+  except OSError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  server, port = build_server(registry, args.host, args.port)
-  server.start()
-  log.info("serving %s on %s:%d (gRPC)", args.model_name, args.host, port)
+  grpc_server.start()
+  for service in ("",) + SERVICES:
+    health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+  if rest_server:
+    threading.Thread(target=rest_server.serve_forever, name="rest", daemon=True).start()
+  log.info("serving %s on %s: gRPC %d%s%s", ", ".join(m.name for m in
+           config.model_config_list.config), args.host, grpc_port,
+           f", REST {rest_server.server_address[1]}" if rest_server else "",
+           " (TLS)" if credentials else "")
+
+  stop = threading.Event()
+  if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:
+    threading.Thread(target=_watch_config_file, daemon=True, name="config-poller", args=(
+        model_server, args.model_config_file, args.model_config_file_poll_wait_seconds,
+        stop)).start()
   if args.port_file:
     tmp = args.port_file + ".tmp"
     with open(tmp, "w") as f:
-      f.write(str(port))
+      f.write(f"{grpc_port}\n{rest_server.server_address[1] if rest_server else 0}\n")
     os.replace(tmp, args.port_file)
-  stop = threading.Event()
   for sig in (signal.SIGINT, signal.SIGTERM):
     signal.signal(sig, lambda *_: stop.set())
   stop.wait()
-  server.stop(grace=5).wait()
+  log.info("shutting down")
+  health_servicer.enter_graceful_shutdown()
+  grpc_server.stop(grace=5).wait()
+  if rest_server:
+    rest_server.shutdown()
+  registry.stop()
   return 0
 
 

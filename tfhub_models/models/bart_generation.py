@@ -16,6 +16,15 @@ from tfhub_models.models.bart import BartBackbone, BartConfig
 from tfhub_models.tokenizers import BartPreprocessor, ByteLevelBPETokenizer
 
 
+class _FunctionCache:
+  """`generate`'s compiled functions, kept out of tf.Module tracking so that a task
+  that has generated can still be saved (tf.saved_model cannot save a dict with
+  tuple keys)."""
+
+  def __init__(self):
+    self.functions = {}
+
+
 class BartSeq2SeqLM(tf.Module):
   """Backbone + preprocessor + a compiled generate function."""
 
@@ -29,7 +38,7 @@ class BartSeq2SeqLM(tf.Module):
     self.preprocessor = preprocessor
     self.sampler = generation.Sampler(name="top_k")   # keras-hub's default; see compile()
     self.jit_compile = True
-    self._compiled = {}
+    self._compiled = _FunctionCache()
 
   @classmethod
   def build(cls, config: BartConfig, tokenizer: ByteLevelBPETokenizer, *, dtype="float32",
@@ -53,7 +62,7 @@ class BartSeq2SeqLM(tf.Module):
     """Chooses the sampler (a name, dict or generation.Sampler) and XLA or not."""
     self.sampler = generation.get_sampler(sampler)
     self.jit_compile = jit_compile
-    self._compiled = {}
+    self._compiled = _FunctionCache()
 
   def check_max_length(self, max_length: int) -> None:
     """Decoder positions end at max_sequence_length (XLA would clamp silently)."""
@@ -114,11 +123,11 @@ class BartSeq2SeqLM(tf.Module):
   def _function(self, max_length: int, stop_token_ids):
     self.check_max_length(max_length)
     key = (max_length, tuple(stop_token_ids) if stop_token_ids is not None else None)
-    if key not in self._compiled:
-      self._compiled[key] = tf.function(
+    if key not in self._compiled.functions:
+      self._compiled.functions[key] = tf.function(
           lambda ids, mask, seed: self.generate_ids(ids, mask, max_length, seed, stop_token_ids),
           jit_compile=self.jit_compile, autograph=False)
-    return self._compiled[key]
+    return self._compiled.functions[key]
 
   def generate(self, inputs, max_length: int | None = None, stop_token_ids="auto",
                seed: Sequence[int] = (0, 0)):

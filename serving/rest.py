@@ -1,0 +1,338 @@
+"""TF Serving's REST API: JSON bodies to tensors and back, and the HTTP front end.
+
+  GET  /v1/models/NAME[/versions/N | /labels/L]            model status
+  GET  /v1/models/NAME[/versions/N | /labels/L]/metadata   signatures
+  POST /v1/models/NAME[/versions/N | /labels/L]:predict    {"instances": [...]} → {"predictions": [...]}
+                                                           {"inputs": ...}      → {"outputs": ...}
+  GET  <prometheus path>                                   metrics (with --monitoring_config_file)
+
+Strings travel as JSON strings (UTF-8) or `{"b64": "..."}`.  Output strings
+are JSON strings, except for outputs whose name ends in `_bytes` and strings
+that are not UTF-8, which are `{"b64": "..."}` (TF Serving writes such bytes
+raw, which is not valid JSON).  Errors answer `{"error": "..."}` with the HTTP
+status TF Serving maps the gRPC code to.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import http.server
+import json
+import logging
+import re
+import socket
+import time
+from typing import TYPE_CHECKING
+
+import grpc
+import numpy as np
+from google.protobuf import json_format
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import model_pb2
+
+from serving.registry import ServingError, invalid
+
+if TYPE_CHECKING:
+  from serving.server import ModelServer
+
+log = logging.getLogger("serving.rest")
+
+HTTP_STATUS = {
+    grpc.StatusCode.OK: 200, grpc.StatusCode.CANCELLED: 499, grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403, grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400, grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400, grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500, grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500, grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+
+_MODEL_PATH = re.compile(
+    r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>-?\d+)|/labels/(?P<label>[^/:]+))?"
+    r"(?P<verb>/metadata|:predict|:classify|:regress)?/?$")
+
+_INT_RANGES = {types_pb2.DT_INT8: np.int8, types_pb2.DT_INT16: np.int16,
+               types_pb2.DT_INT32: np.int32, types_pb2.DT_INT64: np.int64,
+               types_pb2.DT_UINT8: np.uint8, types_pb2.DT_UINT16: np.uint16,
+               types_pb2.DT_UINT32: np.uint32, types_pb2.DT_UINT64: np.uint64}
+_FLOATS = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64,
+           types_pb2.DT_HALF: np.float16}
+
+
+# --- JSON → tensors -------------------------------------------------------------------
+
+def _shape_and_flat(value, name: str):
+  """A nested JSON list as (shape, flat values); ragged lists are an error."""
+  if not isinstance(value, list):
+    return (), [value]
+  if not value:
+    return (0,), []
+  parts = [_shape_and_flat(v, name) for v in value]
+  shape = parts[0][0]
+  if any(p[0] != shape for p in parts):
+    raise invalid(f"input {name}: the JSON list is ragged (its rows have different lengths "
+                  "or depths); a tensor must be rectangular")
+  return (len(value),) + shape, [x for p in parts for x in p[1]]
+
+
+def _string(value, name: str) -> bytes:
+  if isinstance(value, str):
+    return value.encode("utf-8", "surrogatepass")
+  if isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str):
+    try:
+      return base64.b64decode(value["b64"], validate=True)
+    except (binascii.Error, ValueError):
+      raise invalid(f"input {name}: {{\"b64\": ...}} does not hold valid base64") from None
+  raise invalid(f"input {name} is a string tensor: expected a JSON string or "
+                f"{{\"b64\": \"...\"}}, got {json.dumps(value)[:80]}")
+
+
+def to_array(value, name: str, dtype: int) -> np.ndarray:
+  """A JSON value as an array of the signature input's dtype."""
+  shape, flat = _shape_and_flat(value, name)
+  if dtype == types_pb2.DT_STRING:
+    array = np.empty(len(flat), dtype=object)
+    array[:] = [_string(v, name) for v in flat]
+    return array.reshape(shape)
+  if any(isinstance(v, (dict, list, str)) or v is None for v in flat):
+    bad = next(v for v in flat if isinstance(v, (dict, list, str)) or v is None)
+    raise invalid(f"input {name} expects {types_pb2.DataType.Name(dtype)} numbers, got "
+                  f"{json.dumps(bad)[:80]}")
+  if dtype == types_pb2.DT_BOOL:
+    if not all(isinstance(v, bool) for v in flat):
+      raise invalid(f"input {name} expects true/false values")
+    return np.array(flat, dtype=bool).reshape(shape)
+  if dtype in _INT_RANGES:
+    kind = _INT_RANGES[dtype]
+    info = np.iinfo(kind)
+    for v in flat:
+      if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+        raise invalid(f"input {name} expects {types_pb2.DataType.Name(dtype)} integers, got "
+                      f"{json.dumps(v)}")
+      if not info.min <= v <= info.max:
+        raise invalid(f"input {name}: {v} is out of range for {types_pb2.DataType.Name(dtype)}")
+    return np.array(flat, dtype=kind).reshape(shape)
+  if dtype in _FLOATS:
+    if any(isinstance(v, bool) for v in flat):
+      raise invalid(f"input {name} expects numbers, got a boolean")
+    return np.array(flat, dtype=_FLOATS[dtype]).reshape(shape)
+  raise invalid(f"input {name} has dtype {types_pb2.DataType.Name(dtype)}, which the JSON "
+                "API does not carry")
+
+
+def parse_predict(body: dict, signature_inputs: dict) -> tuple[dict, bool]:
+  """A predict body as ({input: array}, row format?)."""
+  if ("instances" in body) == ("inputs" in body):
+    raise invalid("Missing 'inputs' or 'instances' key" if "inputs" not in body else
+                  "Not formatted correctly expecting only one of 'inputs' or 'instances' "
+                  "keys exists")
+  names = sorted(signature_inputs)
+  if "instances" in body:
+    instances = body["instances"]
+    if not isinstance(instances, list) or not instances:
+      raise invalid("'instances' must be a non-empty JSON list, one element per row")
+    named = all(isinstance(i, dict) and "b64" not in i for i in instances)
+    if named:
+      keys = set(instances[0])
+      if any(set(i) != keys for i in instances):
+        raise invalid("every instance must name the same inputs")
+      values = {k: [i[k] for i in instances] for k in keys}
+    elif len(names) == 1:
+      values = {names[0]: instances}
+    else:
+      raise invalid(f"the signature takes several inputs ({', '.join(names)}): each instance "
+                    "must be a JSON object naming them")
+    row = True
+  else:
+    inputs = body["inputs"]
+    if isinstance(inputs, dict) and "b64" not in inputs:
+      values = inputs
+    elif len(names) == 1:
+      values = {names[0]: inputs}
+    else:
+      raise invalid(f"the signature takes several inputs ({', '.join(names)}): 'inputs' must "
+                    "be a JSON object naming them")
+    row = False
+  arrays = {}
+  for key, value in values.items():
+    if key not in signature_inputs:
+      raise invalid(f"input(s) not in the signature: {key} (it takes {', '.join(names)})")
+    arrays[key] = to_array(value, key, signature_inputs[key].dtype)
+  return arrays, row
+
+
+# --- tensors → JSON -------------------------------------------------------------------
+
+def _json_strings(value: np.ndarray, as_b64: bool):
+  def one(b: bytes):
+    if not as_b64:
+      try:
+        return b.decode("utf-8")
+      except UnicodeDecodeError:
+        pass
+    return {"b64": base64.b64encode(b).decode("ascii")}
+  return np.vectorize(one, otypes=[object])(value).tolist() if value.size else value.tolist()
+
+
+def to_json(value: np.ndarray, name: str):
+  if value.dtype == object or value.dtype.kind == "S":
+    return _json_strings(value, name.endswith("_bytes"))
+  return value.tolist()
+
+
+def format_predict(outputs: dict[str, np.ndarray], row: bool) -> dict:
+  if not row:
+    if len(outputs) == 1:
+      (name, value), = outputs.items()
+      return {"outputs": to_json(value, name)}
+    return {"outputs": {k: to_json(v, k) for k, v in outputs.items()}}
+  sizes = {k: (v.shape[0] if v.ndim else None) for k, v in outputs.items()}
+  if len(set(sizes.values())) != 1 or None in sizes.values():
+    raise invalid("the row ('instances') format needs every output to have the same 0th "
+                  f"dimension, got {sizes}; use the columnar 'inputs' format")
+  converted = {k: to_json(v, k) for k, v in outputs.items()}
+  if len(converted) == 1:
+    return {"predictions": next(iter(converted.values()))}
+  batch = next(iter(sizes.values()))
+  return {"predictions": [{k: converted[k][i] for k in converted} for i in range(batch)]}
+
+
+def _message_json(message) -> dict:
+  return json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                    always_print_fields_with_no_presence=True)
+
+
+# --- HTTP ----------------------------------------------------------------------------
+
+class RestHandler(http.server.BaseHTTPRequestHandler):
+  """One REST request; `self.server.model_server` does the work."""
+
+  protocol_version = "HTTP/1.1"
+  server_version = "tfhub-models-serving"
+
+  def log_message(self, format, *args):  # noqa: A002  (http.server's name)
+    log.debug("%s %s", self.address_string(), format % args)
+
+  def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+    self.send_response(status)
+    self.send_header("Content-Type", content_type)
+    self.send_header("Content-Length", str(len(body)))
+    self.end_headers()
+    self.wfile.write(body)
+
+  def _send_json(self, status: int, doc) -> None:
+    self._send(status, json.dumps(doc, ensure_ascii=False, indent=2).encode("utf-8"))
+
+  def _error(self, error: ServingError) -> None:
+    self._send_json(HTTP_STATUS.get(error.code, 500), {"error": error.message})
+
+  def do_GET(self):  # noqa: N802
+    self._handle("GET")
+
+  def do_POST(self):  # noqa: N802
+    self._handle("POST")
+
+  def do_PUT(self):  # noqa: N802
+    self._handle("PUT")
+
+  def do_DELETE(self):  # noqa: N802
+    self._handle("DELETE")
+
+  def _handle(self, method: str) -> None:
+    server: ModelServer = self.server.model_server
+    path = self.path.split("?", 1)[0]
+    try:
+      body = self._read_body(server.max_request_bytes)
+      if method == "GET" and server.metrics_path and path == server.metrics_path:
+        self._send(200, server.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+        return
+      match = _MODEL_PATH.match(path)
+      verb = match and (match["verb"] or "")
+      if not match or (method, verb.startswith(":")) not in (("GET", False), ("POST", True)):
+        raise invalid(f"Malformed request: {method} {path}")
+      spec = model_pb2.ModelSpec(name=match["name"])
+      if match["version"] is not None:
+        spec.version.value = int(match["version"])
+      if match["label"] is not None:
+        spec.version_label = match["label"]
+      if verb == "":
+        self._send_json(200, _message_json(server.status(spec)))
+      elif verb == "/metadata":
+        self._send_json(200, _message_json(server.metadata(spec)))
+      elif verb == ":predict":
+        self._send_json(200, self._predict(server, spec, body))
+      else:
+        raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
+                           f"{verb[1:]} is not supported: the exported signatures are predict "
+                           "signatures; use :predict")
+    except ServingError as e:
+      self._error(e)
+    except Exception as e:  # a bug must not take the server down; say what it was
+      log.exception("REST %s %s failed", method, path)
+      self._error(ServingError(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"))
+
+  def _read_body(self, limit: int) -> bytes:
+    length = self.headers.get("Content-Length")
+    if length is None:
+      return b""
+    try:
+      length = int(length)
+    except ValueError:
+      raise invalid(f"Content-Length is not a number: {length!r}") from None
+    if length > limit:
+      self.close_connection = True
+      remaining = length if length <= 4 * limit else 0
+      while remaining > 0:  # read it away, so the client sees the answer, not a reset
+        chunk = self.rfile.read(min(remaining, 1 << 20))
+        if not chunk:
+          break
+        remaining -= len(chunk)
+      raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"request body of {length} bytes is larger than the limit of {limit} "
+                         "bytes")
+    return self.rfile.read(length)
+
+  def _predict(self, server: "ModelServer", spec, body: bytes) -> dict:
+    started = time.monotonic()
+    try:
+      try:
+        doc = json.loads(body.decode("utf-8"))
+      except UnicodeDecodeError as e:
+        raise invalid(f"the request body is not valid UTF-8 (byte {e.start})") from None
+      except json.JSONDecodeError as e:
+        raise invalid(f"JSON Parse error: {e.msg} at line {e.lineno} column {e.colno}") \
+            from None
+      if not isinstance(doc, dict):
+        raise invalid("the request body must be a JSON object with 'instances' or 'inputs'")
+      signature_name = doc.get("signature_name", "")
+      if not isinstance(signature_name, str):
+        raise invalid("'signature_name' must be a string")
+      spec.signature_name = signature_name
+      with server.registry.acquire(spec) as servable:
+        signature = servable.signature(signature_name or "serving_default")
+        inputs, row = parse_predict(doc, signature.inputs)
+        served, outputs = server.run(servable, spec, inputs, ())
+      answer = format_predict(outputs, row)
+    except ServingError as e:
+      server.metrics.request(spec.name, "predict", "REST", e.code.name, time.monotonic() - started)
+      raise
+    server.metrics.request(spec.name, "predict", "REST", "OK", time.monotonic() - started)
+    return answer
+
+
+class RestServer(http.server.ThreadingHTTPServer):
+  daemon_threads = True
+
+  def __init__(self, address, model_server: "ModelServer", ssl_context=None,
+               timeout: float = 30.0):
+    self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    # A connection idle this long (reading a request) is closed.
+    handler = type("Handler", (RestHandler,), {"timeout": timeout})
+    super().__init__(address, handler)
+    self.model_server = model_server
+    if ssl_context is not None:
+      # The handshake runs on the handler's thread, at its first read.
+      self.socket = ssl_context.wrap_socket(self.socket, server_side=True,
+                                            do_handshake_on_connect=False)

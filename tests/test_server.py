@@ -31,7 +31,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 from tensorflow_serving.config import model_server_config_pb2
 
 from conftest import ROOT, write_bart_checkpoint, write_electra_checkpoint, write_hf_checkpoint
-from servers import ServerProcess
+from servers import ServerProcess, assert_same_fillers
 from serving import client as serving_client
 from serving.client import ServingClient
 from tfhub_models import checkpoints, export
@@ -42,21 +42,6 @@ NO_XLA = dict(jit_compile=False, warmup_batch_sizes=(1,))
 
 def texts_array(texts) -> np.ndarray:
   return np.array([t.encode() if isinstance(t, str) else t for t in texts], dtype=object)
-
-
-def assert_same_fillers(got, want, atol=1e-5):
-  """Fillers equal to in-process answers; ranks may swap only between equal scores."""
-  assert len(got) == len(want)
-  for got_masks, want_masks in zip(got, want):
-    assert len(got_masks) == len(want_masks)
-    for g, w in zip(got_masks, want_masks):
-      np.testing.assert_allclose([f.score for f in g], [x["score"] for x in w], atol=atol)
-      for rank, (f, x) in enumerate(zip(g, w)):
-        if f.token_id != x["token_id"]:  # only a tie may reorder
-          tied = [y["score"] for y in w if y["token_id"] == f.token_id]
-          assert tied and abs(tied[0] - x["score"]) <= atol, (rank, f, x)
-        else:
-          assert f.token == x["token"]
 
 
 def write_corrupt_version(directory):
@@ -236,6 +221,48 @@ def test_failed_and_missing_models_are_reported_and_others_serve(served):
   assert code == 404 and "does not exist" in body["error"]
   with ServingClient(served["server"].grpc, "xlmr") as client:
     assert len(client.fill_mask(["still <mask>"])[0]) == 1
+
+
+# --- load ---------------------------------------------------------------------------------
+
+LOAD_TEXTS = ["The <mask> of France.", "<mask> and <mask> went home.", "no mask here",
+              "Ein <mask> Test.", "<mask>", "A long sentence with a <mask> near the end of it."]
+
+
+def test_32_clients_200_requests_each_twice_no_errors_and_memory_settles(served):
+  """Two rounds of 32 concurrent clients x 200 requests (batched on the server)."""
+  import threading
+  want = {t: a for t, a in zip(LOAD_TEXTS, served["tasks"][("xlmr", 2)].fill_mask(
+      LOAD_TEXTS, top_k=3))}
+  server = served["server"]
+
+  def client_loop(index, errors, wrong):
+    with ServingClient(server.grpc, "xlmr", timeout=60, retries=0) as client:
+      for i in range(200):
+        text = LOAD_TEXTS[(index + i) % len(LOAD_TEXTS)]
+        try:
+          answer = client.fill_mask([text])[0]
+        except grpc.RpcError as e:
+          errors.append(f"{e.code().name}: {e.details()}")
+          continue
+        try:
+          assert_same_fillers([answer], [want[text]])
+        except AssertionError as e:
+          wrong.append((text, str(e)[:300]))
+
+  rss = []
+  for _ in range(2):
+    errors, wrong = [], []
+    threads = [threading.Thread(target=client_loop, args=(i, errors, wrong))
+               for i in range(32)]
+    for thread in threads:
+      thread.start()
+    for thread in threads:
+      thread.join(timeout=600)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == [] and wrong == [], (errors[:5], wrong[:5])
+    rss.append(server.rss_bytes())
+  assert rss[1] <= rss[0] * 1.10, f"resident memory grew from {rss[0]} to {rss[1]} bytes"
 
 
 # --- REST ---------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     server = subprocess.Popen(
         [sys.executable, "-m", "serving.server", "--model_name", MODEL,
          "--model_base_path", os.path.join(base, MODEL), "--port", "0",
-         "--port_file", port_file], cwd=ROOT)
+         "--port_file", port_file, "--xla_cpu_compilation_enabled=true"], cwd=ROOT)
     try:
       port = wait_for_port(port_file, server)
       print(f"serving {MODEL} on 127.0.0.1:{port}")

@@ -66,16 +66,17 @@ def dtype_name(dtype: int) -> str:
 class Servable:
   """One SavedModel version, loaded into its own graph and session."""
 
-  def __init__(self, name: str, version: int, path: pathlib.Path):
+  def __init__(self, name: str, version: int, path: pathlib.Path, session_config=None):
     self.name, self.version, self.path = name, version, path
     self.graph = tf.Graph()
-    self.session = tf.compat.v1.Session(graph=self.graph)
+    self.session = tf.compat.v1.Session(graph=self.graph, config=session_config)
     try:
       meta = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], str(path))
     except BaseException:
       self.session.close()
       raise
     self.signatures = {k: v for k, v in meta.signature_def.items() if not k.startswith("__")}
+    self.uses_xla = any(f.attr["_XlaMustCompile"].b for f in meta.graph_def.library.function)
     self._in_flight = 0
     self._idle = threading.Condition()
     self._closed = False
@@ -274,8 +275,9 @@ class Registry:
 
   def __init__(self, *, warmup: bool = True,
                on_load: Callable[[Servable], None] | None = None,
-               metrics=None):
+               metrics=None, session_config=None):
     self.warmup = warmup
+    self.session_config = session_config
     self.on_load = on_load  # e.g. attaches a batcher before warmup
     self.metrics = metrics
     self.models: dict[str, Model] = {}
@@ -353,7 +355,7 @@ class Registry:
     model.statuses[version] = VersionStatus(State.LOADING)
     started = time.monotonic()
     try:
-      servable = Servable(model.name, version, path)
+      servable = Servable(model.name, version, path, self.session_config)
       try:
         if self.on_load:
           self.on_load(servable)

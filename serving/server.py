@@ -262,6 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
   flag("--monitoring_config_file", default="",
        help="text-format MonitoringConfig: Prometheus metrics on the REST port")
   flag("--ssl_config_file", default="", help="text-format SSLConfig: serve TLS only")
+  boolean("--enable_grpc_healthcheck_service", True,
+          "serve grpc.health.v1 (always on here; accepted for TF Serving command lines)")
+  boolean("--xla_cpu_compilation_enabled", False,
+          "TF Serving refuses XLA-compiled exports without it; here a version that needs it "
+          "loads with a warning when it is off, so a command line missing it is noticed")
+  boolean("--xla_gpu_compilation_enabled", False, "as --xla_cpu_compilation_enabled, for GPU")
+  flag("--tensorflow_intra_op_parallelism", type=int, default=0,
+       help="threads of one op (0: TensorFlow's choice)")
+  flag("--tensorflow_inter_op_parallelism", type=int, default=0,
+       help="ops run at once (0: TensorFlow's choice)")
   flag("--grpc_channel_arguments", type=_channel_arguments, default=[],
        help="comma-separated key=value gRPC server arguments, e.g. "
             "grpc.max_receive_message_length=1048576")
@@ -370,7 +380,19 @@ def main(argv=None) -> int:
       servable.batcher = Batcher(servable.run, batching,
                                  on_batch=lambda size: metrics.batch(servable.name, size))
 
-  registry = Registry(warmup=args.enable_model_warmup, on_load=attach_batcher, metrics=metrics)
+  def on_load(servable: Servable) -> None:
+    if servable.uses_xla and not (args.xla_cpu_compilation_enabled
+                                  or args.xla_gpu_compilation_enabled):
+      log.warning("model %s version %d is XLA-compiled: tensorflow_model_server refuses to "
+                  "load it without --xla_cpu_compilation_enabled=true (or the GPU flag)",
+                  servable.name, servable.version)
+    attach_batcher(servable)
+
+  session_config = tf.compat.v1.ConfigProto(
+      intra_op_parallelism_threads=args.tensorflow_intra_op_parallelism,
+      inter_op_parallelism_threads=args.tensorflow_inter_op_parallelism)
+  registry = Registry(warmup=args.enable_model_warmup, on_load=on_load, metrics=metrics,
+                      session_config=session_config)
   max_request = dict(args.grpc_channel_arguments).get("grpc.max_receive_message_length",
                                                       MAX_MESSAGE_BYTES)
   model_server = ModelServer(

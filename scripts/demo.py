@@ -14,27 +14,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, ROOT)
 
 MODEL = "xlm_roberta_demo"
-
-
-def wait_for_port(port_file: str, server: subprocess.Popen, timeout: float = 300.0) -> int:
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    if server.poll() is not None:
-      raise RuntimeError(f"the server exited with code {server.returncode}")
-    if os.path.exists(port_file):
-      return int(open(port_file).read().split()[0])
-    time.sleep(0.2)
-  raise TimeoutError("the server did not start in time")
 
 
 def main(argv=None) -> int:
@@ -47,6 +34,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
 
   from serving.client import ServingClient, format_fill_mask
+  from serving.process import ServerProcess
   from tfhub_models import demo, export
 
   with tempfile.TemporaryDirectory() as scratch:
@@ -55,19 +43,13 @@ def main(argv=None) -> int:
     path = export.export(task, base, MODEL, options=export.ExportOptions(
         top_k=5, jit_compile=not args.no_xla, warmup_batch_sizes=(1,)))
     print(f"exported {path}")
-    port_file = os.path.join(scratch, "port")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "serving.server", "--model_name", MODEL,
-         "--model_base_path", os.path.join(base, MODEL), "--port", "0",
-         "--port_file", port_file, "--xla_cpu_compilation_enabled=true"], cwd=ROOT)
-    try:
-      port = wait_for_port(port_file, server)
-      print(f"serving {MODEL} on 127.0.0.1:{port}")
-      with ServingClient(f"127.0.0.1:{port}", MODEL) as client:
+    # --xla_cpu_compilation_enabled=true: the flag TF Serving needs for XLA exports.
+    with ServerProcess(os.path.join(scratch, "server"), "--model_name", MODEL,
+                       "--model_base_path", os.path.join(base, MODEL),
+                       "--xla_cpu_compilation_enabled=true") as server:
+      print(f"serving {MODEL} on {server.grpc}")
+      with ServingClient(server.grpc, MODEL) as client:
         print(format_fill_mask(args.texts, client.fill_mask(args.texts)))
-    finally:
-      server.terminate()
-      server.wait(timeout=30)
   return 0
 
 

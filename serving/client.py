@@ -31,8 +31,8 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 
 def _to_proto(value):
-  from tensorflow import make_tensor_proto  # conversion only, no ops run
-  return make_tensor_proto(value)
+  from serving.tensors import to_proto  # typed fields, as TF Serving's own clients send
+  return to_proto(np.asarray(value))
 
 
 def _from_proto(proto):

@@ -86,7 +86,8 @@ class Metrics:
   def request(self, model_name: str, api: str, entrypoint: str, status: str,
               seconds: float) -> None:
     self._counters.inc(":tensorflow:serving:request_count", model_name, status)
-    self._latency.labels(model_name, api, entrypoint).observe(seconds * 1e6)
+    if status == "OK":  # as TF Serving: latency of successful requests
+      self._latency.labels(model_name, api, entrypoint).observe(seconds * 1e6)
 
   def load_attempt(self, model_name: str, status: str) -> None:
     self._counters.inc(":tensorflow:cc:saved_model:load_attempt_count", model_name, status)

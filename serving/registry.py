@@ -40,6 +40,7 @@ log = logging.getLogger("serving.registry")
 State = get_model_status_pb2.ModelVersionStatus
 # tensorflow.error.Code values used in StatusProto.
 _OK, _UNKNOWN_ERROR = 0, 2
+_GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 class ServingError(Exception):
@@ -142,12 +143,9 @@ class Servable:
     fetch = {k: signature.outputs[k].name for k in outputs}
     try:
       return self.session.run(fetch, feed_dict=feed)
-    except tf.errors.InvalidArgumentError as e:
-      raise invalid(e.message) from None
-    except tf.errors.ResourceExhaustedError as e:
-      raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, e.message) from None
-    except tf.errors.OpError as e:
-      raise ServingError(grpc.StatusCode.INTERNAL, e.message) from None
+    except tf.errors.OpError as e:  # TensorFlow's codes are gRPC's
+      raise ServingError(_GRPC_CODES.get(e.error_code, grpc.StatusCode.INTERNAL),
+                         e.message) from None
 
   def warmup(self, run: Callable) -> int:
     """Replays assets.extra/tf_serving_warmup_requests through `run`; returns the count.
@@ -163,9 +161,10 @@ class Servable:
       if count == 1000:
         raise ValueError(f"Number of warmup records exceeds the maximum (1000) at {records}")
       entry = prediction_log_pb2.PredictionLog.FromString(record)
-      if entry.WhichOneof("log_type") != "predict_log":
-        raise ValueError(f"warmup record {count} is a {entry.WhichOneof('log_type')}; only "
-                         "predict_log is supported")
+      if entry.WhichOneof("log_type") != "predict_log":  # no such signatures here
+        log.warning("%s: skipping warmup record of type %s (only predict_log is replayed)",
+                    records, entry.WhichOneof("log_type"))
+        continue
       request = entry.predict_log.request
       signature_name = request.model_spec.signature_name or "serving_default"
       inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
@@ -288,12 +287,14 @@ class Registry:
 
   # --- configuration -----------------------------------------------------------
 
-  def set_config(self, config: model_server_config_pb2.ModelServerConfig) -> None:
-    """Serves exactly the models in `config`; new ones load on the next poll."""
+  def set_config(self, config: model_server_config_pb2.ModelServerConfig) -> list[str]:
+    """Serves exactly the models in `config` (new ones load on the next poll); returns
+    the names of the models it added."""
     check_config(config)
     entries = {m.name: m for m in config.model_config_list.config}
+    before = set(self.models)
     dropped = []
-    with self._lock:
+    with self._poll_lock, self._lock:  # never while a poll is loading into a model
       for name in list(self.models):
         if name not in entries:
           dropped.append(self.models.pop(name))
@@ -306,6 +307,7 @@ class Registry:
       log.info("model %s removed from the config: unloading it", model.name)
       for version in list(model.servables):
         self._unload(model, version)
+    return [name for name in entries if name not in before]
 
   # --- polling -----------------------------------------------------------------
 
@@ -323,27 +325,25 @@ class Registry:
   def _poll_model(self, model: Model) -> None:
     base = pathlib.Path(model.config.base_path)
     if not base.is_dir():
-      model.problem = f"base path {base} does not exist or is not a directory"
-      on_disk = []
-    else:
-      on_disk = sorted(int(p.name) for p in base.iterdir()
-                       if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
-      model.problem = "" if on_disk else f"no numeric version directory under {base}"
-    if model.problem and not model.servables:
-      log.warning("model %s: %s", model.name, model.problem)
-    # Versions whose failed load has the same files as now are skipped.
-    loadable = []
-    for version in on_disk:
-      status = model.statuses.get(version)
-      if status and status.state == State.END and status.error and (
-          status.fingerprint == _fingerprint(base / str(version))):
-        continue
-      loadable.append(version)
-    wanted = model.wanted(loadable)
+      # As TF Serving: a missing base path changes nothing (what serves keeps serving).
+      self._report(model, f"base path {base} does not exist or is not a directory")
+      return
+    on_disk = sorted({int(p.name) for p in base.iterdir()
+                      if p.is_dir() and p.name.isascii() and p.name.isdigit()})
+    self._report(model, "" if on_disk else f"no numeric version directory under {base}")
+    # The policy picks among everything on disk, failed versions included, so a
+    # newest version that fails keeps the previous one serving (as TF Serving's
+    # availability-preserving policy); a failed version is retried only once its
+    # files have changed.
+    wanted = model.wanted(on_disk)
     for version in sorted(wanted - set(model.servables), reverse=True):
-      self._load(model, version, base / str(version))
-    available = set(model.servables) & wanted
-    if available or not wanted:
+      status = model.statuses.get(version)
+      path = base / str(version)
+      if status and status.state == State.END and status.error and (
+          status.fingerprint == _fingerprint(path)):
+        continue
+      self._load(model, version, path)
+    if set(model.servables) & wanted or not wanted:
       for version in sorted(set(model.servables) - wanted):
         self._unload(model, version)
     for version in list(model.statuses):  # forget removed versions that never loaded
@@ -351,7 +351,15 @@ class Registry:
           model.statuses[version].state != State.END or model.statuses[version].error):
         del model.statuses[version]
 
+  @staticmethod
+  def _report(model: Model, problem: str) -> None:
+    """Records why a model has no version on disk; logs it when it changes."""
+    if problem and problem != model.problem:
+      log.warning("model %s: %s", model.name, problem)
+    model.problem = problem
+
   def _load(self, model: Model, version: int, path: pathlib.Path) -> None:
+    fingerprint = _fingerprint(path)  # before loading: files that change during it retry
     model.statuses[version] = VersionStatus(State.LOADING)
     started = time.monotonic()
     try:
@@ -366,14 +374,19 @@ class Registry:
         raise
     except Exception as e:  # corrupt or half-copied: report it, keep what serves
       error = f"{type(e).__name__}: {e}".strip()
-      model.statuses[version] = VersionStatus(State.END, error, _fingerprint(path))
+      model.statuses[version] = VersionStatus(State.END, error, fingerprint)
       log.error("model %s version %d failed to load: %s", model.name, version, error)
       if self.metrics:
         self.metrics.load_attempt(str(path), "fail")
       return
     with self._lock:
-      model.servables[version] = servable
-      model.statuses[version] = VersionStatus(State.AVAILABLE)
+      orphaned = self.models.get(model.name) is not model  # dropped from the config meanwhile
+      if not orphaned:
+        model.servables[version] = servable
+        model.statuses[version] = VersionStatus(State.AVAILABLE)
+    if orphaned:
+      servable.close()
+      return
     log.info("model %s version %d is available (%d warmup requests, %.1f s)", model.name,
              version, ran, time.monotonic() - started)
     if self.metrics:
@@ -481,6 +494,14 @@ class Registry:
       else:
         entry.status.error_code = _OK
     return response
+
+  def problem(self, name: str) -> str:
+    """Why a model has nothing to serve: its base path, or its versions' load errors."""
+    model = self.models.get(name)
+    if model is None:
+      return "not configured"
+    errors = [f"version {v}: {s.error}" for v, s in sorted(model.statuses.items()) if s.error]
+    return model.problem or "; ".join(errors) or "no version loaded"
 
   def available(self) -> dict[str, list[int]]:
     with self._lock:

@@ -22,7 +22,12 @@ import json
 import logging
 import re
 import socket
+import ssl
+import sys
+import threading
 import time
+import urllib.parse
+import zlib
 from typing import TYPE_CHECKING
 
 import grpc
@@ -50,8 +55,9 @@ HTTP_STATUS = {
 }
 
 _MODEL_PATH = re.compile(
-    r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>-?\d+)|/labels/(?P<label>[^/:]+))?"
+    r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
     r"(?P<verb>/metadata|:predict|:classify|:regress)?/?$")
+_INT64_MAX = 2 ** 63 - 1
 
 _INT_RANGES = {types_pb2.DT_INT8: np.int8, types_pb2.DT_INT16: np.int16,
                types_pb2.DT_INT32: np.int32, types_pb2.DT_INT64: np.int64,
@@ -241,22 +247,31 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
     self._handle("DELETE")
 
   def _handle(self, method: str) -> None:
+    with self.server.requests:
+      self._handle_request(method)
+
+  def _handle_request(self, method: str) -> None:
     server: ModelServer = self.server.model_server
     path = self.path.split("?", 1)[0]
     try:
-      body = self._read_body(server.max_request_bytes)
+      body = self._read_body(server.max_rest_body_bytes)
       if method == "GET" and server.metrics_path and path == server.metrics_path:
         self._send(200, server.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
         return
+      if not path.startswith("/v1/"):
+        raise ServingError(grpc.StatusCode.NOT_FOUND, f"Not found: {path} (the API is under "
+                           "/v1/models/)")
       match = _MODEL_PATH.match(path)
       verb = match and (match["verb"] or "")
       if not match or (method, verb.startswith(":")) not in (("GET", False), ("POST", True)):
         raise invalid(f"Malformed request: {method} {path}")
-      spec = model_pb2.ModelSpec(name=match["name"])
+      spec = model_pb2.ModelSpec(name=urllib.parse.unquote(match["name"]))
       if match["version"] is not None:
+        if int(match["version"]) > _INT64_MAX:
+          raise invalid(f"Failed to convert version: {match['version']} to numeric.")
         spec.version.value = int(match["version"])
       if match["label"] is not None:
-        spec.version_label = match["label"]
+        spec.version_label = urllib.parse.unquote(match["label"])
       if verb == "":
         self._send_json(200, _message_json(server.status(spec)))
       elif verb == "/metadata":
@@ -274,25 +289,58 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
       self._error(ServingError(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"))
 
   def _read_body(self, limit: int) -> bytes:
-    length = self.headers.get("Content-Length")
-    if length is None:
-      return b""
-    try:
+    """The request body (Content-Length or chunked, gzip undone), at most `limit` bytes."""
+    too_large = ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             f"request body larger than the limit of {limit} bytes")
+    if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+      body = self._read_chunked(limit, too_large)
+    else:
+      length = self.headers.get("Content-Length")
+      if length is None:
+        return b""
+      if not length.strip().isdigit():
+        self.close_connection = True
+        raise invalid(f"Content-Length must be a non-negative number, got {length!r}")
       length = int(length)
-    except ValueError:
-      raise invalid(f"Content-Length is not a number: {length!r}") from None
-    if length > limit:
-      self.close_connection = True
-      remaining = length if length <= 4 * limit else 0
-      while remaining > 0:  # read it away, so the client sees the answer, not a reset
-        chunk = self.rfile.read(min(remaining, 1 << 20))
-        if not chunk:
-          break
-        remaining -= len(chunk)
-      raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                         f"request body of {length} bytes is larger than the limit of {limit} "
-                         "bytes")
-    return self.rfile.read(length)
+      if length > limit:
+        self.close_connection = True
+        remaining = length if length <= 4 * limit else 0
+        while remaining > 0:  # read it away, so the client sees the answer, not a reset
+          chunk = self.rfile.read(min(remaining, 1 << 20))
+          if not chunk:
+            break
+          remaining -= len(chunk)
+        raise too_large
+      body = self.rfile.read(length)
+    if "gzip" in self.headers.get("Content-Encoding", "").lower():
+      inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+      try:
+        body = inflater.decompress(body, limit + 1)
+      except zlib.error as e:
+        raise invalid(f"the gzip request body does not decompress: {e}") from None
+      if len(body) > limit:
+        raise too_large
+    return body
+
+  def _read_chunked(self, limit: int, too_large: ServingError) -> bytes:
+    parts, size = [], 0
+    while True:
+      line = self.rfile.readline(1024).split(b";", 1)[0].strip()
+      try:
+        length = int(line, 16)
+      except ValueError:
+        self.close_connection = True
+        raise invalid(f"malformed chunk size {line[:20]!r} in a chunked body") from None
+      if length == 0:
+        while self.rfile.readline(1024).strip():  # trailers
+          pass
+        return b"".join(parts)
+      size += length
+      if size > limit:
+        self.close_connection = True
+        raise too_large
+      parts.append(self.rfile.read(length))
+      self.rfile.readline(8)  # the CRLF after the chunk
 
   def _predict(self, server: "ModelServer", spec, body: bytes) -> dict:
     started = time.monotonic()
@@ -304,6 +352,8 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
       except json.JSONDecodeError as e:
         raise invalid(f"JSON Parse error: {e.msg} at line {e.lineno} column {e.colno}") \
             from None
+      except RecursionError:
+        raise invalid("JSON Parse error: the document is nested too deeply") from None
       if not isinstance(doc, dict):
         raise invalid("the request body must be a JSON object with 'instances' or 'inputs'")
       signature_name = doc.get("signature_name", "")
@@ -312,7 +362,10 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
       spec.signature_name = signature_name
       with server.registry.acquire(spec) as servable:
         signature = servable.signature(signature_name or "serving_default")
-        inputs, row = parse_predict(doc, signature.inputs)
+        try:
+          inputs, row = parse_predict(doc, signature.inputs)
+        except RecursionError:
+          raise invalid("an input is nested too deeply to be a tensor") from None
         served, outputs = server.run(servable, spec, inputs, ())
       answer = format_predict(outputs, row)
     except ServingError as e:
@@ -323,10 +376,14 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
 
 
 class RestServer(http.server.ThreadingHTTPServer):
+  """A thread per connection; at most `max_threads` requests run at once, and at most
+  16 times as many connections are open (further ones wait to be accepted)."""
   daemon_threads = True
 
   def __init__(self, address, model_server: "ModelServer", ssl_context=None,
-               timeout: float = 30.0):
+               timeout: float = 30.0, max_threads: int = 16):
+    self.requests = threading.BoundedSemaphore(max(1, max_threads))
+    self._slots = threading.BoundedSemaphore(16 * max(1, max_threads))
     self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
     # A connection idle this long (reading a request) is closed.
     handler = type("Handler", (RestHandler,), {"timeout": timeout})
@@ -336,3 +393,25 @@ class RestServer(http.server.ThreadingHTTPServer):
       # The handshake runs on the handler's thread, at its first read.
       self.socket = ssl_context.wrap_socket(self.socket, server_side=True,
                                             do_handshake_on_connect=False)
+
+  def process_request(self, request, client_address):
+    self._slots.acquire()  # blocks the accept loop while every connection slot is taken
+    try:
+      super().process_request(request, client_address)
+    except BaseException:
+      self._slots.release()
+      raise
+
+  def process_request_thread(self, request, client_address):
+    try:
+      super().process_request_thread(request, client_address)
+    finally:
+      self._slots.release()
+
+  def handle_error(self, request, client_address):
+    error = sys.exc_info()[1]
+    if isinstance(error, (ssl.SSLError, ConnectionError, TimeoutError)):
+      # A plaintext client on the TLS port, or a peer that went away: no traceback.
+      log.debug("REST connection from %s: %s", client_address[0], error)
+      return
+    super().handle_error(request, client_address)

@@ -15,13 +15,21 @@ the path TF Serving's C++ loader takes, from the signature graph alone.
          grpc.health.v1.Health
   REST   /v1/models/NAME[/versions/N|/labels/L][/metadata|:predict], the Prometheus path
 
-Where it differs from TF Serving, on purpose:
+Where it differs from TF Serving, on purpose (README.md, "Serve and query locally"):
   - it binds 127.0.0.1 unless --host says otherwise (TF Serving binds every address);
   - HandleReloadConfigRequest may change policies, labels and the model list, but not
     name a base path the operator's own config (flags or --model_config_file) does not
     have: a request never makes the server read a path it chose;
-  - with --ssl_config_file the REST port speaks HTTPS too (TF Serving keeps it plain);
+  - a model whose base path is missing or whose versions all fail is reported, and the
+    others serve (TF Serving refuses to start); a label may point at a version that is not
+    loaded (answered NOT_FOUND until it is), and an unknown label is NOT_FOUND, as the
+    issue asks (TF Serving: INVALID_ARGUMENT);
   - a version that fails to load is tried again when its files change, not on a timer;
+  - with --ssl_config_file the REST port speaks HTTPS too (TF Serving keeps it plain);
+  - the gRPC health service is always on; XLA exports load without the XLA flags, with
+    a warning that TF Serving would refuse them;
+  - REST: request bodies are capped (--rest_api_max_body_bytes), output strings that
+    are not UTF-8 are {"b64": ...} (TF Serving writes them raw, which is not JSON);
   - --port 0 picks a free port, and --port_file writes the ports once serving.
 """
 
@@ -45,13 +53,12 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_text  # noqa: E402,F401  (registers the ops the exports use)
 from google.protobuf import text_format  # noqa: E402
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # noqa: E402
-from tensorflow.core.framework import types_pb2  # noqa: E402
 from tensorflow_serving.apis import (get_model_metadata_pb2, model_management_pb2,  # noqa: E402
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
-from serving import protos  # noqa: E402
+from serving import protos, tensors  # noqa: E402
 from serving.batching import Batcher, BatchingOptions  # noqa: E402
 from serving.metrics import DEFAULT_PATH, Metrics  # noqa: E402
 from serving.registry import (Registry, Servable, ServingError, check_config,  # noqa: E402
@@ -61,17 +68,21 @@ log = logging.getLogger("serving.server")
 
 # TF Serving accepts messages up to 2 GB; generation outputs need more than gRPC's 4 MB.
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
+# Health names: TF Serving's (unqualified) and the services' full names.
+SERVICES = ("PredictionService", "ModelService", "tensorflow.serving.PredictionService",
+            "tensorflow.serving.ModelService")
 
 
 class ModelServer:
   """What the gRPC and REST front ends share: models, batching, metrics."""
 
   def __init__(self, registry: Registry, metrics: Metrics, *, metrics_path: str | None = None,
-               max_request_bytes: int = MAX_MESSAGE_BYTES, allowed_base_paths=()):
+               max_request_bytes: int = MAX_MESSAGE_BYTES,
+               max_rest_body_bytes: int = 32 * 1024 * 1024, allowed_base_paths=()):
     self.registry, self.metrics = registry, metrics
     self.metrics_path = metrics_path
     self.max_request_bytes = max_request_bytes
+    self.max_rest_body_bytes = min(max_rest_body_bytes, max_request_bytes)
     self.allowed_base_paths = set(allowed_base_paths)
     self.config_lock = threading.Lock()
 
@@ -87,13 +98,8 @@ class ModelServer:
   def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
     with self.registry.acquire(request.model_spec) as servable:
       servable.signature(request.model_spec.signature_name or "serving_default")
-      inputs = {}
-      for key, tensor in request.inputs.items():
-        try:
-          inputs[key] = tf.make_ndarray(tensor)
-        except Exception as e:
-          raise invalid(f"input {key} is not a valid {types_pb2.DataType.Name(tensor.dtype)} "
-                        f"TensorProto: {e}") from None
+      inputs = {key: tensors.from_proto(key, tensor, self.max_request_bytes)
+                for key, tensor in request.inputs.items()}
       (name, version, signature_name), outputs = self.run(
           servable, request.model_spec, inputs, request.output_filter)
     response = predict_pb2.PredictResponse()
@@ -101,7 +107,7 @@ class ModelServer:
     response.model_spec.version.value = version
     response.model_spec.signature_name = signature_name
     for key, value in outputs.items():
-      response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+      response.outputs[key].CopyFrom(tensors.to_proto(value))
     return response
 
   def metadata(self, spec) -> get_model_metadata_pb2.GetModelMetadataResponse:
@@ -134,8 +140,13 @@ class ModelServer:
               "configured base paths; base paths come only from --model_base_path or "
               "--model_config_file")
     with self.config_lock:
-      self.registry.set_config(config)
+      added = self.registry.set_config(config)
       self.registry.poll()
+    failed = [name for name in added if not self.registry.available().get(name)]
+    if failed and from_request:
+      raise ServingError(grpc.StatusCode.UNKNOWN,
+                         f"{len(failed)} model(s) did not become available: "
+                         + "; ".join(f"{n}: {self.registry.problem(n)}" for n in failed))
 
 
 def _timed(metrics: Metrics, api: str, entrypoint: str = "GRPC"):
@@ -205,10 +216,13 @@ def build_grpc(model_server: ModelServer, host: str, port: int, *, max_workers: 
   health_servicer = health.HealthServicer()
   health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
   address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-  bound = (server.add_secure_port(address, credentials) if credentials
-           else server.add_insecure_port(address))
+  try:
+    bound = (server.add_secure_port(address, credentials) if credentials
+             else server.add_insecure_port(address))
+  except RuntimeError as e:  # grpcio raises this for a port in use
+    raise OSError(f"gRPC cannot bind {address}: {e}") from None
   if bound == 0:
-    raise OSError(f"could not bind gRPC to {address}")
+    raise OSError(f"gRPC cannot bind {address}")
   return server, bound, health_servicer
 
 
@@ -278,14 +292,19 @@ def build_parser() -> argparse.ArgumentParser:
   flag("--grpc_max_threads", type=int, default=64, help="threads answering gRPC requests")
   flag("--rest_api_timeout_in_ms", type=int, default=30000,
        help="REST read timeout per connection")
+  flag("--rest_api_num_threads", type=int, default=4 * (os.cpu_count() or 1),
+       help="REST requests handled at once (more connections wait)")
+  flag("--rest_api_max_body_bytes", type=int, default=32 * 1024 * 1024,
+       help="largest REST request body (JSON takes many times its size to parse)")
   flag("--port_file", help="write the bound ports here once serving (gRPC, then REST)")
   return parser
 
 
 def _model_config(args) -> model_server_config_pb2.ModelServerConfig:
-  if args.model_config_file and args.model_base_path:
-    raise protos.ConfigError("give --model_config_file or --model_base_path, not both")
   if args.model_config_file:
+    if args.model_base_path:
+      log.warning("--model_config_file is given: --model_name and --model_base_path are "
+                  "ignored (as TF Serving does)")
     return protos.parse_text(model_server_config_pb2.ModelServerConfig, args.model_config_file)
   if not args.model_base_path:
     raise protos.ConfigError("give --model_base_path (with --model_name) or "
@@ -322,21 +341,27 @@ def _ssl(args):
       raise protos.ConfigError(f"{args.ssl_config_file}: the key or certificate does not "
                                f"load: {e}") from None
   if config.custom_ca:
-    context.load_verify_locations(cadata=config.custom_ca)
+    try:
+      context.load_verify_locations(cadata=config.custom_ca)
+    except (ssl.SSLError, ValueError) as e:
+      raise protos.ConfigError(f"{args.ssl_config_file}: custom_ca does not load: {e}") \
+          from None
     if config.client_verify:
       context.verify_mode = ssl.CERT_REQUIRED
   return credentials, context
 
 
-def _watch_config_file(model_server: ModelServer, path: str, interval: int,
+def _watch_config_file(model_server: ModelServer, path: str, last: bytes, interval: int,
                        stop: threading.Event) -> None:
-  last = open(path, "rb").read()
+  """Applies `path` whenever its bytes differ from `last` (what was applied)."""
   while not stop.wait(interval):
     try:
-      text = open(path, "rb").read()
+      with open(path, "rb") as f:
+        text = f.read()
       if text == last:
         continue
       config = text_format.Parse(text.decode("utf-8"), model_server_config_pb2.ModelServerConfig())
+      check_config(config)
       model_server.allowed_base_paths |= {os.path.realpath(m.base_path)
                                           for m in config.model_config_list.config}
       model_server.reload_config(config, from_request=False)
@@ -352,6 +377,7 @@ def main(argv=None) -> int:
   tf.get_logger().setLevel(logging.ERROR)
   try:
     config = _model_config(args)
+    config_bytes = open(args.model_config_file, "rb").read() if args.model_config_file else b""
     check_config(config)
     batching = None
     if args.enable_batching:
@@ -360,7 +386,8 @@ def main(argv=None) -> int:
         batching = BatchingOptions.from_proto(
             protos.parse_text(protos.BatchingParameters, args.batching_parameters_file))
     elif args.batching_parameters_file:
-      log.warning("--batching_parameters_file is ignored without --enable_batching")
+      raise protos.ConfigError("--batching_parameters_file is set without "
+                               "--enable_batching=true")
     metrics_path = None
     if args.monitoring_config_file:
       monitoring = protos.parse_text(protos.MonitoringConfig, args.monitoring_config_file)
@@ -397,11 +424,9 @@ def main(argv=None) -> int:
                                                       MAX_MESSAGE_BYTES)
   model_server = ModelServer(
       registry, metrics, metrics_path=metrics_path, max_request_bytes=max_request,
+      max_rest_body_bytes=args.rest_api_max_body_bytes,
       allowed_base_paths={os.path.realpath(m.base_path) for m in config.model_config_list.config})
-  model_server.reload_config(config, from_request=False)  # first load, before serving
-  registry.start_polling(args.file_system_poll_wait_seconds)
-
-  try:
+  try:  # bind first: a taken port fails now, not after minutes of loading
     grpc_server, grpc_port, health_servicer = build_grpc(
         model_server, args.host, args.port, max_workers=args.grpc_max_threads,
         credentials=credentials, channel_arguments=args.grpc_channel_arguments)
@@ -409,10 +434,13 @@ def main(argv=None) -> int:
     if args.rest_api_port:
       from serving.rest import RestServer
       rest_server = RestServer((args.host, args.rest_api_port), model_server, ssl_context,
-                               timeout=args.rest_api_timeout_in_ms / 1000)
-  except OSError as e:
-    print(f"error: {e}", file=sys.stderr)
+                               timeout=args.rest_api_timeout_in_ms / 1000,
+                               max_threads=args.rest_api_num_threads)
+  except (OSError, RuntimeError) as e:
+    print(f"error: cannot listen on {args.host}: {e}", file=sys.stderr)
     return 1
+  model_server.reload_config(config, from_request=False)  # first load, before serving
+  registry.start_polling(args.file_system_poll_wait_seconds)
   grpc_server.start()
   for service in ("",) + SERVICES:
     health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -426,8 +454,8 @@ def main(argv=None) -> int:
   stop = threading.Event()
   if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:
     threading.Thread(target=_watch_config_file, daemon=True, name="config-poller", args=(
-        model_server, args.model_config_file, args.model_config_file_poll_wait_seconds,
-        stop)).start()
+        model_server, args.model_config_file, config_bytes,
+        args.model_config_file_poll_wait_seconds, stop)).start()
   if args.port_file:
     tmp = args.port_file + ".tmp"
     with open(tmp, "w") as f:

@@ -9,6 +9,7 @@ import grpc
 import numpy as np
 import pytest
 
+from servers import wait_until
 from serving import protos
 from serving.batching import Batcher, BatchingOptions
 from serving.registry import ServingError
@@ -78,11 +79,11 @@ def test_a_full_queue_answers_unavailable_and_the_batcher_recovers():
                                           num_batch_threads=1))
   pool = futures.ThreadPoolExecutor(2)
   running = pool.submit(batcher.run, "s", {"x": np.ones([1, 1])}, ("y",))  # on the worker
-  while not batcher._queues or any(q.batches for q in batcher._queues.values()):
-    threading.Event().wait(0.01)  # wait until the worker has taken it
+  wait_until(lambda: batcher._queues and not any(q.batches for q in batcher._queues.values()),
+             10, "the worker to take the first task")
   waiting = pool.submit(batcher.run, "s", {"x": np.ones([1, 1])}, ("y",))  # fills the queue
-  while not any(q.batches for q in batcher._queues.values()):
-    threading.Event().wait(0.01)
+  wait_until(lambda: any(q.batches for q in batcher._queues.values()), 10,
+             "the second task to queue")
   with pytest.raises(ServingError) as error:
     batcher.run("s", {"x": np.ones([1, 1])}, ("y",))
   assert error.value.code == grpc.StatusCode.UNAVAILABLE

@@ -14,8 +14,11 @@ with batching, REST, Prometheus and a 4 MiB request limit.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -24,14 +27,16 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
+import tensorflow as tf
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, model_management_pb2,
-                                     model_service_pb2_grpc, predict_pb2,
+                                     model_service_pb2_grpc, predict_pb2, prediction_log_pb2,
                                      prediction_service_pb2_grpc)
 from tensorflow_serving.config import model_server_config_pb2
 
 from conftest import ROOT, write_bart_checkpoint, write_electra_checkpoint, write_hf_checkpoint
-from servers import ServerProcess, assert_same_fillers
+from servers import assert_same_fillers
+from serving.process import ServerProcess
 from serving import client as serving_client
 from serving.client import ServingClient
 from tfhub_models import checkpoints, export
@@ -71,6 +76,15 @@ def models(tmp_path_factory, sp_file, vocab_size, wordpiece_dir, bpe_dir):
   export.export(bart, base, "bart", 1, export.ExportOptions(max_new_tokens=8, **NO_XLA))
   tasks["bart"] = bart
   write_corrupt_version(base / "broken" / "1")
+  # A version whose warmup request names an input the model does not have.
+  shutil.copytree(base / "xlmr" / "1", base / "badwarmup" / "1")
+  request = predict_pb2.PredictRequest()
+  request.model_spec.name = "badwarmup"
+  request.inputs["texts"].CopyFrom(serving_client._to_proto(texts_array(["warm <mask>"])))
+  with tf.io.TFRecordWriter(str(base / "badwarmup" / "1" / "assets.extra" /
+                                "tf_serving_warmup_requests")) as writer:
+    writer.write(prediction_log_pb2.PredictionLog(
+        predict_log=prediction_log_pb2.PredictLog(request=request)).SerializeToString())
   return {"base": base, "tasks": tasks}
 
 
@@ -86,6 +100,7 @@ model_config_list {{
   config {{ name: "bart" base_path: "{base}/bart" model_platform: "tensorflow" }}
   config {{ name: "ghost" base_path: "{base}/ghost" model_platform: "tensorflow" }}
   config {{ name: "broken" base_path: "{base}/broken" model_platform: "tensorflow" }}
+  config {{ name: "badwarmup" base_path: "{base}/badwarmup" model_platform: "tensorflow" }}
 }}
 """
 
@@ -121,11 +136,11 @@ def stubs(target):
           model_service_pb2_grpc.ModelServiceStub(channel), channel)
 
 
-def rest(served, method, path, body=None, raw: bytes | None = None):
+def rest(served, method, path, body=None, raw: bytes | None = None, headers=None):
   """(HTTP status, parsed JSON body) of one REST call."""
   data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
   request = urllib.request.Request(f"http://{served['server'].rest}{path}", data=data,
-                                   method=method)
+                                   method=method, headers=headers or {})
   try:
     with urllib.request.urlopen(request, timeout=60) as response:
       return response.status, json.loads(response.read())
@@ -160,6 +175,10 @@ def test_versions_and_labels_pick_the_version(served):
   response = prediction.Predict(request, timeout=60)
   assert (response.model_spec.name, response.model_spec.version.value,
           response.model_spec.signature_name) == ("xlmr", 1, "serving_default")
+  # Typed value fields, as TF Serving answers (clients read `.float_val`).
+  scores = response.outputs["top_k_scores"]
+  assert len(scores.float_val) == 3 and not scores.tensor_content
+  assert list(response.outputs["num_masks"].int_val) == [1]
   channel.close()
 
 
@@ -200,6 +219,12 @@ def test_metadata_and_status(served):
         "top_k_ids", "top_k_scores", "top_k_tokens", "num_masks"}
     status = client.status().model_version_status
   assert [(s.version, s.state) for s in status] == [(3, END), (2, AVAILABLE), (1, AVAILABLE)]
+  from grpc_health.v1 import health_pb2, health_pb2_grpc
+  with grpc.insecure_channel(served["server"].grpc) as channel:
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "tensorflow.serving.PredictionService", "PredictionService"):
+      answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=30)
+      assert answer.status == health_pb2.HealthCheckResponse.SERVING
   assert status[0].status.error_code != 0 and status[0].status.error_message
   assert status[1].status.error_code == 0
 
@@ -263,6 +288,16 @@ def test_32_clients_200_requests_each_twice_no_errors_and_memory_settles(served)
     assert errors == [] and wrong == [], (errors[:5], wrong[:5])
     rss.append(server.rss_bytes())
   assert rss[1] <= rss[0] * 1.10, f"resident memory grew from {rss[0]} to {rss[1]} bytes"
+
+
+def test_warmup_requests_are_replayed_and_a_failing_one_fails_the_load(served):
+  log = served["server"].output()
+  counts = re.findall(r"model xlmr version (\d) is available \((\d+) warmup requests", log)
+  assert sorted(v for v, _ in counts) == ["1", "2"], log
+  assert all(int(c) > 0 for _, c in counts), counts
+  with ServingClient(served["server"].grpc, "badwarmup") as client:
+    (status,) = client.status().model_version_status
+  assert status.state == END and "texts" in status.status.error_message
 
 
 # --- REST ---------------------------------------------------------------------------------
@@ -330,6 +365,17 @@ def _predict_request(model="xlmr", inputs=None, signature="", **spec):
   return request
 
 
+def _huge_repeated_tensor():
+  """22 bytes on the wire, [20000, 20000] int32 (1.6 GB) once expanded."""
+  proto = serving_client._to_proto(np.zeros([1], np.int32))
+  del proto.tensor_shape.dim[:]
+  proto.tensor_shape.dim.add(size=20000)
+  proto.tensor_shape.dim.add(size=20000)
+  proto.ClearField("tensor_content")
+  proto.int_val.append(7)
+  return proto
+
+
 def _bad_tensor_content():
   proto = serving_client._to_proto(np.zeros([4], np.int32))
   proto.tensor_content = b"\x00" * 7  # 7 bytes cannot hold int32s
@@ -383,6 +429,11 @@ GRPC_BAD = [
                                     "padding_mask": np.ones([1, 3], np.int32),
                                     "mask_positions": np.zeros([1, 1], np.int32)}),
      "INVALID_ARGUMENT", ["token_ids"]),
+    ("a few bytes declaring a huge tensor", "Predict", lambda: _predict_request(
+        signature="logits", inputs={"token_ids": _huge_repeated_tensor(),
+                                    "padding_mask": np.ones([1, 4], np.int32),
+                                    "mask_positions": np.zeros([1, 1], np.int32)}),
+     "INVALID_ARGUMENT", ["token_ids", "bytes"]),
     ("oversized message", "Predict",
      lambda: _predict_request(inputs={"text": texts_array(["x" * (5 << 20)])}),
      "RESOURCE_EXHAUSTED", ["larger than max"]),
@@ -418,8 +469,8 @@ GRPC_BAD = [
 ]
 
 
-def _rest_case(method, path, body=None, raw=None):
-  return (method, path, body, raw)
+def _rest_case(method, path, body=None, raw=None, headers=None):
+  return (method, path, body, raw, headers)
 
 
 REST_BAD = [
@@ -463,7 +514,14 @@ REST_BAD = [
      ["nope"]),
     ("GET of :predict", _rest_case("GET", "/v1/models/xlmr:predict"), 400,
      ["Malformed request"]),
-    ("unknown path", _rest_case("GET", "/v2/models/xlmr"), 400, ["Malformed request"]),
+    ("unknown path", _rest_case("GET", "/v2/models/xlmr"), 404, ["/v2/models/xlmr"]),
+    ("version beyond int64", _rest_case("GET", "/v1/models/xlmr/versions/99999999999999999999"),
+     400, ["99999999999999999999"]),
+    ("JSON nested too deeply", _rest_case("POST", "/v1/models/xlmr:predict",
+                                          raw=b'{"instances": ' + b"[" * 50000 + b"]" * 50000
+                                          + b"}"), 400, ["nested"]),
+    ("bad gzip body", _rest_case("POST", "/v1/models/xlmr:predict", raw=b"not gzip",
+                                 headers={"Content-Encoding": "gzip"}), 400, ["gzip"]),
     ("classify", _rest_case("POST", "/v1/models/xlmr:classify", {"examples": []}), 501,
      ["predict"]),
     ("oversized body", _rest_case("POST", "/v1/models/xlmr:predict",
@@ -488,11 +546,40 @@ def test_bad_grpc_request_gets_its_status(served, what, method, make, code, word
 
 @pytest.mark.parametrize("what,case,code,words", REST_BAD, ids=[c[0] for c in REST_BAD])
 def test_bad_rest_request_gets_its_status(served, what, case, code, words):
-  method, path, body, raw = case
-  got, answer = rest(served, method, path, body, raw)
+  method, path, body, raw, headers = case
+  got, answer = rest(served, method, path, body, raw, headers)
   assert got == code, answer
   for word in words:
     assert word in answer["error"], (word, answer)
+
+
+def test_rest_chunked_gzip_and_broken_framing(served):
+  import gzip
+  host, port = served["server"].rest.split(":")
+  body = json.dumps({"instances": ["A <mask> day."]}).encode()
+
+  def send(headers, payload):
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    connection.putrequest("POST", "/v1/models/xlmr:predict")
+    for key, value in headers.items():
+      connection.putheader(key, value)
+    connection.endheaders()
+    connection.send(payload)
+    response = connection.getresponse()
+    answer = (response.status, json.loads(response.read()))
+    connection.close()
+    return answer
+
+  chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:10], body[10:]))
+  status, answer = send({"Transfer-Encoding": "chunked"}, chunked + b"0\r\n\r\n")
+  assert status == 200 and answer["predictions"][0]["num_masks"] == 1
+  status, answer = send({"Content-Encoding": "gzip", "Content-Length": str(len(
+      gzip.compress(body)))}, gzip.compress(body))
+  assert status == 200 and answer["predictions"][0]["num_masks"] == 1
+  status, answer = send({"Content-Length": "-1"}, b"")
+  assert status == 400 and "Content-Length" in answer["error"]
+  status, answer = send({"Transfer-Encoding": "chunked"}, b"zz\r\n")
+  assert status == 400 and "chunk" in answer["error"]
 
 
 def test_server_keeps_serving_after_bad_requests(served):
@@ -598,6 +685,8 @@ def test_bad_flags_and_config_files_fail_clearly(tmp_path):
       (["--model_config_file", str(tmp_path / "missing.config")], "missing.config"),
       (["--model_base_path", str(tmp_path), "--enable_batching", "--batching_parameters_file",
         str(tmp_path / "batching.config")], "allowed_batch_sizes"),
+      (["--model_base_path", str(tmp_path), "--batching_parameters_file",
+        str(tmp_path / "batching.config")], "--enable_batching"),
   ]
   for args, words in cases:
     result = subprocess.run([sys.executable, "-m", "serving.server", "--port", "0", *args],

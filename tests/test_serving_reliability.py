@@ -22,7 +22,8 @@ from google.protobuf import text_format
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from conftest import write_hf_checkpoint
-from servers import ServerProcess, assert_same_fillers, wait_until
+from servers import assert_same_fillers, wait_until
+from serving.process import ServerProcess
 from serving import client as serving_client
 from serving import protos
 from serving.client import ServingClient
@@ -146,6 +147,13 @@ def test_hot_swap_under_load_fails_no_request(exports, tmp_path):
                "the completed version 3")
     seen = len(traffic.answers)
     wait_until(lambda: len(traffic.answers) >= seen + 20, 60, "traffic on version 3")
+
+    # The whole base path vanishing (an unmounted volume) changes nothing, as in TF Serving.
+    shutil.rmtree(base)
+    time.sleep(3)  # three polls
+    seen = len(traffic.answers)
+    wait_until(lambda: len(traffic.answers) >= seen + 20, 60, "traffic without a base path")
+    assert status_of(server.grpc)[3][0] == AVAILABLE
   finally:
     traffic.finish()
     server.stop()

@@ -1,0 +1,168 @@
+"""Version bookkeeping of the registry with a fake SavedModel loader (no TensorFlow runs):
+config reloads racing polls, failed versions, files completing during a load."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving import registry
+
+AVAILABLE, END = 30, 50
+
+
+class FakeServable:
+  """Stands in for `registry.Servable`: 'loads' in `delay` seconds, fails when told to."""
+  failing: set = set()
+  delay = 0.0
+  during_load = None
+  opened: list = []
+
+  def __init__(self, name, version, path, session_config=None):
+    self.name, self.version, self.path = name, version, path
+    time.sleep(FakeServable.delay)
+    broken = (path / "corrupt").exists()  # what the loader read
+    if FakeServable.during_load:  # files changing while it loads
+      FakeServable.during_load(self)
+    if broken:
+      raise ValueError(f"corrupt {name}/{version}")
+    self.batcher, self.closed, self.uses_xla = None, False, False
+    FakeServable.opened.append(self)
+
+  def warmup(self, run):
+    return 0
+
+  def acquire(self):
+    pass
+
+  def release(self):
+    pass
+
+  def close(self):
+    self.closed = True
+
+
+@pytest.fixture
+def fake(monkeypatch):
+  monkeypatch.setattr(registry, "Servable", FakeServable)
+  FakeServable.delay, FakeServable.during_load, FakeServable.opened = 0.0, None, []
+  return FakeServable
+
+
+def version(base, name, number, corrupt=False):
+  path = base / name / str(number)
+  path.mkdir(parents=True, exist_ok=True)
+  (path / "saved_model.pb").write_text("x")
+  if corrupt:
+    (path / "corrupt").write_text("x")
+  return path
+
+
+def config(*models):
+  text = "model_config_list {" + "".join(
+      f' config {{ name: "{name}" base_path: "{base}" {policy} }}' for name, base, policy in models
+  ) + " }"
+  return text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+
+
+def spec(name):
+  return type("Spec", (), {"name": name, "version_label": "",
+                           "HasField": lambda self, field: False})()
+
+
+def test_a_config_reload_during_a_poll_leaks_no_loaded_model(fake, tmp_path):
+  version(tmp_path, "a", 1)
+  version(tmp_path, "b", 1)
+  r = registry.Registry(warmup=False)
+  r.set_config(config(("a", tmp_path / "a", "")))
+  fake.delay = 0.5
+  poll = threading.Thread(target=r.poll)
+  poll.start()
+  time.sleep(0.1)  # the poll is loading a/1
+  r.set_config(config(("b", tmp_path / "b", "")))  # waits for that poll, then drops a
+  poll.join()
+  r.poll()
+  assert r.available() == {"b": [1]}
+  assert [(s.name, s.closed) for s in fake.opened] == [("a", True), ("b", False)]
+
+
+def test_a_failing_new_version_keeps_the_previous_one_serving(fake, tmp_path):
+  version(tmp_path, "m", 1)
+  r = registry.Registry(warmup=False)
+  r.set_config(config(("m", tmp_path / "m", "model_version_policy { specific { versions: 1 } }")))
+  r.poll()
+  r.set_config(config(("m", tmp_path / "m", "model_version_policy { specific { versions: 2 } }")))
+  version(tmp_path, "m", 2, corrupt=True)
+  for _ in range(3):
+    r.poll()
+    assert r.available() == {"m": [1]}
+  states = {s.version: s.state for s in r.status(spec("m")).model_version_status}
+  assert states == {2: END, 1: AVAILABLE}
+
+  # latest: the only newer version is corrupt and the old one's files are gone.
+  r.set_config(config(("m", tmp_path / "m", "")))
+  import shutil
+  shutil.rmtree(tmp_path / "m" / "1")
+  for _ in range(2):
+    r.poll()
+    assert r.available() == {"m": [1]}  # still answering from memory
+  (tmp_path / "m" / "2" / "corrupt").unlink()  # the version is fixed
+  r.poll()
+  assert r.available() == {"m": [2]}
+
+
+def test_files_completed_during_a_failing_load_are_tried_again(fake, tmp_path):
+  path = version(tmp_path, "m", 1, corrupt=True)
+
+  def complete_the_copy(servable):  # the copy finishes while the loader fails on it
+    (path / "corrupt").unlink()
+    (path / "variables.data").write_text("the rest of the copy")
+    fake.during_load = None
+
+  fake.during_load = complete_the_copy
+  r = registry.Registry(warmup=False)
+  r.set_config(config(("m", tmp_path / "m", "")))
+  r.poll()
+  assert r.available() == {"m": []}
+  r.poll()  # nothing changed since: the files differ from what the failed load saw
+  assert r.available() == {"m": [1]}
+
+
+def test_a_failed_version_is_not_reloaded_while_its_files_stay_the_same(fake, tmp_path):
+  version(tmp_path, "m", 1, corrupt=True)
+  attempts = []
+  fake.during_load = lambda servable: attempts.append(servable.version)
+  r = registry.Registry(warmup=False)
+  r.set_config(config(("m", tmp_path / "m", "")))
+  for _ in range(3):
+    r.poll()
+  assert attempts == [1]
+  error = r.status(spec("m")).model_version_status[0].status.error_message
+  assert "corrupt m/1" in error
+
+
+def test_version_directories_are_ascii_numbers_zero_included(fake, tmp_path):
+  for name in ("0", "²", "v2", "1a"):
+    (tmp_path / "m" / name).mkdir(parents=True)
+  r = registry.Registry(warmup=False)
+  r.set_config(config(("m", tmp_path / "m", "model_version_policy { all {} }")))
+  r.poll()
+  assert r.available() == {"m": [0]}
+
+
+def test_a_missing_base_path_is_reported_and_unloads_nothing(fake, tmp_path):
+  version(tmp_path, "m", 1)
+  r = registry.Registry(warmup=False)
+  r.set_config(config(("m", tmp_path / "m", ""), ("ghost", tmp_path / "ghost", "")))
+  r.poll()
+  import shutil
+  shutil.rmtree(tmp_path / "m")
+  r.poll()
+  assert r.available() == {"m": [1], "ghost": []}
+  assert "does not exist" in r.problem("ghost") and "does not exist" in r.problem("m")
+  with pytest.raises(registry.ServingError, match="does not exist"):
+    r.status(spec("ghost"))

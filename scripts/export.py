@@ -92,7 +92,7 @@ def parse_args(argv):
 
 
 def build_task(args):
-  from tfhub_models import checkpoints, demo
+  from tfhub_models import checkpoints
   from tfhub_models.models import bart, electra, xlm_roberta
 
   # --format hub exports the encoder: any checkpoint's backbone will do.

@@ -67,10 +67,11 @@ def dtype_name(dtype: int) -> str:
 class Servable:
   """One SavedModel version, loaded into its own graph and session."""
 
-  def __init__(self, name: str, version: int, path: pathlib.Path, session_config=None):
+  def __init__(self, name: str, version: int, path: pathlib.Path):
     self.name, self.version, self.path = name, version, path
     self.graph = tf.Graph()
-    self.session = tf.compat.v1.Session(graph=self.graph, config=session_config)
+    # No ConfigProto of our own: the context's (thread pools set with tf.config.threading).
+    self.session = tf.compat.v1.Session(graph=self.graph)
     try:
       meta = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], str(path))
     except BaseException:
@@ -274,9 +275,8 @@ class Registry:
 
   def __init__(self, *, warmup: bool = True,
                on_load: Callable[[Servable], None] | None = None,
-               metrics=None, session_config=None):
+               metrics=None):
     self.warmup = warmup
-    self.session_config = session_config
     self.on_load = on_load  # e.g. attaches a batcher before warmup
     self.metrics = metrics
     self.models: dict[str, Model] = {}
@@ -363,7 +363,7 @@ class Registry:
     model.statuses[version] = VersionStatus(State.LOADING)
     started = time.monotonic()
     try:
-      servable = Servable(model.name, version, path, self.session_config)
+      servable = Servable(model.name, version, path)
       try:
         if self.on_load:
           self.on_load(servable)

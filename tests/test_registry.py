@@ -22,7 +22,7 @@ class FakeServable:
   during_load = None
   opened: list = []
 
-  def __init__(self, name, version, path, session_config=None):
+  def __init__(self, name, version, path):
     self.name, self.version, self.path = name, version, path
     time.sleep(FakeServable.delay)
     broken = (path / "corrupt").exists()  # what the loader read

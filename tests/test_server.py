@@ -679,6 +679,7 @@ def test_bad_flags_and_config_files_fail_clearly(tmp_path):
   (tmp_path / "bad.config").write_text("model_config_list { config { nme: 'x' } }")
   (tmp_path / "batching.config").write_text(
       "max_batch_size { value: 8 } allowed_batch_sizes: 4 allowed_batch_sizes: 6")
+  (tmp_path / "ssl.config").write_text('server_key: "not a key" server_cert: "not a cert"')
   cases = [
       ([], "--model_base_path"),
       (["--model_config_file", str(tmp_path / "bad.config")], "bad.config"),
@@ -687,6 +688,8 @@ def test_bad_flags_and_config_files_fail_clearly(tmp_path):
         str(tmp_path / "batching.config")], "allowed_batch_sizes"),
       (["--model_base_path", str(tmp_path), "--batching_parameters_file",
         str(tmp_path / "batching.config")], "--enable_batching"),
+      (["--model_base_path", str(tmp_path), "--ssl_config_file", str(tmp_path / "ssl.config")],
+       "ssl.config"),
   ]
   for args, words in cases:
     result = subprocess.run([sys.executable, "-m", "serving.server", "--port", "0", *args],

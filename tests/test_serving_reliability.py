@@ -203,30 +203,40 @@ def test_config_file_changes_are_picked_up_and_bad_ones_ignored(exports, tmp_pat
     server.stop()
 
 
-def self_signed_certificate():
-  """(key PEM, certificate PEM) for 127.0.0.1 / localhost."""
+def certificate(common_name, issuer=None, ca=False):
+  """(key PEM, certificate PEM, key) for 127.0.0.1 / localhost, self-signed or signed by
+  `issuer` = (key, certificate) of a CA."""
+  import ipaddress
+
   from cryptography import x509
   from cryptography.hazmat.primitives import hashes, serialization
   from cryptography.hazmat.primitives.asymmetric import ec
   from cryptography.x509.oid import NameOID
-  import ipaddress
 
   key = ec.generate_private_key(ec.SECP256R1())
-  name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+  name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+  issuer_key, issuer_certificate = issuer or (key, None)
   now = datetime.datetime.now(datetime.timezone.utc)
   certificate = (
-      x509.CertificateBuilder().subject_name(name).issuer_name(name)
+      x509.CertificateBuilder().subject_name(name)
+      .issuer_name(issuer_certificate.subject if issuer_certificate else name)
       .public_key(key.public_key()).serial_number(x509.random_serial_number())
       .not_valid_before(now - datetime.timedelta(minutes=5))
       .not_valid_after(now + datetime.timedelta(days=1))
       .add_extension(x509.SubjectAlternativeName([
           x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
           critical=False)
-      .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-      .sign(key, hashes.SHA256()))
+      .add_extension(x509.BasicConstraints(ca=ca or issuer is None, path_length=None),
+                     critical=True)
+      .sign(issuer_key, hashes.SHA256()))
   return (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption()),
-          certificate.public_bytes(serialization.Encoding.PEM))
+          certificate.public_bytes(serialization.Encoding.PEM), (key, certificate))
+
+
+def self_signed_certificate():
+  key, cert, _ = certificate("localhost")
+  return key, cert
 
 
 def test_tls_serves_and_refuses_plaintext(exports, tmp_path):
@@ -251,5 +261,29 @@ def test_tls_serves_and_refuses_plaintext(exports, tmp_path):
     with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
       urllib.request.urlopen(f"http://{server.rest}/v1/models/xlmr", timeout=10).read()
     assert server.process.poll() is None
+  finally:
+    server.stop()
+
+
+def test_tls_with_client_verification_needs_a_client_certificate(exports, tmp_path):
+  staging, answers = exports
+  _, ca_pem, ca = certificate("test CA", ca=True)
+  server_key, server_cert, _ = certificate("localhost", issuer=ca)
+  client_key, client_cert, _ = certificate("client", issuer=ca)
+  ssl_config = tmp_path / "ssl.config"
+  ssl_config.write_text(text_format.MessageToString(protos.SSLConfig(
+      server_key=server_key.decode(), server_cert=server_cert.decode(),
+      custom_ca=ca_pem.decode(), client_verify=True)))
+  server = ServerProcess(tmp_path / "server", "--model_name", "xlmr", "--model_base_path",
+                         str(staging / "xlmr"), "--ssl_config_file", str(ssl_config))
+  try:
+    with ServingClient(server.grpc, "xlmr", root_certificates=ca_pem, private_key=client_key,
+                       certificate_chain=client_cert) as client:
+      assert_same_fillers(client.fill_mask(TEXTS), answers[2])
+    with ServingClient(server.grpc, "xlmr", root_certificates=ca_pem, timeout=5,
+                       retries=0) as client:
+      with pytest.raises(grpc.RpcError) as error:
+        client.fill_mask(TEXTS)
+      assert error.value.code() == grpc.StatusCode.UNAVAILABLE
   finally:
     server.stop()

@@ -42,7 +42,6 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -79,7 +78,7 @@ def main(argv=None) -> int:
   import torch
   from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM, XLMRobertaTokenizer
 
-  from tfhub_models import checkpoints, demo, export
+  from tfhub_models import demo, export, models
 
   torch.set_num_threads(os.cpu_count() or 1)
   proto = demo.demo_sentencepiece()
@@ -92,7 +91,7 @@ def main(argv=None) -> int:
   results = {"config": vars(args), "cases": {}}
   with tempfile.TemporaryDirectory() as scratch:
     checkpoint = os.path.join(scratch, "ckpt")
-    vocab = demo.random_xlm_roberta(demo.TINY, proto).tokenizer.vocabulary_size
+    vocab = demo.tiny_xlm_roberta().tokenizer.vocabulary_size
     config = XLMRobertaConfig(
         vocab_size=vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
         num_attention_heads=args.heads, intermediate_size=4 * args.hidden,
@@ -102,7 +101,7 @@ def main(argv=None) -> int:
     with open(os.path.join(checkpoint, "sentencepiece.bpe.model"), "wb") as f:
       f.write(proto)
     hf_tokenizer = XLMRobertaTokenizer.from_pretrained(checkpoint)
-    task = checkpoints.load(checkpoint)
+    task = models.load(checkpoint)
     base = os.path.join(scratch, "models")
     signatures = {}
     for name, jit in (("xla", True), ("no_xla", False)):
@@ -176,13 +175,11 @@ def bart_benchmark(args) -> int:
   repeats = min(args.repeats, 5)
   new_tokens, input_length = 32, 64
   config = dataclasses.replace(bart.PRESETS["bart_base_en"], vocabulary_size=50265)
-  from tfhub_models.models.bart_generation import BartSeq2SeqLM
   from tfhub_models.tokenizers import ByteLevelBPETokenizer
 
   vocabulary, merges = demo.demo_bpe_vocabulary()
   # The full 50265-row embedding and LM head (the demo vocabulary only names 261).
-  ours = BartSeq2SeqLM.build(config, ByteLevelBPETokenizer(vocabulary, merges),
-                             sequence_length=128)
+  ours = bart.build(config, ByteLevelBPETokenizer(vocabulary, merges), sequence_length=128)
   assert ours.backbone.token_embedding.embeddings.shape[0] == 50265
   ours.compile("greedy")
   run_ours = ours._function(new_tokens + 1, ())          # no stop id: exactly 32 new tokens
@@ -263,7 +260,8 @@ def serving_benchmark(args) -> int:
     models = {}
     for name, config, sizes in (("tiny", demo.TINY, (1,)),
                                 ("base", base_config, (1, 2, 4, 8, 16, 32))):
-      task = demo.random_xlm_roberta(config, demo.demo_sentencepiece(), sequence_length=64)
+      task = demo.random_model("xlm_roberta_base_multi", "fill_mask", config=config,
+                               sequence_length=64)
       models[name] = export.export(task, os.path.join(scratch, name), "xlmr",
                                    options=export.ExportOptions(top_k=5,
                                                                 warmup_batch_sizes=sizes))

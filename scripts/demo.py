@@ -39,7 +39,7 @@ def main(argv=None) -> int:
 
   with tempfile.TemporaryDirectory() as scratch:
     base = args.output or os.path.join(scratch, "models")
-    task = demo.random_xlm_roberta(demo.TINY, demo.demo_sentencepiece())
+    task = demo.tiny_xlm_roberta()
     path = export.export(task, base, MODEL, options=export.ExportOptions(
         top_k=5, jit_compile=not args.no_xla, warmup_batch_sizes=(1,)))
     print(f"exported {path}")

@@ -14,13 +14,10 @@ VERSION/preprocessor).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
-import pathlib
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
 def parse_args(argv):
@@ -92,99 +89,59 @@ def parse_args(argv):
 
 
 def build_task(args):
-  from tfhub_models import checkpoints
-  from tfhub_models.models import bart, electra, xlm_roberta
+  """(task module, model name) of the command line's checkpoint or preset."""
+  from tfhub_models import demo, models
+  from tfhub_models.checkpoints import CheckpointError
 
   # --format hub exports the encoder: any checkpoint's backbone will do.
   task = "embedding" if args.format == "hub" and args.task is None else args.task
   if args.checkpoint:
-    model = checkpoints.load(args.checkpoint, dtype=args.dtype,
-                             sequence_length=args.sequence_length, task=task)
+    model = models.load(args.checkpoint, task, dtype=args.dtype,
+                        sequence_length=args.sequence_length)
     name = args.name or os.path.basename(os.path.normpath(args.checkpoint.split("://")[-1]))
     return model, name
-  presets = {**xlm_roberta.PRESETS, **electra.PRESETS, **bart.PRESETS}
-  if args.preset not in presets:
-    raise checkpoints.CheckpointError(
-        f"unknown preset {args.preset!r}; known: {', '.join(sorted(presets))}")
+  if args.preset not in models.PRESETS:
+    raise CheckpointError(f"unknown preset {args.preset!r}; known: "
+                          f"{', '.join(sorted(models.PRESETS))}")
   if not args.random_weights:
-    model = checkpoints.load(args.preset, dtype=args.dtype, sequence_length=args.sequence_length,
-                             task=task)
-    return model, args.name or args.preset
-  vocabulary = None
-  if args.vocabulary:
-    try:
-      with open(args.vocabulary, "rb") as f:
-        vocabulary = f.read()
-    except OSError as e:
-      raise checkpoints.CheckpointError(f"--vocabulary: {e.strerror}: {args.vocabulary}") from None
+    return (models.load(args.preset, task, dtype=args.dtype,
+                        sequence_length=args.sequence_length), args.name or args.preset)
+  family = models.family_of(args.preset).FAMILY
+  if task is not None and task not in family.tasks:
+    raise CheckpointError(f"{family.name} has no {task} task")
   try:
-    return _random_model(args, task, vocabulary)
-  except checkpoints.CheckpointError:
-    raise
+    model = demo.random_model(args.preset, task, vocabulary_file=args.vocabulary,
+                              dtype=args.dtype, sequence_length=args.sequence_length)
   except Exception as e:  # a vocabulary file the tokenizer ops reject
     if not args.vocabulary:
       raise
     reason = (str(e).strip().splitlines() or [type(e).__name__])[-1]
-    raise checkpoints.CheckpointError(
+    raise CheckpointError(
         f"--vocabulary {args.vocabulary}: not a usable vocabulary ({reason[:200]})") from None
-
-
-def _random_model(args, task, vocabulary):
-  from tfhub_models import checkpoints, demo
-  from tfhub_models.models import bart, electra, xlm_roberta
-
-  if args.preset in xlm_roberta.PRESETS:
-    if task not in (None, "fill_mask", "embedding"):
-      raise checkpoints.CheckpointError(f"XLM-RoBERTa has no {task} task")
-    model = demo.random_xlm_roberta(xlm_roberta.PRESETS[args.preset],
-                                    vocabulary or demo.demo_sentencepiece(), dtype=args.dtype,
-                                    sequence_length=args.sequence_length)
-    if task == "embedding":
-      model = xlm_roberta.XLMRobertaEncoder(model.backbone, model.preprocessor)
-    return model, args.name or args.preset
-  if args.preset in bart.PRESETS:
-    if args.vocabulary:
-      directory = os.path.dirname(os.path.abspath(args.vocabulary))
-      tokenizer = checkpoints._bpe_tokenizer(pathlib.Path(directory))
-      vocab, merges = tokenizer.vocabulary, tokenizer.merges
-    else:
-      vocab, merges = demo.demo_bpe_vocabulary()
-    model = demo.random_bart(bart.PRESETS[args.preset], vocab, merges, dtype=args.dtype,
-                             sequence_length=args.sequence_length)
-    return model, args.name or args.preset
-  words = (vocabulary.decode("utf-8").splitlines() if vocabulary
-           else demo.demo_wordpiece_vocabulary())
-  model = demo.random_electra(electra.PRESETS[args.preset], words,
-                              task or electra.PRESET_TASKS[args.preset], dtype=args.dtype,
-                              sequence_length=args.sequence_length)
   return model, args.name or args.preset
 
 
 def configure_generation(task, args) -> None:
   """BART: the checkpoint's generation settings, overridden by the flags."""
-  from tfhub_models.models.bart_generation import BartSeq2SeqLM
+  from tfhub_models import generation
 
   flags = [args.sampler, args.num_beams, args.max_new_tokens, args.top_p, args.temperature,
            args.length_penalty, args.num_return_sequences, args.alpha]
-  if not isinstance(task, BartSeq2SeqLM):
+  if getattr(task, "task", None) != "generate":
     if any(f is not None for f in flags):
       raise ValueError("generation flags (--sampler, --num-beams, ...) are for BART")
     return
-  base = task.backbone.config.generation.sampler()
-  name = args.sampler or ("beam" if args.num_beams and args.num_beams > 1 else base.name)
-  settings = {"name": name}
-  for field, value in (("num_beams", args.num_beams), ("k", args.top_k), ("p", args.top_p),
-                       ("temperature", args.temperature), ("length_penalty", args.length_penalty),
-                       ("num_return_sequences", args.num_return_sequences),
-                       ("alpha", args.alpha)):
-    if value is not None:
-      settings[field] = value
-  task.compile(sampler=dataclasses.replace(base, **settings), jit_compile=not args.no_xla)
+  sampler = generation.choose_sampler(
+      task.backbone.config.generation, args.sampler, num_beams=args.num_beams, k=args.top_k,
+      p=args.top_p, temperature=args.temperature, length_penalty=args.length_penalty,
+      num_return_sequences=args.num_return_sequences, alpha=args.alpha)
+  task.compile(sampler=sampler, jit_compile=not args.no_xla)
 
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  from tfhub_models import checkpoints, export
+  from tfhub_models import export, hub
+  from tfhub_models.checkpoints import CheckpointError
 
   try:
     task, name = build_task(args)
@@ -193,11 +150,10 @@ def main(argv=None) -> int:
                                    warmup_batch_sizes=args.warmup_batch_sizes, pair=args.pair,
                                    max_new_tokens=args.max_new_tokens, seed=(args.seed, 0))
     if args.format == "hub":
-      from tfhub_models import hub
       path = hub.export_hub(task, args.output, name, args.version)
     else:
       path = export.export(task, args.output, name, args.version, options)
-  except (checkpoints.CheckpointError, FileExistsError, ValueError, TypeError) as e:
+  except (CheckpointError, FileExistsError, ValueError, TypeError) as e:
     print("error: " + " ".join(str(e).split()), file=sys.stderr)  # one line
     return 1
   except OSError as e:

@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import CNN_STYLE, ROOT, write_bart_checkpoint
-from tfhub_models import checkpoints, export, generation
+import tfhub_models
+from tfhub_models import export, generation
 from tfhub_models.models import bart
 
 TEXTS = ["The capital of France is Paris, on the Seine.", "short",
@@ -28,7 +29,7 @@ def test_forward_matches_transformers(tmp_path, bpe_dir, scale_embedding):
   import torch
   directory = write_bart_checkpoint(tmp_path, bpe_dir, scale_embedding=scale_embedding,
                                     activation_function="gelu", seed=3)
-  task = checkpoints.load(directory)
+  task = tfhub_models.load(directory)
   encoder = task.preprocessor(tf.constant(TEXTS))
   ids, mask = encoder["token_ids"].numpy(), encoder["padding_mask"].numpy()
   assert (mask == 0).any()
@@ -43,14 +44,13 @@ def test_forward_matches_transformers(tmp_path, bpe_dir, scale_embedding):
   inputs = {"encoder_token_ids": ids, "encoder_padding_mask": mask,
             "decoder_token_ids": decoder, "decoder_padding_mask": decoder_mask}
   real = decoder_mask.astype(bool)
-  for run in (lambda: task.backbone(inputs),
-              lambda: tf.function(task.backbone.__call__, jit_compile=True)(inputs)):
-    got = task.backbone.logits(run()["decoder_sequence_output"]).numpy()
-    np.testing.assert_allclose(got[real], expected[real], atol=1e-4)
+  # Graph, XLA and SavedModel runs equal this eager one: tests/test_conformance.py.
+  got = task.backbone.logits(task.backbone(inputs)["decoder_sequence_output"]).numpy()
+  np.testing.assert_allclose(got[real], expected[real], atol=1e-4)
 
 
 def test_cached_decoding_equals_the_full_pass(hf_bart_checkpoint):
-  task = checkpoints.load(hf_bart_checkpoint)
+  task = tfhub_models.load(hf_bart_checkpoint)
   encoder = task.preprocessor(tf.constant(TEXTS[:2]))
   encoded = task.backbone.encode(encoder["token_ids"], encoder["padding_mask"])
   decoder = tf.constant([[2, 0, 10, 20, 30], [2, 0, 5, 6, 7]])
@@ -58,7 +58,7 @@ def test_cached_decoding_equals_the_full_pass(hf_bart_checkpoint):
                                                    encoder["padding_mask"]))
   state = task.backbone.init_decoder_state(encoded, encoder["padding_mask"], 8)
   for step in range(5):
-    logits, state = task.backbone.decode_step(decoder[:, step], tf.constant(step), state)
+    logits, _, state = task.backbone.decode_step(decoder[:, step], tf.constant(step), state)
     np.testing.assert_allclose(logits.numpy(), full[:, step].numpy(), atol=1e-4)
 
 
@@ -86,7 +86,7 @@ def assert_same_sequences(ours, theirs):
 
 
 def test_greedy_matches_transformers(hf_bart_checkpoint):
-  task = checkpoints.load(hf_bart_checkpoint)
+  task = tfhub_models.load(hf_bart_checkpoint)
   task.compile("greedy")
   theirs, _ = generate_with_transformers(hf_bart_checkpoint, TEXTS, task, num_beams=1)
   ours, _ = generate_with_ours(task, TEXTS, CNN_STYLE["max_length"])
@@ -101,7 +101,7 @@ def test_greedy_matches_transformers(hf_bart_checkpoint):
     (2.0, True, 1), (1.0, False, 1), (0.5, True, 2)])
 def test_beam_search_matches_transformers(hf_bart_checkpoint, length_penalty, early_stopping,
                                           returns):
-  task = checkpoints.load(hf_bart_checkpoint)
+  task = tfhub_models.load(hf_bart_checkpoint)
   task.compile(generation.Sampler(name="beam", num_beams=4, length_penalty=length_penalty,
                                   early_stopping=early_stopping, num_return_sequences=returns))
   theirs, their_scores = generate_with_transformers(
@@ -113,7 +113,7 @@ def test_beam_search_matches_transformers(hf_bart_checkpoint, length_penalty, ea
 
 
 def test_generation_settings_come_from_the_checkpoint(hf_bart_checkpoint):
-  task = checkpoints.load(hf_bart_checkpoint)
+  task = tfhub_models.load(hf_bart_checkpoint)
   g = task.backbone.config.generation
   assert (g.num_beams, g.min_length, g.max_length, g.no_repeat_ngram_size) == (4, 6, 24, 3)
   assert g.sampler().name == "beam" and g.sampler().length_penalty == 2.0
@@ -131,7 +131,12 @@ def test_processors_follow_their_definitions():
   penalised = generation.repetition_penalty(tf.constant([[2.0, -2.0, 2.0]]),
                                             tf.constant([[0, 1]]), tf.constant(2), 2.0)
   assert penalised.numpy().tolist() == [[1.0, -4.0, 2.0]]
-  processors = generation.Processors(min_length=3, forced_bos_token_id=0, forced_eos_token_id=2)
+  config = generation.GenerationConfig(min_length=3, forced_bos_token_id=0,
+                                       forced_eos_token_id=2)
+
+  def processors(logits, ids, length, max_length):
+    return generation.process_logits(logits, ids, length, max_length, config)
+
   first = processors(tf.zeros([1, 5]), ids, tf.constant(1), 10).numpy()[0]
   assert first[0] == 0 and np.isinf(first[1:]).all()
   early = processors(tf.zeros([1, 5]), ids, tf.constant(2), 10).numpy()[0]
@@ -164,7 +169,7 @@ def test_samplers_draw_from_their_distributions(name):
 
 
 def test_generate_api_on_lists_tensors_and_datasets(hf_bart_checkpoint):
-  task = checkpoints.load(hf_bart_checkpoint)
+  task = tfhub_models.load(hf_bart_checkpoint)
   task.compile("greedy")
   as_list = task.generate(TEXTS, max_length=12)
   assert isinstance(as_list, list) and len(as_list) == 4
@@ -181,7 +186,7 @@ def test_generate_api_on_lists_tensors_and_datasets(hf_bart_checkpoint):
 
 @pytest.fixture(scope="module")
 def bart_export(hf_bart_checkpoint, tmp_path_factory):
-  task = checkpoints.load(hf_bart_checkpoint, sequence_length=40)
+  task = tfhub_models.load(hf_bart_checkpoint, sequence_length=40)
   task.compile(task.backbone.config.generation.sampler())
   path = export.export(task, tmp_path_factory.mktemp("bart_models"), "bart",
                        options=export.ExportOptions(warmup_batch_sizes=(1, 2)))
@@ -250,7 +255,7 @@ def test_cli_generation_flags(hf_bart_checkpoint, tmp_path):
 
 def test_contrastive_search(hf_bart_checkpoint):
   """alpha = 0 is greedy; alpha > 0 trades probability for less repetition."""
-  task = checkpoints.load(hf_bart_checkpoint)
+  task = tfhub_models.load(hf_bart_checkpoint)
   task.compile("greedy")
   greedy_ids, _ = generate_with_ours(task, TEXTS, 16)
   task.compile(generation.Sampler(name="contrastive", k=4, alpha=0.0))
@@ -282,7 +287,7 @@ def test_keras_hub_preset_matches_keras_hub(bpe_dir, tmp_path):
       tokenizer, encoder_sequence_length=24, decoder_sequence_length=24)
   keras_hub.models.BartSeq2SeqLM(backbone=backbone, preprocessor=preprocessor).save_to_preset(
       str(tmp_path / "preset"))
-  task = checkpoints.load(tmp_path / "preset", sequence_length=24)
+  task = tfhub_models.load(tmp_path / "preset", sequence_length=24)
   encoder = task.preprocessor(tf.constant(TEXTS))
   decoder = tf.constant([[2, 0, 10, 20], [2, 0, 5, 1], [2, 0, 7, 1], [2, 0, 1, 1]])
   inputs = {"encoder_token_ids": encoder["token_ids"], "encoder_padding_mask": encoder["padding_mask"],
@@ -313,7 +318,7 @@ def early_ending_checkpoint(tmp_path_factory, bpe_dir):
     dict(name="beam", length_penalty=-1.0, early_stopping="never"),
 ], ids=lambda s: "-".join(str(v) for v in s.values()))
 def test_generation_with_early_endings_matches_transformers(early_ending_checkpoint, settings):
-  task = checkpoints.load(early_ending_checkpoint)
+  task = tfhub_models.load(early_ending_checkpoint)
   task.compile(generation.Sampler(num_beams=4, **settings))
   kwargs = dict(num_beams=1) if settings["name"] == "greedy" else dict(
       num_beams=4, length_penalty=settings["length_penalty"],
@@ -331,8 +336,8 @@ def test_generation_with_early_endings_matches_transformers(early_ending_checkpo
 
 
 def test_max_length_is_bounded_by_the_positions(hf_bart_checkpoint):
-  task = checkpoints.load(hf_bart_checkpoint)
+  task = tfhub_models.load(hf_bart_checkpoint)
   with pytest.raises(ValueError, match="must be in 2..64"):
     task.generate(["x"], max_length=90)
   with pytest.raises(ValueError, match="must be in 2..64"):
-    export.GenerateServingModule(task, export.ExportOptions(max_new_tokens=200))
+    export.ServingModule(task, export.ExportOptions(max_new_tokens=200))

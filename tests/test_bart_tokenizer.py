@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import CORPUS
-from tfhub_models.tokenizers import BartPreprocessor, ByteLevelBPETokenizer
+from tfhub_models.preprocessing import BartPreprocessor
+from tfhub_models.tokenizers import ByteLevelBPETokenizer
 
 
 def varied_lines() -> list:
@@ -100,7 +101,6 @@ def test_mask_lstrip_from_tokenizer_json(bpe_dir, tmp_path):
   """A tokenizer.json whose <mask> has lstrip=True (as the public BART checkpoints')."""
   from tokenizers import AddedToken
   from transformers import BartTokenizer
-  from tfhub_models import checkpoints
   upstream = BartTokenizer.from_pretrained(str(bpe_dir))
   upstream.add_special_tokens({"mask_token": AddedToken("<mask>", lstrip=True)})
   upstream.save_pretrained(str(tmp_path))             # writes tokenizer.json only
@@ -108,7 +108,8 @@ def test_mask_lstrip_from_tokenizer_json(bpe_dir, tmp_path):
   for name in ("vocab.json", "merges.txt"):             # checkpoints ship all three
     shutil.copy(bpe_dir / name, tmp_path / name)
   reloaded = BartTokenizer.from_pretrained(str(tmp_path))
-  tokenizer = checkpoints._bpe_tokenizer(tmp_path)
+  tokenizer = ByteLevelBPETokenizer.from_files(tmp_path / "vocab.json", tmp_path / "merges.txt",
+                                               tmp_path / "tokenizer.json")
   assert tokenizer.lstrip == ("<mask>",)
   texts = ["No <mask> in sight", "a  \t<mask>b", "<mask>", " <mask> ", "x <s> y"]
   expected = reloaded(texts, add_special_tokens=False)["input_ids"]

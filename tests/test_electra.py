@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import ELECTRA_CLASSES, ROOT, write_electra_checkpoint
+import tfhub_models
 from tfhub_models import checkpoints, export, hub
 from tfhub_models.models import electra
 from tfhub_models.tasks import find_masks
@@ -48,46 +49,45 @@ def test_task_is_inferred_from_the_checkpoint(electra_checkpoints):
   kinds = {"discriminator": electra.ElectraDiscriminator, "generator": electra.ElectraMaskedLM,
            "model": electra.ElectraEncoder, "square": electra.ElectraDiscriminator}
   for kind, cls in kinds.items():
-    assert type(checkpoints.load(electra_checkpoints[kind])) is cls
+    assert type(tfhub_models.load(electra_checkpoints[kind])) is cls
   with pytest.raises(checkpoints.CheckpointError, match="needs the generator head"):
-    checkpoints.load(electra_checkpoints["discriminator"], task="fill_mask")
-  encoder = checkpoints.load(electra_checkpoints["discriminator"], task="embedding")
+    tfhub_models.load(electra_checkpoints["discriminator"], task="fill_mask")
+  encoder = tfhub_models.load(electra_checkpoints["discriminator"], task="embedding")
   assert isinstance(encoder, electra.ElectraEncoder)
 
 
 @pytest.mark.parametrize("kind", ["discriminator", "square", "model"])
 @pytest.mark.parametrize("pair", [False, True])
 def test_backbone_and_discriminator_match_transformers(electra_checkpoints, kind, pair):
-  task = checkpoints.load(electra_checkpoints[kind])
+  task = tfhub_models.load(electra_checkpoints[kind])
   inputs = task.preprocessor(tf.constant(FIRST), tf.constant(SECOND) if pair else None)
   assert (inputs["padding_mask"].numpy() == 0).any()
   assert (inputs["segment_ids"].numpy() == 1).any() == pair
   expected = reference(electra_checkpoints[kind], kind, inputs)
   real = inputs["padding_mask"].numpy().astype(bool)
-  args = (inputs["token_ids"], inputs["segment_ids"], inputs["padding_mask"])
+  # Graph, XLA and SavedModel runs equal eager ones: tests/test_conformance.py.
   if kind == "model":
     want = expected.last_hidden_state.numpy()
-    runs = [task.backbone(*args)["sequence_output"],
-            tf.function(task.backbone.__call__, jit_compile=True)(*args)["sequence_output"]]
-    pooled = task.backbone(*args)["pooled_output"].numpy()
-    np.testing.assert_allclose(pooled, want[:, 0], atol=1e-4)      # [CLS] state, no pooler
+    outputs = task.backbone(inputs)
+    got = outputs["sequence_output"]
+    np.testing.assert_allclose(outputs["pooled_output"].numpy(), want[:, 0],
+                               atol=1e-4)                        # [CLS] state, no pooler
   else:
     want = expected.logits.numpy()
-    runs = [task(*args), tf.function(task.__call__, jit_compile=True)(*args)]
-  for got in runs:
-    np.testing.assert_allclose(got.numpy()[real], want[real], atol=1e-4)
+    got = task(inputs)
+  np.testing.assert_allclose(got.numpy()[real], want[real], atol=1e-4)
 
 
 def test_generator_matches_transformers(electra_checkpoints):
-  task = checkpoints.load(electra_checkpoints["generator"])
+  task = tfhub_models.load(electra_checkpoints["generator"])
   inputs = task.preprocessor(tf.constant(FIRST))
   positions, counts = find_masks(inputs["token_ids"], task.tokenizer.mask_token_id)
   assert counts.numpy().tolist() == [1, 2, 0, 0]
   expected = reference(electra_checkpoints["generator"], "generator", inputs).logits.numpy()
   expected = np.take_along_axis(expected, positions.numpy()[..., None], axis=1)
-  args = (inputs["token_ids"], inputs["padding_mask"], positions)
-  for got in (task(*args), tf.function(task.__call__, jit_compile=True)(*args)):
-    np.testing.assert_allclose(got.numpy(), expected, atol=1e-4)
+  got = task({"token_ids": inputs["token_ids"], "padding_mask": inputs["padding_mask"],
+              "mask_positions": positions})
+  np.testing.assert_allclose(got.numpy(), expected, atol=1e-4)
   answers = task.fill_mask(FIRST[:2], top_k=3)
   assert [len(a) for a in answers] == [1, 2]
 
@@ -112,19 +112,19 @@ def electra_exports(electra_checkpoints, tmp_path_factory):
   small = dict(warmup_batch_sizes=(1, 2))
   out = {}
   out["discriminator"] = export.export(
-      checkpoints.load(electra_checkpoints["discriminator"], sequence_length=32), base,
+      tfhub_models.load(electra_checkpoints["discriminator"], sequence_length=32), base,
       "discriminator", options=export.ExportOptions(pair=True, **small))
   out["generator"] = export.export(
-      checkpoints.load(electra_checkpoints["generator"], sequence_length=32), base, "generator",
+      tfhub_models.load(electra_checkpoints["generator"], sequence_length=32), base, "generator",
       options=export.ExportOptions(top_k=3, **small))
   out["model"] = export.export(
-      checkpoints.load(electra_checkpoints["model"], sequence_length=32), base, "model",
+      tfhub_models.load(electra_checkpoints["model"], sequence_length=32), base, "model",
       options=export.ExportOptions(jit_compile=False, **small))
   return out
 
 
 def test_discriminator_export_matches_eager(electra_checkpoints, electra_exports):
-  task = checkpoints.load(electra_checkpoints["discriminator"], sequence_length=32)
+  task = tfhub_models.load(electra_checkpoints["discriminator"], sequence_length=32)
   loaded = tf.saved_model.load(str(electra_exports["discriminator"]))
   assert set(loaded.signatures) == {"serving_default", "embedding"}
   out = loaded.signatures["serving_default"](text=tf.constant(FIRST),
@@ -132,14 +132,13 @@ def test_discriminator_export_matches_eager(electra_checkpoints, electra_exports
   inputs = task.preprocessor(tf.constant(FIRST), tf.constant(SECOND))
   np.testing.assert_array_equal(out["token_ids"].numpy(), inputs["token_ids"].numpy())
   real = inputs["padding_mask"].numpy().astype(bool)
-  probability = tf.sigmoid(task(inputs["token_ids"], inputs["segment_ids"],
-                                inputs["padding_mask"])).numpy()
+  probability = tf.sigmoid(task(inputs)).numpy()
   np.testing.assert_allclose(out["replaced_probability"].numpy()[real], probability[real],
                              atol=1e-5)
   assert (out["replaced_probability"].numpy()[~real] == 0).all()
   assert out["tokens"].numpy()[0, 0] == b"[CLS]" and out["tokens"].numpy()[0, -1] == b""
   embedded = loaded.signatures["embedding"](text=tf.constant(FIRST), text_pair=tf.constant(SECOND))
-  outputs = task.backbone(inputs["token_ids"], inputs["segment_ids"], inputs["padding_mask"])
+  outputs = task.backbone(inputs)
   np.testing.assert_allclose(embedded["sequence_output"].numpy()[real],
                              outputs["sequence_output"].numpy()[real], atol=1e-5)
   np.testing.assert_allclose(embedded["pooled_output"].numpy(),
@@ -154,7 +153,7 @@ def test_discriminator_export_matches_eager(electra_checkpoints, electra_exports
 
 
 def test_generator_export_fills_masks(electra_checkpoints, electra_exports):
-  task = checkpoints.load(electra_checkpoints["generator"], sequence_length=32)
+  task = tfhub_models.load(electra_checkpoints["generator"], sequence_length=32)
   loaded = tf.saved_model.load(str(electra_exports["generator"]))
   assert set(loaded.signatures) == {"serving_default", "logits", "tokenize", "embedding"}
   out = loaded.signatures["serving_default"](text=tf.constant(FIRST))
@@ -182,7 +181,7 @@ def test_check_serving_passes_on_every_electra_export(electra_exports, kind):
 @pytest.mark.parametrize("source", ["electra", "xlm_roberta"])
 def test_hub_encoder_fine_tunes(source, electra_checkpoints, hf_checkpoint, tmp_path):
   directory = electra_checkpoints["discriminator"] if source == "electra" else hf_checkpoint
-  model = checkpoints.load(directory, task="embedding", sequence_length=64)
+  model = tfhub_models.load(directory, task="embedding", sequence_length=64)
   path = hub.export_hub(model, tmp_path, source)
   encoder = tf.saved_model.load(str(path / "encoder"))
   preprocessor = tf.saved_model.load(str(path / "preprocessor"))
@@ -203,10 +202,8 @@ def test_hub_encoder_fine_tunes(source, electra_checkpoints, hf_checkpoint, tmp_
   assert set(outputs) == {"sequence_output", "pooled_output", "default"}
   np.testing.assert_array_equal(outputs["default"].numpy(), outputs["pooled_output"].numpy())
   ids, types, mask = packed["input_word_ids"], packed["input_type_ids"], packed["input_mask"]
-  if source == "electra":
-    expected = model.backbone(ids, types, mask)["sequence_output"].numpy()
-  else:
-    expected = model.backbone(ids, mask).numpy()
+  expected = model.backbone({"token_ids": ids, "segment_ids": types,
+                             "padding_mask": mask})["sequence_output"].numpy()
   real = mask.numpy().astype(bool)
   np.testing.assert_allclose(outputs["sequence_output"].numpy()[real], expected[real], atol=1e-5)
   np.testing.assert_allclose(outputs["pooled_output"].numpy(), expected[:, 0], atol=1e-5)
@@ -296,10 +293,10 @@ def test_loading_errors_are_clear(electra_checkpoints, tmp_path):
   vocabulary = (directory / "vocab.txt").read_text()
   (directory / "vocab.txt").write_text(vocabulary + "extra\n")
   with pytest.raises(checkpoints.CheckpointError, match=r"vocab.txt has \d+ entries but"):
-    checkpoints.load(directory)
+    tfhub_models.load(directory)
   (directory / "vocab.txt").unlink()
   with pytest.raises(checkpoints.CheckpointError, match="no vocab.txt"):
-    checkpoints.load(directory)
+    tfhub_models.load(directory)
   (directory / "vocab.txt").write_text(vocabulary)
   from safetensors.numpy import load_file, save_file
   weights = load_file(str(directory / "model.safetensors"))
@@ -307,4 +304,39 @@ def test_loading_errors_are_clear(electra_checkpoints, tmp_path):
   save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
   with pytest.raises(checkpoints.CheckpointError,
                      match=r"missing weights: embeddings_project\.weight"):
-    checkpoints.load(directory)
+    tfhub_models.load(directory)
+
+
+def test_keras_hub_preset_matches_keras_hub(tmp_path, wordpiece_vocab):
+  """A keras-hub ElectraBackbone preset (weights, config, tokenizer) loads and answers
+  as keras-hub's own model; its tokenizer settings (lowercase, no accent stripping)
+  are read from tokenizer.json."""
+  import keras_hub
+  rng = np.random.default_rng(0)
+  kh = keras_hub.models.ElectraBackbone(
+      vocab_size=len(wordpiece_vocab), num_layers=2, num_heads=4, hidden_dim=32,
+      embedding_dim=24, intermediate_dim=37, max_sequence_length=64)
+  for weight in kh.weights:  # move layer norms and biases off 1 and 0
+    weight.assign(np.asarray(weight) + rng.normal(0.0, 0.1, tuple(weight.shape)))
+  kh.save_to_preset(str(tmp_path))
+  kh_tokenizer = keras_hub.models.ElectraTokenizer(vocabulary=wordpiece_vocab, lowercase=True)
+  kh_tokenizer.save_to_preset(str(tmp_path))
+
+  backbone = electra.ElectraBackbone.from_preset(str(tmp_path))
+  assert backbone.pooler is not None and backbone.config.hidden_activation == "gelu_new"
+  lengths = np.array([16, 11, 5])
+  padding_mask = (np.arange(16)[None, :] < lengths[:, None]).astype(np.int32)
+  token_ids = rng.integers(5, len(wordpiece_vocab), (3, 16)).astype(np.int32) * padding_mask
+  segment_ids = (rng.integers(0, 2, (3, 16)) * padding_mask).astype(np.int32)
+  inputs = {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}
+  expected = {k: np.asarray(v) for k, v in kh(inputs).items()}
+  got = backbone({k: tf.constant(v) for k, v in inputs.items()})
+  real = padding_mask.astype(bool)
+  np.testing.assert_allclose(got["sequence_output"].numpy()[real],
+                             expected["sequence_output"][real], atol=1e-5)
+  np.testing.assert_allclose(got["pooled_output"].numpy(), expected["pooled_output"], atol=1e-5)
+
+  encoder = tfhub_models.load(tmp_path, task="embedding", sequence_length=32)
+  texts = ["The Capital of FRANCE", "der zug fährt um acht uhr"]
+  want = [np.asarray(kh_tokenizer(t)).tolist() for t in texts]
+  assert encoder.tokenizer.tokenize(tf.constant(texts)).to_list() == want

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import random
 import unicodedata
 
@@ -11,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import CORPUS
-from tfhub_models.tokenizers import BertPreprocessor, WordPieceTokenizer
+from tfhub_models.preprocessing import BertPreprocessor
+from tfhub_models.tokenizers import WordPieceTokenizer
 
 
 def varied_lines() -> list:
@@ -132,22 +135,30 @@ def test_detokenize_and_tokens(tokenizer, hf_electra_tokenizer):
 def test_cjk_splitting_follows_the_tokenizer_config(wordpiece_vocab, wordpiece_dir, tmp_path):
   import shutil
   from transformers import ElectraTokenizer
-  from tfhub_models import checkpoints
   shutil.copy(wordpiece_dir / "vocab.txt", tmp_path / "vocab.txt")
   (tmp_path / "tokenizer_config.json").write_text('{"tokenize_chinese_chars": false}')
   upstream = ElectraTokenizer.from_pretrained(str(tmp_path))
-  ours_tokenizer = checkpoints._wordpiece_tokenizer(tmp_path)
+  ours_tokenizer = checkpoint_tokenizer(tmp_path)
   texts = ["東京 大阪 中国的首都是北京", "mixed 東京abc"]
   assert ours(ours_tokenizer, texts) == upstream(texts, add_special_tokens=False)["input_ids"]
 
 
+def checkpoint_tokenizer(directory):
+  """The tokenizer the loader builds from a checkpoint directory's vocab.txt and
+  tokenizer_config.json."""
+  from tfhub_models.checkpoints import Checkpoint, electra
+  vocabulary_size = len((directory / "vocab.txt").read_text(encoding="utf-8").split("\n")) - 1
+  (directory / "config.json").write_text('{"model_type": "electra"}')
+  return electra.tokenizer(Checkpoint(directory),
+                           types.SimpleNamespace(vocabulary_size=vocabulary_size))
+
+
 def test_duplicate_vocabulary_entries_load(wordpiece_vocab, tmp_path):
   from transformers import ElectraTokenizer
-  from tfhub_models import checkpoints
   vocabulary = list(wordpiece_vocab) + ["the", "paris"]
   (tmp_path / "vocab.txt").write_text("\n".join(vocabulary) + "\n")
   upstream = ElectraTokenizer.from_pretrained(str(tmp_path))
-  ours_tokenizer = checkpoints._wordpiece_tokenizer(tmp_path)
+  ours_tokenizer = checkpoint_tokenizer(tmp_path)
   texts = ["the capital is paris", "there"]
   assert ours(ours_tokenizer, texts) == upstream(texts, add_special_tokens=False)["input_ids"]
 

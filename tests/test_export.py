@@ -12,8 +12,9 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT
-from tfhub_models import checkpoints, export
-from tfhub_models.models import xlm_roberta
+import tfhub_models
+from tfhub_models import export
+from tfhub_models.tasks import find_masks
 
 TEXTS = ["The capital of France is <mask>.", "<mask> zwei <mask>", "no mask", ""]
 SEQUENCE_LENGTH = 40          # buckets 16, 32, 40
@@ -26,7 +27,7 @@ def run_script(*args, timeout=600):
 
 @pytest.fixture(scope="module")
 def task(hf_checkpoint):
-  return checkpoints.load(hf_checkpoint, sequence_length=SEQUENCE_LENGTH)
+  return tfhub_models.load(hf_checkpoint, sequence_length=SEQUENCE_LENGTH)
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +65,12 @@ def test_reloaded_signatures_match_eager(task, exports, kind):
   expected_inputs = task.preprocessor(tf.constant(TEXTS))
   np.testing.assert_array_equal(tokenized["token_ids"].numpy(),
                                 expected_inputs["token_ids"].numpy())
-  positions, _ = xlm_roberta.find_masks(expected_inputs["token_ids"], task.tokenizer.mask_token_id)
+  positions, _ = find_masks(expected_inputs["token_ids"], task.tokenizer.mask_token_id)
   logits = loaded.signatures["logits"](token_ids=expected_inputs["token_ids"],
                                        padding_mask=expected_inputs["padding_mask"],
                                        mask_positions=positions)["logits"]
   np.testing.assert_allclose(
-      logits.numpy(), task(expected_inputs["token_ids"], expected_inputs["padding_mask"],
-                           positions).numpy(), atol=1e-5)
+      logits.numpy(), task(dict(expected_inputs, mask_positions=positions)).numpy(), atol=1e-5)
 
 
 def test_session_loader_matches_eager(task, exports):
@@ -93,7 +93,7 @@ def test_logits_signature_matches_transformers(exports, hf_checkpoint, task):
 
   loaded = tf.saved_model.load(str(exports["xla"]))
   inputs = task.preprocessor(tf.constant(TEXTS[:2]))
-  positions, _ = xlm_roberta.find_masks(inputs["token_ids"], task.tokenizer.mask_token_id)
+  positions, _ = find_masks(inputs["token_ids"], task.tokenizer.mask_token_id)
   got = loaded.signatures["logits"](token_ids=inputs["token_ids"],
                                     padding_mask=inputs["padding_mask"],
                                     mask_positions=positions)["logits"].numpy()
@@ -147,7 +147,8 @@ def test_logits_signature_pads_to_buckets(exports, task):
   ids, mask = inputs["token_ids"][:, :11], inputs["padding_mask"][:, :11]
   positions = tf.constant([[2, 4, 6], [2, 0, 0], [0, 0, 0]])
   got = logits(token_ids=ids, padding_mask=mask, mask_positions=positions)["logits"]
-  np.testing.assert_allclose(got.numpy(), task(ids, mask, positions).numpy(), atol=1e-5)
+  expected = task({"token_ids": ids, "padding_mask": mask, "mask_positions": positions})
+  np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["xla", "no_xla"])
@@ -264,7 +265,7 @@ def test_cli_random_weights_preset(tmp_path):
 
 @pytest.mark.parametrize("preset,content", [
     ("xlm_roberta_base_multi", b"\x00not a sentencepiece model"),
-    ("electra_small_discriminator_uncased_en", b"a\na\n[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n"),
+    ("electra_small_discriminator_uncased_en", b"a\nb\n[PAD]\n[UNK]\n[CLS]\n[SEP]\n"),
 ])
 def test_cli_rejects_an_unusable_vocabulary(preset, content, tmp_path):
   vocabulary = tmp_path / "vocabulary"

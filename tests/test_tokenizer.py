@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import CORPUS
-from tfhub_models.tokenizers import (XLMRobertaPreprocessor, XLMRobertaTokenizer,
-                                     bucket_lengths_for)
+from tfhub_models.preprocessing import XLMRobertaPreprocessor, bucket_lengths_for
+from tfhub_models.tokenizers import XLMRobertaTokenizer
 
 
 def varied_lines() -> list:

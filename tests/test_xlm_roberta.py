@@ -10,8 +10,10 @@ import pytest
 import tensorflow as tf
 
 from conftest import write_hf_checkpoint
+import tfhub_models
 from tfhub_models import checkpoints
 from tfhub_models.models import xlm_roberta
+from tfhub_models.tasks import find_masks
 
 TEXTS = ["The capital of France is <mask>.", "<mask> <mask> der Hauptstadt <mask>",
          "no mask here", "短い <mask>"]
@@ -40,37 +42,36 @@ CONFIGS = {
 def test_masked_lm_matches_transformers(name, tmp_path, sp_file, vocab_size):
   directory = write_hf_checkpoint(tmp_path, sp_file, vocab_size, seed=len(name),
                                   **CONFIGS[name])
-  task = checkpoints.load(directory)
+  task = tfhub_models.load(directory)
   inputs = task.preprocessor(tf.constant(TEXTS))
   token_ids, padding_mask = inputs["token_ids"], inputs["padding_mask"]
   assert (padding_mask.numpy() == 0).any()          # the batch really is padded
-  positions, num_masks = xlm_roberta.find_masks(token_ids, task.tokenizer.mask_token_id)
+  positions, num_masks = find_masks(token_ids, task.tokenizer.mask_token_id)
   assert num_masks.numpy().tolist() == [1, 3, 0, 1]
   expected = reference_logits(directory, token_ids.numpy(), padding_mask.numpy(),
                               positions.numpy())
-  eager = task(token_ids, padding_mask, positions).numpy()
-  graph = tf.function(task.__call__)(token_ids, padding_mask, positions).numpy()
-  xla = tf.function(task.__call__, jit_compile=True)(token_ids, padding_mask, positions).numpy()
-  for got in (eager, graph, xla):
-    assert got.shape == expected.shape
-    np.testing.assert_allclose(got, expected, atol=1e-4)
-    for b, count in enumerate(num_masks.numpy()):
-      np.testing.assert_array_equal(np.argsort(-got[b, :count], axis=-1)[..., :5],
-                                    np.argsort(-expected[b, :count], axis=-1)[..., :5])
+  # Graph, XLA and SavedModel runs equal this eager one: tests/test_conformance.py.
+  got = task({"token_ids": token_ids, "padding_mask": padding_mask,
+              "mask_positions": positions}).numpy()
+  assert got.shape == expected.shape
+  np.testing.assert_allclose(got, expected, atol=1e-4)
+  for b, count in enumerate(num_masks.numpy()):
+    np.testing.assert_array_equal(np.argsort(-got[b, :count], axis=-1)[..., :5],
+                                  np.argsort(-expected[b, :count], axis=-1)[..., :5])
 
 
 def test_literal_pad_in_text_matches_transformers(hf_checkpoint):
   """A `<pad>` written in the text is id 1 with attention, at position padding_idx
   upstream, and shifts the positions after it; so it does here."""
-  task = checkpoints.load(hf_checkpoint)
+  task = tfhub_models.load(hf_checkpoint)
   inputs = task.preprocessor(tf.constant(["Paris <pad> is <mask> nice.", "<mask>"]))
   token_ids, padding_mask = inputs["token_ids"], inputs["padding_mask"]
   assert (token_ids.numpy()[0] == 1).sum() > (padding_mask.numpy()[0] == 0).sum()
-  positions, _ = xlm_roberta.find_masks(token_ids, task.tokenizer.mask_token_id)
+  positions, _ = find_masks(token_ids, task.tokenizer.mask_token_id)
   expected = reference_logits(hf_checkpoint, token_ids.numpy(), padding_mask.numpy(),
                               positions.numpy())
-  np.testing.assert_allclose(task(token_ids, padding_mask, positions).numpy(), expected,
-                             atol=1e-4)
+  got = task({"token_ids": token_ids, "padding_mask": padding_mask, "mask_positions": positions})
+  np.testing.assert_allclose(got.numpy(), expected, atol=1e-4)
 
 
 def test_fill_mask_api(hf_checkpoint):
@@ -83,13 +84,13 @@ def test_fill_mask_api(hf_checkpoint):
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_low_precision_close_to_float32(hf_checkpoint, dtype):
-  full = checkpoints.load(hf_checkpoint)
-  low = checkpoints.load(hf_checkpoint, dtype=dtype)
+  full = tfhub_models.load(hf_checkpoint)
+  low = tfhub_models.load(hf_checkpoint, dtype=dtype)
   assert low.backbone.token_embedding.embeddings.dtype == tf.as_dtype(dtype)
   inputs = full.preprocessor(tf.constant(TEXTS))
-  positions, _ = xlm_roberta.find_masks(inputs["token_ids"], full.tokenizer.mask_token_id)
-  a = full(inputs["token_ids"], inputs["padding_mask"], positions).numpy()
-  b = low(inputs["token_ids"], inputs["padding_mask"], positions).numpy()
+  positions, _ = find_masks(inputs["token_ids"], full.tokenizer.mask_token_id)
+  a = full(dict(inputs, mask_positions=positions)).numpy()
+  b = low(dict(inputs, mask_positions=positions)).numpy()
   assert b.dtype == np.float32
   assert np.abs(a - b).max() < 0.15 * np.abs(a).max()
 
@@ -125,17 +126,19 @@ def keras_hub_preset(tmp_path_factory, sp_file):
 
 def test_keras_hub_preset_matches_keras_hub(keras_hub_preset):
   directory, model = keras_hub_preset
-  task = checkpoints.load(directory, sequence_length=32)
+  task = tfhub_models.load(directory, sequence_length=32)
   inputs = task.preprocessor(tf.constant(TEXTS))
   token_ids, padding_mask = inputs["token_ids"].numpy(), inputs["padding_mask"].numpy()
   expected = np.asarray(model.backbone({"token_ids": token_ids, "padding_mask": padding_mask}))
-  got = task.backbone(token_ids, padding_mask).numpy()
+  got = task.backbone({"token_ids": token_ids,
+                       "padding_mask": padding_mask})["sequence_output"].numpy()
   real = padding_mask.astype(bool)
   np.testing.assert_allclose(got[real], expected[real], atol=1e-4)
-  positions, _ = xlm_roberta.find_masks(inputs["token_ids"], task.tokenizer.mask_token_id)
+  positions, _ = find_masks(inputs["token_ids"], task.tokenizer.mask_token_id)
   head = np.asarray(model({"token_ids": token_ids, "padding_mask": padding_mask,
                            "mask_positions": positions.numpy()}))
-  np.testing.assert_allclose(task(token_ids, padding_mask, positions).numpy(), head, atol=1e-4)
+  got = task({"token_ids": token_ids, "padding_mask": padding_mask, "mask_positions": positions})
+  np.testing.assert_allclose(got.numpy(), head, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------
@@ -159,14 +162,14 @@ def test_missing_weight_is_named(hf_checkpoint, tmp_path):
   rewrite_weights(directory, lambda w: w.pop("roberta.encoder.layer.1.output.dense.bias"))
   with pytest.raises(checkpoints.CheckpointError,
                      match=r"missing weights: encoder\.layer\.1\.output\.dense\.bias"):
-    checkpoints.load(directory)
+    tfhub_models.load(directory)
 
 
 def test_unexpected_weight_is_named(hf_checkpoint, tmp_path):
   directory = copy_checkpoint(hf_checkpoint, tmp_path)
   rewrite_weights(directory, lambda w: w.update(extra_classifier=np.zeros([3], np.float32)))
   with pytest.raises(checkpoints.CheckpointError, match="unexpected weights: extra_classifier"):
-    checkpoints.load(directory)
+    tfhub_models.load(directory)
 
 
 def test_wrong_shape_is_named(hf_checkpoint, tmp_path):
@@ -175,7 +178,7 @@ def test_wrong_shape_is_named(hf_checkpoint, tmp_path):
       "roberta.encoder.layer.0.intermediate.dense.weight": np.zeros([5, 32], np.float32)}))
   with pytest.raises(checkpoints.CheckpointError,
                      match=r"intermediate\.dense\.weight: shape \(5, 32\) does not fit"):
-    checkpoints.load(directory)
+    tfhub_models.load(directory)
 
 
 def test_assignment_is_all_or_nothing():
@@ -194,7 +197,7 @@ def test_assignment_is_all_or_nothing():
 def test_decoder_bias_alone_is_the_head_bias(hf_checkpoint, tmp_path):
   directory = copy_checkpoint(hf_checkpoint, tmp_path)
   rewrite_weights(directory, lambda w: w.update({"lm_head.decoder.bias": w.pop("lm_head.bias")}))
-  task = checkpoints.load(directory)
+  task = tfhub_models.load(directory)
   from safetensors.numpy import load_file
   bias = load_file(str(directory / "model.safetensors"))["lm_head.decoder.bias"]
   np.testing.assert_array_equal(task.head.bias.numpy(), bias)
@@ -204,14 +207,14 @@ def test_pickled_weights_are_refused(hf_checkpoint, tmp_path):
   directory = copy_checkpoint(hf_checkpoint, tmp_path)
   (directory / "model.safetensors").rename(directory / "pytorch_model.bin")
   with pytest.raises(checkpoints.CheckpointError, match="never unpickled.*safetensors"):
-    checkpoints.load(directory)
+    tfhub_models.load(directory)
 
 
 def test_backbone_only_checkpoint_cannot_fill_masks(tmp_path, sp_file, vocab_size):
   directory = write_hf_checkpoint(tmp_path, sp_file, vocab_size, masked_lm=False)
   with pytest.raises(checkpoints.CheckpointError, match="no masked-LM head"):
-    checkpoints.load(directory, task="fill_mask")
-  assert isinstance(checkpoints.load(directory), xlm_roberta.XLMRobertaBackbone)
+    tfhub_models.load(directory, task="fill_mask")
+  assert isinstance(tfhub_models.load(directory), xlm_roberta.XLMRobertaBackbone)
   backbone = xlm_roberta.XLMRobertaBackbone.from_preset(str(directory))
   assert isinstance(backbone, xlm_roberta.XLMRobertaBackbone)
   assert backbone.config.hidden_dim == 32
@@ -221,7 +224,7 @@ def test_missing_sentencepiece_model(hf_checkpoint, tmp_path):
   directory = copy_checkpoint(hf_checkpoint, tmp_path)
   (directory / "sentencepiece.bpe.model").unlink()
   with pytest.raises(checkpoints.CheckpointError, match="no SentencePiece model"):
-    checkpoints.load(directory)
+    tfhub_models.load(directory)
 
 
 def test_unsupported_and_unknown_configs(hf_checkpoint, tmp_path):
@@ -229,12 +232,12 @@ def test_unsupported_and_unknown_configs(hf_checkpoint, tmp_path):
   config = json.loads((directory / "config.json").read_text())
   (directory / "config.json").write_text(json.dumps(dict(config, model_type="gpt2")))
   with pytest.raises(checkpoints.CheckpointError, match="model_type 'gpt2' is not supported"):
-    checkpoints.load(directory)
+    tfhub_models.load(directory)
   (directory / "config.json").write_text("{not json")
   with pytest.raises(checkpoints.CheckpointError, match="not valid JSON"):
-    checkpoints.load(directory)
+    tfhub_models.load(directory)
   with pytest.raises(checkpoints.CheckpointError, match="does not exist"):
-    checkpoints.load(tmp_path / "nowhere")
+    tfhub_models.load(tmp_path / "nowhere")
 
 
 def test_handles_fail_clearly_offline(monkeypatch):

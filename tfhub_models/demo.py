@@ -1,26 +1,37 @@
 """An embedded default model: no downloads, no files on disk.
 
-A small SentencePiece vocabulary trained on the multilingual text shipped in
-`tfhub_models/data/demo_corpus.txt`, and XLM-RoBERTa modules with random
-weights.  Its answers are real computations of an untrained model: fine for
-trying the export and serving path, meaningless as language.
+Small vocabularies built from the multilingual text shipped in
+`tfhub_models/data/demo_corpus.txt` (a SentencePiece model trained on it, a
+WordPiece vocabulary of its words, the 256 bytes for BPE), and any preset's
+modules with random weights over them (`random_model`).  Their answers are
+real computations of untrained models: fine for trying the export and serving
+path, meaningless as language.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import io
+import os
 import pathlib
+import unicodedata
 
-from tfhub_models.models import xlm_roberta
-from tfhub_models.tokenizers import XLMRobertaTokenizer
+from tfhub_models import models
+from tfhub_models.models import bart, electra, xlm_roberta
+from tfhub_models.tokenizers import (ByteLevelBPETokenizer, WordPieceTokenizer,
+                                     XLMRobertaTokenizer, bytes_to_unicode)
 
 CORPUS = pathlib.Path(__file__).parent / "data" / "demo_corpus.txt"
 
 # A small XLM-RoBERTa shape: fast to export and compile on a laptop CPU.
 TINY = xlm_roberta.XLMRobertaConfig(vocabulary_size=0, num_layers=2, num_heads=4, hidden_dim=64,
                                     intermediate_dim=128, max_sequence_length=128)
+
+
+def corpus_lines() -> list:
+  return [line for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def train_sentencepiece(lines, vocab_size: int, model_type: str = "unigram") -> bytes:
@@ -38,16 +49,7 @@ def train_sentencepiece(lines, vocab_size: int, model_type: str = "unigram") -> 
 @functools.lru_cache(maxsize=1)
 def demo_sentencepiece() -> bytes:
   """The embedded demo vocabulary (trained on first use, then cached)."""
-  lines = [line for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
-  return train_sentencepiece(lines, vocab_size=1000)
-
-
-def random_xlm_roberta(config: xlm_roberta.XLMRobertaConfig, proto: bytes, *,
-                       dtype="float32", sequence_length: int | None = None):
-  """A fill-mask task with random weights whose vocabulary follows `proto`."""
-  tokenizer = XLMRobertaTokenizer(proto)
-  config = dataclasses.replace(config, vocabulary_size=tokenizer.vocabulary_size)
-  return xlm_roberta.random_task(config, tokenizer, dtype=dtype, sequence_length=sequence_length)
+  return train_sentencepiece(corpus_lines(), vocab_size=1000)
 
 
 @functools.lru_cache(maxsize=1)
@@ -58,11 +60,8 @@ def demo_wordpiece_vocabulary() -> tuple:
   `##` continuation (so every corpus word can be spelled), then the corpus
   words by frequency.
   """
-  import collections
-  import unicodedata
-
   words = collections.Counter()
-  for line in CORPUS.read_text(encoding="utf-8").splitlines():
+  for line in corpus_lines():
     text = "".join(c for c in unicodedata.normalize("NFD", line.lower())
                    if unicodedata.category(c) != "Mn")
     for word in text.split():
@@ -85,26 +84,12 @@ def demo_wordpiece_vocabulary() -> tuple:
   return tuple(dict.fromkeys(vocabulary))
 
 
-def random_electra(config, vocabulary, task: str, *, dtype="float32",
-                   sequence_length: int | None = None):
-  """An ELECTRA task with random weights whose vocabulary size follows `vocabulary`."""
-  from tfhub_models.models import electra
-  from tfhub_models.tokenizers import WordPieceTokenizer
-
-  tokenizer = WordPieceTokenizer(list(vocabulary))
-  config = dataclasses.replace(config, vocabulary_size=tokenizer.vocabulary_size)
-  return electra.build_task(task, config, tokenizer, dtype=dtype,
-                            sequence_length=sequence_length)
-
-
 def demo_bpe_vocabulary() -> tuple:
   """A byte-level BPE vocabulary with no merges: the specials and the 256 bytes.
 
   Every text tokenizes (one id per byte); enough to try BART exports with
   random weights.  Returns (vocabulary dict, merges list).
   """
-  from tfhub_models.tokenizers import bytes_to_unicode
-
   vocabulary = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
   for code in sorted(bytes_to_unicode().values()):
     vocabulary[chr(code)] = len(vocabulary)
@@ -112,12 +97,37 @@ def demo_bpe_vocabulary() -> tuple:
   return vocabulary, []
 
 
-def random_bart(config, vocabulary: dict, merges, *, dtype="float32",
-                sequence_length: int | None = None):
-  """A BART generation task with random weights whose vocabulary follows `vocabulary`."""
-  from tfhub_models.models.bart_generation import BartSeq2SeqLM
-  from tfhub_models.tokenizers import ByteLevelBPETokenizer
+# Per family: (the demo tokenizer, the tokenizer of a user's vocabulary file).
+TOKENIZERS = {
+    xlm_roberta.FAMILY.name: (lambda: XLMRobertaTokenizer(demo_sentencepiece()),
+                              XLMRobertaTokenizer.from_file),
+    electra.FAMILY.name: (lambda: WordPieceTokenizer(list(demo_wordpiece_vocabulary())),
+                          WordPieceTokenizer.from_files),
+    bart.FAMILY.name: (lambda: ByteLevelBPETokenizer(*demo_bpe_vocabulary()),
+                       lambda path: ByteLevelBPETokenizer.from_files(
+                           os.path.join(os.path.dirname(os.path.abspath(path)), "vocab.json"),
+                           os.path.join(os.path.dirname(os.path.abspath(path)), "merges.txt"))),
+}
 
-  tokenizer = ByteLevelBPETokenizer(vocabulary, merges)
-  config = dataclasses.replace(config, vocabulary_size=tokenizer.vocabulary_size)
-  return BartSeq2SeqLM.build(config, tokenizer, dtype=dtype, sequence_length=sequence_length)
+
+def random_model(preset: str, task: str | None = None, *, config=None,
+                 vocabulary_file: str | None = None, dtype="float32",
+                 sequence_length: int | None = None):
+  """A preset's task with random weights over the demo vocabulary (or the
+  vocabulary in `vocabulary_file`: a SentencePiece model, a vocab.txt, or a
+  file beside BART's vocab.json and merges.txt); the vocabulary size follows it.
+
+  config: replaces the preset's sizes (e.g. `TINY`).  task: None for the preset's own.
+  """
+  family = models.family_of(preset)
+  demo, from_file = TOKENIZERS[family.FAMILY.name]
+  tokenizer = from_file(vocabulary_file) if vocabulary_file else demo()
+  config = dataclasses.replace(config or family.PRESETS[preset],
+                               vocabulary_size=tokenizer.vocabulary_size)
+  task = task or getattr(family, "PRESET_TASKS", {}).get(preset, family.FAMILY.tasks[0])
+  return family.build(config, tokenizer, task, dtype=dtype, sequence_length=sequence_length)
+
+
+def tiny_xlm_roberta(**options):
+  """The README's demo model: a tiny XLM-RoBERTa fill-mask task, random weights."""
+  return random_model("xlm_roberta_base_multi", "fill_mask", config=TINY, **options)

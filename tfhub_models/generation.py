@@ -8,9 +8,11 @@ the step.  Shapes: B rows, V vocabulary, T the id buffer length.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Protocol
 
 import tensorflow as tf
+
+from tfhub_models.layers import LARGE_NEGATIVE
 
 NEG_INF = float("-inf")   # what upstream's processors use
 
@@ -169,67 +171,166 @@ def force_token(logits, token_id: int, when: tf.Tensor):
 
 
 @dataclasses.dataclass(frozen=True)
-class Processors:
+class GenerationConfig:
+  """A model's generation settings, by the names of a `generation_config.json`.
+
+  The lengths, the token ids and the logit processors (min_length,
+  no_repeat_ngram_size, repetition_penalty, forced BOS/EOS) are read from here
+  while decoding; the sampling fields (do_sample, num_beams, top_k, ...) only
+  choose the default `Sampler` (see `sampler()`); `compile(sampler=...)`
+  replaces that choice.
+  """
+  max_length: int = 20
   min_length: int = 0
+  num_beams: int = 1
+  length_penalty: float = 1.0
+  early_stopping: bool | str = False    # True, False or "never", as upstream
   no_repeat_ngram_size: int = 0
   repetition_penalty: float = 1.0
   forced_bos_token_id: int | None = None
   forced_eos_token_id: int | None = None
+  decoder_start_token_id: int = 2
   eos_token_id: int = 2
+  pad_token_id: int = 1
+  do_sample: bool = False
+  top_k: int = 50
+  top_p: float = 1.0
+  temperature: float = 1.0
+  num_return_sequences: int = 1
 
-  def __call__(self, logits, ids, length, max_length):
-    """logits float32 [B, V] for position `length`, given ids [B, T]."""
-    if self.repetition_penalty != 1.0:
-      logits = repetition_penalty(logits, ids, length, self.repetition_penalty)
-    if self.no_repeat_ngram_size > 0:
-      logits = no_repeat_ngram(logits, ids, length, self.no_repeat_ngram_size)
-    if self.min_length > 0:
-      eos = tf.range(logits.shape[-1]) == self.eos_token_id
-      logits = tf.where(eos[None, :] & (length < self.min_length), NEG_INF, logits)
-    if self.forced_bos_token_id is not None:
-      logits = force_token(logits, self.forced_bos_token_id, tf.equal(length, 1))
-    if self.forced_eos_token_id is not None:
-      logits = force_token(logits, self.forced_eos_token_id, tf.equal(length, max_length - 1))
-    return logits
+  @classmethod
+  def from_dict(cls, settings: dict) -> "GenerationConfig":
+    """From the keys of a `generation_config.json` (others are ignored)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in settings.items() if k in known and v is not None}
+    # Upstream's early_stopping is True, False (a heuristic) or "never".
+    early = values.get("early_stopping", False)
+    values["early_stopping"] = "never" if early == "never" else early is True
+    return cls(**values)
+
+  def sampler(self) -> Sampler:
+    """The sampler these settings describe (upstream's choice rules)."""
+    if self.num_beams > 1:
+      return Sampler(name="beam", num_beams=self.num_beams, length_penalty=self.length_penalty,
+                     early_stopping=self.early_stopping,
+                     num_return_sequences=self.num_return_sequences)
+    if not self.do_sample:
+      return Sampler(name="greedy")
+    if self.top_p < 1.0:
+      return Sampler(name="top_p", p=self.top_p, k=self.top_k or None,
+                     temperature=self.temperature)
+    if self.top_k:
+      return Sampler(name="top_k", k=self.top_k, temperature=self.temperature)
+    return Sampler(name="random", temperature=self.temperature)
+
+
+def choose_sampler(config: GenerationConfig, name: str | None = None, **settings) -> Sampler:
+  """The sampler of `config`, with a name and Sampler fields given explicitly taking
+  precedence (None values are ignored); more than one beam means beam search."""
+  settings = {k: v for k, v in settings.items() if v is not None}
+  base = config.sampler()
+  if name is None:
+    name = "beam" if settings.get("num_beams", 1) > 1 else base.name
+  return dataclasses.replace(base, name=name, **settings)
+
+
+def process_logits(logits, ids, length, max_length, config: GenerationConfig):
+  """The logit processors of `config` on logits float32 [B, V] for position
+  `length`, given the ids so far [B, T]."""
+  if config.repetition_penalty != 1.0:
+    logits = repetition_penalty(logits, ids, length, config.repetition_penalty)
+  if config.no_repeat_ngram_size > 0:
+    logits = no_repeat_ngram(logits, ids, length, config.no_repeat_ngram_size)
+  if config.min_length > 0:
+    eos = tf.range(logits.shape[-1]) == config.eos_token_id
+    logits = tf.where(eos[None, :] & (length < config.min_length), NEG_INF, logits)
+  if config.forced_bos_token_id is not None:
+    logits = force_token(logits, config.forced_bos_token_id, tf.equal(length, 1))
+  if config.forced_eos_token_id is not None:
+    logits = force_token(logits, config.forced_eos_token_id, tf.equal(length, max_length - 1))
+  return logits
+
+
+# ---------------------------------------------------------------------------
+# The decoder the loops drive.
+
+class DecoderState(Protocol):
+  """What a decoder carries between steps: a nest of tensors (while_loop state)."""
+
+  def repeat(self, n: int) -> "DecoderState":
+    """Each row repeated n times (row b*n + j is copy j of row b)."""
+
+  def reorder(self, rows: tf.Tensor) -> "DecoderState":
+    """The rows int32 [N] of the per-step state (beams of one input share the rest)."""
+
+  def select(self, rows: tf.Tensor) -> "DecoderState":
+    """The whole state of rows int32 [N]."""
+
 
 
 # ---------------------------------------------------------------------------
 # The loop.
 
-def sample_loop(step_fn, state, start_ids: tf.Tensor, max_length: int, sample_fn,
-                processors: Processors, seed: tf.Tensor, stop_token_ids, pad_token_id: int):
-  """Decodes until every row has stopped or max_length ids exist.
+def _stops(stop_token_ids) -> tf.Tensor:
+  return tf.constant(list(stop_token_ids) or [-1], tf.int32)
+
+
+def decode(step, state: DecoderState, start_ids: tf.Tensor, max_length: int, sampler: Sampler,
+           config: GenerationConfig, seed: tf.Tensor, stop_token_ids):
+  """Decodes with `sampler`, the one place a sampler name picks a loop.
 
   Args:
-    step_fn: (token_ids int32 [B], index int32, state) -> (logits float32 [B, V], state).
-    state: the decoder state (caches), a nest of tensors.
+    step: (token_ids int32 [N], index int32, state) -> (logits float32 [N, V],
+      hidden float32 [N, D], state), the decoder's one step at position `index`.
+    state: the decoder state of the B rows of start_ids.
     start_ids: int32 [B], the decoder start token of each row.
-    max_length: ids in the output, the start token included.
-    sample_fn: (logits, seed) -> int32 [B].
-    processors: logit processors.
-    seed: int32 [2].
+    max_length: ids out, the start token included (a Python int).
+    sampler: which loop and its settings.
+    config: the processors, token ids and lengths.
+    seed: int32 [2], for the samplers that draw.
     stop_token_ids: ids that end a row.
 
   Returns:
-    (ids int32 [B, max_length] with pad_token_id after a row's end,
-     scores float32 [B], the sum of the chosen ids' log-probabilities).
+    (ids int32 [B*R, max_length], pad_token_id after a row's end; scores float32
+    [B*R]); R = num_return_sequences for beam search, else 1.
+  """
+  if sampler.name == "beam":
+    return beam_search(step, state.repeat(sampler.num_beams), start_ids, max_length, sampler,
+                       config, stop_token_ids)
+  if sampler.name == "contrastive":
+    return contrastive_search(step, state, start_ids, max_length, sampler, config,
+                              stop_token_ids)
+  return sample_loop(step, state, start_ids, max_length, sampler, config, seed, stop_token_ids)
+
+
+def sample_loop(step, state, start_ids: tf.Tensor, max_length: int, sampler: Sampler,
+                config: GenerationConfig, seed: tf.Tensor, stop_token_ids):
+  """Decodes one id per row and step until every row has stopped or max_length
+  ids exist (greedy, random, top_k, top_p); arguments as `decode`.
+
+  Returns:
+    (ids int32 [B, max_length], scores float32 [B], the sum of the chosen ids'
+    log-probabilities).
   """
   batch = tf.shape(start_ids)[0]
-  ids = tf.concat([start_ids[:, None], tf.fill([batch, max_length - 1], pad_token_id)], axis=1)
-  stops = tf.constant(list(stop_token_ids) or [-1], tf.int32)
+  pad = config.pad_token_id
+  ids = tf.concat([start_ids[:, None], tf.fill([batch, max_length - 1], pad)], axis=1)
+  stops = _stops(stop_token_ids)
+  seed = tf.cast(tf.convert_to_tensor(seed), tf.int32)
 
   def condition(index, ids, state, finished, scores):
     return (index < max_length - 1) & ~tf.reduce_all(finished)
 
   def body(index, ids, state, finished, scores):
     current = tf.gather(ids, index, axis=1)                                    # [B]
-    logits, state = step_fn(current, index, state)
-    logits = processors(logits, ids, index + 1, max_length)
+    logits, _, state = step(current, index, state)
+    sample = sampler.function(logits.shape[-1])
+    logits = process_logits(logits, ids, index + 1, max_length, config)
     step_seed = tf.random.experimental.stateless_fold_in(seed, index)
-    chosen = sample_fn(logits, step_seed)
+    chosen = sample(logits, step_seed)
     log_probs = tf.nn.log_softmax(logits, axis=-1)
     chosen_log_prob = tf.gather(log_probs, chosen, batch_dims=1)
-    chosen = tf.where(finished, pad_token_id, chosen)
+    chosen = tf.where(finished, pad, chosen)
     scores += tf.where(finished, 0.0, chosen_log_prob)
     write = tf.range(max_length)[None, :] == index + 1
     ids = tf.where(write, chosen[:, None], ids)
@@ -246,18 +347,11 @@ def sample_loop(step_fn, state, start_ids: tf.Tensor, max_length: int, sample_fn
 # ---------------------------------------------------------------------------
 # Beam search, upstream's vectorized algorithm (transformers' `_beam_search`).
 
-def beam_search(step_fn, state, start_ids: tf.Tensor, max_length: int, num_beams: int,
-                processors: Processors, stop_token_ids, pad_token_id: int, vocabulary_size: int,
-                length_penalty: float = 1.0, early_stopping: bool | str = False,
-                num_return_sequences: int = 1, reorder_state=None):
-  """Beam search with the upstream's scoring and stopping rules.
-
-  Args:
-    step_fn: (token_ids int32 [B*K], index, state) -> (logits float32 [B*K, V], state);
-      state rows are batch-major (row b*K + k is beam k of input b).
-    state: the decoder state for B*K rows.
-    start_ids: int32 [B].
-    reorder_state: (state, rows int32 [B*K]) -> state gathered by rows.
+def beam_search(step, state, start_ids: tf.Tensor, max_length: int, sampler: Sampler,
+                config: GenerationConfig, stop_token_ids):
+  """Beam search with the upstream's scoring and stopping rules (sampler.num_beams,
+  length_penalty, early_stopping, num_return_sequences); arguments as `decode`, but
+  `state` holds B*K rows, batch-major (row b*K + k is beam k of input b).
 
   Returns:
     (ids int32 [B*R, max_length], scores float32 [B*R]), R = num_return_sequences,
@@ -266,15 +360,17 @@ def beam_search(step_fn, state, start_ids: tf.Tensor, max_length: int, num_beams
   """
   batch = tf.shape(start_ids)[0]
   static_batch = start_ids.shape[0]
-  beams = num_beams
-  stops = tf.constant(list(stop_token_ids) or [-1], tf.int32)
+  beams = sampler.num_beams
+  length_penalty, early_stopping = sampler.length_penalty, sampler.early_stopping
+  stops = _stops(stop_token_ids)
   keep = max(2, 1 + len(list(stop_token_ids))) * beams
   top_beam_mask = tf.range(keep) < beams                                      # [keep]
   running = tf.concat([tf.tile(start_ids[:, None, None], [1, beams, 1]),
-                       tf.fill([batch, beams, max_length - 1], pad_token_id)], axis=2)
-  running_scores = tf.tile(tf.where(tf.range(beams) == 0, 0.0, -1e9)[None, :], [batch, 1])
+                       tf.fill([batch, beams, max_length - 1], config.pad_token_id)], axis=2)
+  running_scores = tf.tile(tf.where(tf.range(beams) == 0, 0.0, LARGE_NEGATIVE)[None, :],
+                           [batch, 1])
   best = running
-  best_scores = tf.fill([batch, beams], -1e9)
+  best_scores = tf.fill([batch, beams], LARGE_NEGATIVE)
   finished = tf.zeros([batch, beams], tf.bool)
   improvable = tf.ones([batch, 1], tf.bool)
   hits = tf.zeros([batch, keep], tf.bool)
@@ -293,8 +389,10 @@ def beam_search(step_fn, state, start_ids: tf.Tensor, max_length: int, num_beams
   def body(length, running, running_scores, best, best_scores, finished, improvable, hits,
            state):
     flat = tf.reshape(running, [batch * beams, max_length])
-    logits, state = step_fn(tf.gather(flat, length - 1, axis=1), length - 1, state)
-    log_probs = processors(tf.nn.log_softmax(logits, axis=-1), flat, length, max_length)
+    logits, _, state = step(tf.gather(flat, length - 1, axis=1), length - 1, state)
+    vocabulary_size = logits.shape[-1]
+    log_probs = process_logits(tf.nn.log_softmax(logits, axis=-1), flat, length, max_length,
+                               config)
     log_probs = tf.reshape(log_probs, [batch, beams, vocabulary_size]) + running_scores[..., None]
     top_log_probs, top_indices = tf.math.top_k(tf.reshape(log_probs, [batch, -1]), k=keep)
     source = top_indices // vocabulary_size                                    # [B, keep]
@@ -306,7 +404,7 @@ def beam_search(step_fn, state, start_ids: tf.Tensor, max_length: int, num_beams
         tokens[..., None] == stops[None, None, :], axis=-1)                    # [B, keep]
 
     # The best unfinished candidates keep running.
-    running_log_probs = top_log_probs + tf.cast(hits, tf.float32) * -1e9
+    running_log_probs = top_log_probs + tf.cast(hits, tf.float32) * LARGE_NEGATIVE
     chosen = tf.math.top_k(running_log_probs, k=beams).indices                  # [B, K]
     running = gather_beams(candidates, chosen)
     running_scores = gather_beams(running_log_probs, chosen)
@@ -316,16 +414,15 @@ def beam_search(step_fn, state, start_ids: tf.Tensor, max_length: int, num_beams
     just_finished = hits & top_beam_mask[None, :]
     penalized = top_log_probs / tf.pow(tf.cast(length, tf.float32), length_penalty)
     full = tf.reduce_all(finished, axis=-1, keepdims=True) & stop_when_full
-    penalized += tf.cast(full, tf.float32) * -1e9
-    penalized += tf.cast(~improvable, tf.float32) * -1e9
-    penalized += tf.cast(~just_finished, tf.float32) * -1e9
+    for ruled_out in (full, ~improvable, ~just_finished):
+      penalized += tf.cast(ruled_out, tf.float32) * LARGE_NEGATIVE
     merged_scores = tf.concat([best_scores, penalized], axis=1)
     top = tf.math.top_k(merged_scores, k=beams).indices
     best = gather_beams(tf.concat([best, candidates], axis=1), top)
     best_scores = gather_beams(merged_scores, top)
     finished = gather_beams(tf.concat([finished, just_finished], axis=1), top)
 
-    reordered = reorder_state(state, rows)
+    reordered = state.reorder(rows)
     state = tf.nest.map_structure(lambda new, old: tf.ensure_shape(new, old.shape), reordered,
                                   state)
     # Keep the static shapes the loop started with.
@@ -342,7 +439,8 @@ def beam_search(step_fn, state, start_ids: tf.Tensor, max_length: int, num_beams
     else:
       hypothetical = tf.cast(length - 1, tf.float32)
     best_possible = running_scores[:, :1] / tf.pow(hypothetical, length_penalty)
-    worst = tf.where(finished, tf.reduce_min(best_scores, axis=1, keepdims=True), -1e9)
+    worst = tf.where(finished, tf.reduce_min(best_scores, axis=1, keepdims=True),
+                     LARGE_NEGATIVE)
     improvable &= tf.reduce_any(best_possible > worst, axis=-1, keepdims=True)
     return length, running, running_scores, best, best_scores, finished, improvable, hits, state
 
@@ -351,44 +449,42 @@ def beam_search(step_fn, state, start_ids: tf.Tensor, max_length: int, num_beams
       (tf.constant(1), running, running_scores, best, best_scores, finished, improvable, hits,
        state), maximum_iterations=max_length - 1)
   best, best_scores = loop[3], loop[4]
-  ids = tf.reshape(best[:, :num_return_sequences], [-1, max_length])
-  return ids, tf.reshape(best_scores[:, :num_return_sequences], [-1])
+  returns = sampler.num_return_sequences
+  ids = tf.reshape(best[:, :returns], [-1, max_length])
+  return ids, tf.reshape(best_scores[:, :returns], [-1])
 
 
 # ---------------------------------------------------------------------------
 # Contrastive search (Su et al. 2022, as keras-hub's ContrastiveSampler).
 
-def contrastive_search(step_fn, state, start_ids: tf.Tensor, max_length: int, k: int,
-                       alpha: float, processors: Processors, stop_token_ids, pad_token_id: int,
-                       hidden_size: int, tile_state, select_state):
-  """Picks, among the k most likely next ids, the one maximising
-  (1 - alpha) * probability - alpha * (largest cosine similarity of its decoder
-  output to the outputs of every earlier position).
-
-  Args:
-    step_fn: (token_ids [N], index, state) -> (logits [N, V], hidden float32 [N, D], state).
-    tile_state: (state, k) -> the state with each row repeated k times (row b*k + j).
-    select_state: (state, rows int32 [B]) -> the state of those rows.
+def contrastive_search(step, state, start_ids: tf.Tensor, max_length: int, sampler: Sampler,
+                       config: GenerationConfig, stop_token_ids):
+  """Picks, among the k most likely next ids (sampler.k, default 5), the one
+  maximising (1 - alpha) * probability - alpha * (largest cosine similarity of
+  its decoder output to the outputs of every earlier position); arguments as
+  `decode`.
 
   Returns:
     (ids int32 [B, max_length], scores float32 [B], summed log-probabilities).
   """
   batch = tf.shape(start_ids)[0]
-  static_batch = start_ids.shape[0]
-  stops = tf.constant(list(stop_token_ids) or [-1], tf.int32)
+  stops = _stops(stop_token_ids)
+  alpha, pad_token_id = sampler.alpha, config.pad_token_id
   ids = tf.concat([start_ids[:, None], tf.fill([batch, max_length - 1], pad_token_id)], axis=1)
-  logits, hidden, state = step_fn(start_ids, tf.constant(0), state)
+  logits, hidden, state = step(start_ids, tf.constant(0), state)
+  k = min(sampler.k or 5, logits.shape[-1])
+  hidden_size = hidden.shape[-1]
   history = tf.concat([hidden[:, None], tf.zeros([batch, max_length - 1, hidden_size])], axis=1)
 
   def condition(index, ids, logits, history, state, finished, scores):
     return (index < max_length - 1) & ~tf.reduce_all(finished)
 
   def body(index, ids, logits, history, state, finished, scores):
-    processed = processors(logits, ids, index + 1, max_length)
+    processed = process_logits(logits, ids, index + 1, max_length, config)
     probabilities = tf.nn.softmax(processed, axis=-1)
     top_probabilities, candidates = tf.math.top_k(probabilities, k=k)           # [B, k]
-    candidate_logits, candidate_hidden, candidate_state = step_fn(
-        tf.reshape(candidates, [-1]), index + 1, tile_state(state, k))
+    candidate_logits, candidate_hidden, candidate_state = step(
+        tf.reshape(candidates, [-1]), index + 1, state.repeat(k))
     unit = tf.math.l2_normalize(tf.reshape(candidate_hidden, [batch, k, hidden_size]), -1)
     past = tf.math.l2_normalize(history, -1)                                     # [B, T, D]
     similarity = tf.einsum("bkd,btd->bkt", unit, past)
@@ -406,14 +502,13 @@ def contrastive_search(step_fn, state, start_ids: tf.Tensor, max_length: int, k:
     ids = tf.where(at, chosen[:, None], ids)
     chosen_hidden = tf.gather(candidate_hidden, rows)
     history = tf.where(at[..., None], chosen_hidden[:, None, :], history)
-    new_state = select_state(candidate_state, rows)
+    new_state = candidate_state.select(rows)
     state = tf.nest.map_structure(lambda new, old: tf.ensure_shape(new, old.shape), new_state,
                                   state)
     logits = tf.ensure_shape(tf.gather(candidate_logits, rows), logits.shape)
     finished |= tf.reduce_any(chosen[:, None] == stops[None, :], axis=1)
     return index + 1, ids, logits, history, state, finished, scores
 
-  del static_batch
   loop = tf.while_loop(condition, body,
                        (tf.constant(0), ids, logits, history, state, tf.zeros([batch], tf.bool),
                         tf.zeros([batch], tf.float32)), maximum_iterations=max_length - 1)

@@ -22,16 +22,13 @@ Loading the encoder with `tf.saved_model.load` and training its
 
 from __future__ import annotations
 
-import os
 import pathlib
 import tempfile
 
 import tensorflow as tf
 
-from tfhub_models.export import write_atomically
-from tfhub_models.models import electra
-from tfhub_models.tokenizers import (WordPieceTokenizer, XLMRobertaTokenizer,
-                                     truncate_longest_first)
+from tfhub_models.export.versioned import write_atomically
+from tfhub_models.preprocessing import pack, special_count, truncate_longest_first
 
 DEFAULT_SEQ_LENGTH = 128
 _INPUT_SPECS = {name: tf.TensorSpec([None, None], tf.int32, name=name)
@@ -56,34 +53,26 @@ class HubEncoder(tf.Module):
   @tf.function
   def __call__(self, inputs, training=False):
     """Encodes packed inputs; see the module docstring."""
-    token_ids = inputs["input_word_ids"]
-    padding_mask = inputs["input_mask"]
-    if isinstance(self.backbone, electra.ElectraBackbone):
-      outputs = self.backbone(token_ids, inputs["input_type_ids"], padding_mask,
-                              training=training)
-      sequence, pooled = outputs["sequence_output"], outputs["pooled_output"]
-    else:  # XLM-RoBERTa has one segment type; pooled is the <s> state
-      sequence = self.backbone(token_ids, padding_mask, training=training)
-      pooled = sequence[:, 0]
-    sequence, pooled = tf.cast(sequence, tf.float32), tf.cast(pooled, tf.float32)
+    outputs = self.backbone({"token_ids": inputs["input_word_ids"],
+                             "segment_ids": inputs["input_type_ids"],
+                             "padding_mask": inputs["input_mask"]}, training=training)
+    sequence = tf.cast(outputs["sequence_output"], tf.float32)
+    pooled = tf.cast(outputs["pooled_output"], tf.float32)
     return {"sequence_output": sequence, "pooled_output": pooled, "default": pooled}
 
 
 class HubPreprocessor(tf.Module):
   """tokenize and bert_pack_inputs, as TF Hub's BERT preprocessing models."""
 
-  def __init__(self, tokenizer, vocab_file: str, max_seq_length: int):
+  def __init__(self, preprocessor, vocab_file: str, max_seq_length: int):
+    """Packs as `preprocessor` does (its special tokens and segment ids)."""
     super().__init__(name="preprocessor")
-    self.tokenizer = tokenizer
+    self.tokenizer = preprocessor.tokenizer
     self.max_seq_length = max_seq_length
     self.vocab_file = tf.saved_model.Asset(vocab_file)
-    if isinstance(tokenizer, WordPieceTokenizer):   # [CLS] a [SEP] b [SEP]
-      self._start, self._end, self._middle = tokenizer.cls_token_id, tokenizer.sep_token_id, []
-      self._second_type = 1
-    else:                                           # <s> a </s></s> b </s>
-      self._start, self._end = tokenizer.bos_token_id, tokenizer.eos_token_id
-      self._middle, self._second_type = [tokenizer.eos_token_id], 0
-    self._pad = tokenizer.pad_token_id
+    self._start, self._end = preprocessor.start_id, preprocessor.end_id
+    self._middle, self._second_segment_id = preprocessor.middle_ids, preprocessor.second_segment_id
+    self._pad = self.tokenizer.pad_token_id
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
   def tokenize(self, text):
@@ -103,13 +92,8 @@ class HubPreprocessor(tf.Module):
       {"input_word_ids", "input_mask", "input_type_ids"}: int32 [B, seq_length].
     """
     segments = [s.merge_dims(1, 2) if s.ragged_rank == 2 else s for s in segments]
-    segments = [tf.cast(s, tf.int32) for s in segments]
     batch = segments[0].nrows()
-
-    def column(value):
-      return tf.RaggedTensor.from_tensor(tf.fill(tf.stack([batch, 1]), value))
-
-    shortest = 2 + (len(segments) - 1) * (1 + len(self._middle))
+    shortest = special_count(len(segments), self._middle)
     tf.debugging.assert_greater_equal(
         tf.cast(seq_length, tf.int32), shortest,
         message=f"seq_length must leave room for the {shortest} special tokens")
@@ -118,22 +102,15 @@ class HubPreprocessor(tf.Module):
         message=f"seq_length may be at most the encoder's {self.max_seq_length} positions")
     seq_length = tf.cast(seq_length, tf.int64)
     if len(segments) == 1:
-      first = segments[0][:, : seq_length - 2]
-      parts = [column(self._start), first, column(self._end)]
-      types = [tf.zeros_like(p) for p in parts]
+      segments = [segments[0][:, : seq_length - shortest]]
     else:
-      specials = 3 + len(self._middle)
-      first, second = truncate_longest_first(segments[0], segments[1], seq_length - specials)
-      head = [column(self._start), first, column(self._end)] + [column(m) for m in self._middle]
-      tail = [second, column(self._end)]
-      parts = head + tail
-      types = ([tf.zeros_like(p) for p in head]
-               + [tf.ones_like(p) * self._second_type for p in tail])
-    ids = tf.concat(parts, axis=1)
+      segments = list(truncate_longest_first(segments[0], segments[1], seq_length - shortest))
+    ids, types = pack(segments, self._start, self._end, middle=self._middle,
+                      second_segment_id=self._second_segment_id)
     shape = tf.stack([tf.cast(batch, tf.int64), seq_length])
     return {"input_word_ids": ids.to_tensor(self._pad, shape=shape),
             "input_mask": tf.ones_like(ids).to_tensor(0, shape=shape),
-            "input_type_ids": tf.concat(types, axis=1).to_tensor(0, shape=shape)}
+            "input_type_ids": types.to_tensor(0, shape=shape)}
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
   def __call__(self, text):
@@ -142,28 +119,16 @@ class HubPreprocessor(tf.Module):
 
 
 def _parts(model):
-  """(backbone, tokenizer) of a task module or encoder."""
-  if not hasattr(model, "backbone") or not hasattr(model, "tokenizer"):
-    raise TypeError(f"--format hub needs a model with a backbone and a tokenizer, "
+  """(backbone, preprocessor) of a task module or encoder."""
+  if not hasattr(model, "backbone") or not hasattr(model, "preprocessor"):
+    raise TypeError(f"--format hub needs a model with a backbone and a preprocessor, "
                     f"not a {type(model).__name__}")
-  return model.backbone, model.tokenizer
-
-
-def _write_vocabulary(tokenizer, directory: str) -> str:
-  if isinstance(tokenizer, XLMRobertaTokenizer):
-    path = os.path.join(directory, "sentencepiece.bpe.model")
-    with open(path, "wb") as f:
-      f.write(tokenizer.proto)
-  else:
-    path = os.path.join(directory, "vocab.txt")
-    with open(path, "w", encoding="utf-8") as f:
-      f.write("\n".join(tokenizer.vocabulary) + "\n")
-  return path
+  return model.backbone, model.preprocessor
 
 
 def export_hub(model, base, name: str, version: int | None = None) -> pathlib.Path:
   """Writes BASE/NAME/VERSION/{encoder,preprocessor} atomically; returns the version dir."""
-  backbone, tokenizer = _parts(model)
+  backbone, preprocessor = _parts(model)
   encoder = HubEncoder(backbone)
   ragged = tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1)
   length = tf.TensorSpec([], tf.int32)
@@ -173,11 +138,12 @@ def export_hub(model, base, name: str, version: int | None = None) -> pathlib.Pa
       encoder.__call__.get_concrete_function(_INPUT_SPECS, training=training)
     tf.saved_model.save(encoder, str(staging / "encoder"))
     with tempfile.TemporaryDirectory() as scratch:
-      preprocessor = HubPreprocessor(tokenizer, _write_vocabulary(tokenizer, scratch),
-                                     backbone.config.max_sequence_length)
-      preprocessor.bert_pack_inputs.get_concrete_function([ragged], length)
-      preprocessor.bert_pack_inputs.get_concrete_function([ragged, ragged], length)
-      tf.saved_model.save(preprocessor, str(staging / "preprocessor"))
+      hub_preprocessor = HubPreprocessor(preprocessor,
+                                         preprocessor.tokenizer.save_assets(scratch),
+                                         backbone.config.max_sequence_length)
+      hub_preprocessor.bert_pack_inputs.get_concrete_function([ragged], length)
+      hub_preprocessor.bert_pack_inputs.get_concrete_function([ragged, ragged], length)
+      tf.saved_model.save(hub_preprocessor, str(staging / "preprocessor"))
 
   return write_atomically(base, name, version, write)
 

@@ -16,6 +16,10 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+# An additive bias or score that softmax and top-k treat as "never", without the
+# NaN an infinity would give where every entry is masked.
+LARGE_NEGATIVE = -1e9
+
 DTYPES = {"float32": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}
 
 
@@ -128,7 +132,7 @@ class KVCache(NamedTuple):
 
 def attention_bias(mask: tf.Tensor) -> tf.Tensor:
   """Turns a boolean mask (True = may attend) into an additive float32 bias."""
-  return tf.where(tf.cast(mask, tf.bool), 0.0, -1e9)
+  return tf.where(tf.cast(mask, tf.bool), 0.0, LARGE_NEGATIVE)
 
 
 class MultiHeadAttention(tf.Module):
@@ -286,3 +290,36 @@ class TransformerEncoderLayer(tf.Module):
     x = self.self_attention_layer_norm(x + dropout(attended, self.dropout, training))
     fed = self.feedforward(x, training=training)
     return self.feedforward_layer_norm(x + dropout(fed, self.dropout, training))
+
+
+class MaskedLMHead(tf.Module):
+  """Dense (D -> E), exact GELU, layer norm, then the tied embedding decoder plus a bias.
+
+  XLM-RoBERTa's `lm_head` (E = D) and ELECTRA's generator head (E = the
+  embedding size).  Upstream applies exact GELU whatever the config's hidden_act.
+  """
+
+  def __init__(self, hidden_dim: int, token_embedding: Embedding, *,
+               layer_norm_epsilon: float = 1e-5, dtype="float32", name: str | None = None):
+    super().__init__(name=name)
+    vocabulary_size, embedding_dim = token_embedding.embeddings.shape
+    self.token_embedding = token_embedding
+    with self.name_scope:
+      self.dense = Dense(hidden_dim, embedding_dim, dtype=dtype, name="dense")
+      self.layer_norm = LayerNorm(embedding_dim, epsilon=layer_norm_epsilon, dtype=dtype,
+                                  name="layer_norm")
+      self.bias = tf.Variable(tf.zeros([vocabulary_size], as_dtype(dtype)), name="bias")
+
+  def __call__(self, sequence_output: tf.Tensor, mask_positions: tf.Tensor) -> tf.Tensor:
+    """Vocabulary logits at the mask positions only.
+
+    Args:
+      sequence_output: [B, L, D].
+      mask_positions: int [B, M], indices into L.
+
+    Returns:
+      float32 [B, M, V].
+    """
+    x = tf.gather(sequence_output, tf.cast(mask_positions, tf.int32), batch_dims=1)  # [B, M, D]
+    x = self.layer_norm(gelu(self.dense(x)))                                         # [B, M, E]
+    return tf.cast(self.token_embedding.attend(x) + self.bias, tf.float32)

@@ -1,8 +1,9 @@
-"""Task helpers shared by the models: mask finding, top-k fillers, pooling.
+"""What the task modules of every family share: size checks, preset loading,
+mask finding and the fill-mask answers.
 
 A fill-mask task is any module with `preprocessor`, `tokenizer`,
-`backbone.config.vocabulary_size` and `__call__(token_ids, padding_mask,
-mask_positions) -> logits [B, M, V]`.
+`backbone.config.vocabulary_size` and `__call__({"token_ids", "padding_mask",
+"mask_positions"}) -> logits [B, M, V]`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,24 @@ from __future__ import annotations
 from typing import Sequence
 
 import tensorflow as tf
+
+from tfhub_models.checkpoints import loader
+from tfhub_models.preprocessing import check_sequence_length
+
+
+def check_compatible(backbone, preprocessor, *, exact_vocabulary: bool = True) -> None:
+  """ValueError unless the preprocessor's ids and lengths fit the backbone."""
+  config = backbone.config
+  ids = preprocessor.tokenizer.vocabulary_size
+  if (ids != config.vocabulary_size) if exact_vocabulary else (ids > config.vocabulary_size):
+    raise ValueError(f"the tokenizer has {ids} ids but the model's vocabulary_size is "
+                     f"{config.vocabulary_size}")
+  check_sequence_length(preprocessor.sequence_length, config.max_sequence_length)
+
+
+def load_preset(family: loader.Family, task: str, preset, load_weights: bool, **options):
+  """`from_preset` of every task and backbone class: the family's loader, one task."""
+  return loader.load(preset, family, task=task, load_weights=load_weights, **options)
 
 
 def find_masks(token_ids: tf.Tensor, mask_token_id: int):
@@ -37,7 +56,8 @@ def top_k_fillers(task, token_ids: tf.Tensor, padding_mask: tf.Tensor, top_k: in
     [B, M, K] (probabilities, 0 past a row's masks), num_masks int32 [B].
   """
   mask_positions, num_masks = find_masks(token_ids, task.tokenizer.mask_token_id)
-  logits = task(token_ids, padding_mask, mask_positions)
+  logits = task({"token_ids": token_ids, "padding_mask": padding_mask,
+                 "mask_positions": mask_positions})
   scores, ids = tf.math.top_k(tf.nn.softmax(logits, axis=-1), k=top_k)
   valid = tf.range(tf.shape(mask_positions)[1])[None, :] < num_masks[:, None]   # [B, M]
   return {

@@ -1,66 +1,31 @@
-"""BART: config, encoder, decoder with a fixed-size cache, LM head.
+"""BART: config, presets, encoder, decoder with a fixed-size cache, LM head, and
+the text-in, text-out generation task (keras-hub's `Seq2SeqLM` API without Keras).
 
 Numerically matches Hugging Face `BartModel` / `BartForConditionalGeneration`.
 Einsum legend: B batch, S encoder length, T decoder length, D hidden, N heads,
 H head size, V vocabulary.
+
+  model = BartSeq2SeqLM.from_preset("path/to/bart")
+  model.compile(sampler="greedy")          # or "top_k", Sampler(name="top_p", p=0.9), ...
+  model.generate(["The tower is 324 metres tall..."], max_length=60)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import tensorflow as tf
 
-from tfhub_models import layers
+from tfhub_models import generation, layers, tasks
+from tfhub_models.checkpoints import bart as files
+from tfhub_models.checkpoints import loader
+from tfhub_models.generation import GenerationConfig
+from tfhub_models.preprocessing import BartPreprocessor
+from tfhub_models.tokenizers import ByteLevelBPETokenizer
 
-POSITION_OFFSET = 2   # upstream's learned positions start at row 2
-
-
-@dataclasses.dataclass(frozen=True)
-class GenerationConfig:
-  """Generation settings (the fields of a `generation_config.json` we use)."""
-  max_length: int = 20
-  min_length: int = 0
-  num_beams: int = 1
-  length_penalty: float = 1.0
-  early_stopping: bool | str = False    # True, False or "never", as upstream
-  no_repeat_ngram_size: int = 0
-  repetition_penalty: float = 1.0
-  forced_bos_token_id: int | None = None
-  forced_eos_token_id: int | None = None
-  decoder_start_token_id: int = 2
-  do_sample: bool = False
-  top_k: int = 50
-  top_p: float = 1.0
-  temperature: float = 1.0
-  num_return_sequences: int = 1
-
-  def sampler(self):
-    """The sampler these settings describe (upstream's choice rules)."""
-    from tfhub_models.generation import Sampler
-    if self.num_beams > 1:
-      return Sampler(name="beam", num_beams=self.num_beams, length_penalty=self.length_penalty,
-                     early_stopping=self.early_stopping,
-                     num_return_sequences=self.num_return_sequences)
-    if not self.do_sample:
-      return Sampler(name="greedy")
-    if self.top_p < 1.0:
-      return Sampler(name="top_p", p=self.top_p, k=self.top_k or None,
-                     temperature=self.temperature)
-    if self.top_k:
-      return Sampler(name="top_k", k=self.top_k, temperature=self.temperature)
-    return Sampler(name="random", temperature=self.temperature)
-
-  @classmethod
-  def from_hf(cls, config: dict) -> "GenerationConfig":
-    known = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in config.items() if k in known and v is not None}
-    # Upstream's early_stopping is True, False (a heuristic) or "never".
-    early = values.get("early_stopping", False)
-    values["early_stopping"] = "never" if early == "never" else early is True
-    return cls(**values)
+POSITION_OFFSET = files.POSITION_OFFSET   # upstream's learned positions start at row 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,36 +50,6 @@ class BartConfig:
   @property
   def decoder_layers(self) -> int:
     return self.num_decoder_layers or self.num_layers
-
-  @property
-  def head_dim(self) -> int:
-    return self.hidden_dim // self.num_heads
-
-  @classmethod
-  def from_hf(cls, config: dict, generation: dict | None = None) -> "BartConfig":
-    """From a Hugging Face `config.json` (and `generation_config.json`) dict."""
-    if config["encoder_attention_heads"] != config["decoder_attention_heads"] or config[
-        "encoder_ffn_dim"] != config["decoder_ffn_dim"]:
-      raise ValueError("encoder and decoder with different head counts or feed-forward sizes "
-                       "are not supported")
-    settings = dict(config)
-    settings.update(generation or {})
-    return cls(
-        vocabulary_size=int(config["vocab_size"]),
-        num_layers=int(config["encoder_layers"]),
-        num_decoder_layers=int(config["decoder_layers"]),
-        num_heads=int(config["encoder_attention_heads"]),
-        hidden_dim=int(config["d_model"]),
-        intermediate_dim=int(config["encoder_ffn_dim"]),
-        dropout=float(config.get("dropout", 0.1)),
-        max_sequence_length=int(config.get("max_position_embeddings", 1024)),
-        scale_embedding=bool(config.get("scale_embedding", False)),
-        activation=str(config.get("activation_function", "gelu")),
-        pad_token_id=int(config.get("pad_token_id", 1)),
-        bos_token_id=int(config.get("bos_token_id", 0)),
-        eos_token_id=int(config.get("eos_token_id", 2)),
-        generation=GenerationConfig.from_hf(settings),
-    )
 
 
 _SUMMARY = GenerationConfig(num_beams=4, early_stopping=True, no_repeat_ngram_size=3,
@@ -176,14 +111,33 @@ class DecoderLayer(tf.Module):
 
 
 class DecoderState(NamedTuple):
-  """What the decoder carries between steps (a value: while_loop state)."""
+  """What the decoder carries between steps (a value: while_loop state).
+
+  Implements `generation.DecoderState` (repeat, reorder, select).
+  """
   self_caches: tuple          # per layer KVCache of [B, T_max, N, H]
   cross_kv: tuple             # per layer KVCache of [B, S, N, H], computed once
   cross_mask: tf.Tensor       # bool [B, 1, S]
 
+  def repeat(self, n: int) -> "DecoderState":
+    """Each row n times (row b*n + j is copy j of row b)."""
+    return tf.nest.map_structure(lambda x: tf.repeat(x, n, axis=0), self)
+
+  def reorder(self, rows: tf.Tensor) -> "DecoderState":
+    """The self-attention caches of rows [N]; the encoder's part is shared by the
+    rows of one input (beams), so it stays."""
+    return self._replace(self_caches=tf.nest.map_structure(lambda c: tf.gather(c, rows),
+                                                           self.self_caches))
+
+  def select(self, rows: tf.Tensor) -> "DecoderState":
+    """Everything of rows [N]."""
+    return tf.nest.map_structure(lambda x: tf.gather(x, rows), self)
+
 
 class BartBackbone(tf.Module):
   """Shared embeddings, encoder, decoder, and the tied LM head with its bias."""
+
+  presets = PRESETS
 
   def __init__(self, config: BartConfig | None = None, *, vocabulary_size: int | None = None,
                num_layers: int | None = None, num_heads: int | None = None,
@@ -225,6 +179,12 @@ class BartBackbone(tf.Module):
                              for i in range(c.decoder_layers)]
       self.final_logits_bias = tf.Variable(tf.zeros([c.vocabulary_size], self.dtype),
                                            name="final_logits_bias")
+
+  @classmethod
+  def from_preset(cls, preset: str, load_weights: bool = True, *,
+                  dtype="float32") -> "BartBackbone":
+    """The backbone of a checkpoint directory, hf:// handle, or preset name."""
+    return tasks.load_preset(FAMILY, "backbone", preset, load_weights, dtype=dtype)
 
   def _embed(self, token_ids, positions, position_embedding, layer_norm, training):
     x = self.token_embedding(token_ids) * tf.cast(self.embed_scale, self.dtype)
@@ -281,12 +241,8 @@ class BartBackbone(tf.Module):
         cross_mask=tf.cast(encoder_padding_mask, tf.bool)[:, None, :])
 
   def decode_step(self, token_ids, index, state: DecoderState):
-    """One step: token_ids int32 [B] at position `index` -> (logits float32 [B, V], state)."""
-    logits, _, state = self.decode_step_with_hidden(token_ids, index, state)
-    return logits, state
-
-  def decode_step_with_hidden(self, token_ids, index, state: DecoderState):
-    """As decode_step, also returning the decoder output float32 [B, D]."""
+    """One step at position `index`: token_ids int32 [B] -> (logits float32 [B, V],
+    decoder output float32 [B, D], the state with this step's keys and values)."""
     x = self._embed(token_ids[:, None], tf.reshape(index, [1, 1]),
                     self.decoder_position_embedding, self.decoder_embeddings_layer_norm, False)
     max_length = tf.shape(state.self_caches[0].key)[1]
@@ -300,5 +256,133 @@ class BartBackbone(tf.Module):
             state._replace(self_caches=tuple(caches)))
 
 
-__all__ = ["BartConfig", "GenerationConfig", "BartBackbone", "DecoderLayer", "DecoderState",
-           "PRESETS", "PRESET_HANDLES"]
+class _FunctionCache:
+  """`generate`'s compiled functions, kept out of tf.Module tracking so that a task
+  that has generated can still be saved (tf.saved_model cannot save a dict with
+  tuple keys)."""
+
+  def __init__(self):
+    self.functions = {}
+
+
+class BartSeq2SeqLM(tf.Module):
+  """Backbone + preprocessor + a compiled generate function."""
+
+  task = "generate"
+  presets = PRESETS
+
+  def __init__(self, backbone: BartBackbone, preprocessor: BartPreprocessor, *,
+               name: str = "bart_seq2seq_lm"):
+    super().__init__(name=name)
+    tasks.check_compatible(backbone, preprocessor, exact_vocabulary=False)
+    self.backbone = backbone
+    self.preprocessor = preprocessor
+    self.sampler = generation.Sampler(name="top_k")   # keras-hub's default; see compile()
+    self.jit_compile = True
+    self._compiled = _FunctionCache()
+
+  @classmethod
+  def from_preset(cls, preset: str, load_weights: bool = True, *, dtype="float32",
+                  sequence_length: int | None = None) -> "BartSeq2SeqLM":
+    """Loads a checkpoint directory, an hf:// handle, or a preset name."""
+    return tasks.load_preset(FAMILY, cls.task, preset, load_weights, dtype=dtype,
+                             sequence_length=sequence_length)
+
+  @property
+  def tokenizer(self) -> ByteLevelBPETokenizer:
+    return self.preprocessor.tokenizer
+
+  def compile(self, sampler="top_k", *, jit_compile: bool = True) -> None:
+    """Chooses the sampler (a name, dict or generation.Sampler) and XLA or not."""
+    self.sampler = generation.get_sampler(sampler)
+    self.jit_compile = jit_compile
+    self._compiled = _FunctionCache()
+
+  def check_max_length(self, max_length: int) -> None:
+    """Decoder positions end at max_sequence_length (XLA would clamp silently)."""
+    limit = self.backbone.config.max_sequence_length
+    if not 2 <= max_length <= limit:
+      raise ValueError(f"max_length {max_length} (the decoder start token included) must be in "
+                       f"2..{limit}, the model's positions")
+
+  def generate_ids(self, token_ids, padding_mask, max_length: int, seed=(0, 0),
+                   stop_token_ids: Sequence[int] | None = None):
+    """The numeric core (compile it with XLA): encoder ids -> decoder ids.
+
+    Args:
+      token_ids, padding_mask: int32 [B, S].
+      max_length: ids out, the decoder start token included (a Python int).
+      seed: int32 [2].
+      stop_token_ids: ids that end a row (None: the end-of-sequence id).
+
+    Returns:
+      (generated_ids int32 [B·R, max_length], scores float32 [B·R]); R is
+      num_return_sequences for beam search, else 1.
+    """
+    settings = self.backbone.config.generation
+    stops = [settings.eos_token_id] if stop_token_ids is None else list(stop_token_ids)
+    encoded = self.backbone.encode(token_ids, padding_mask)
+    state = self.backbone.init_decoder_state(encoded, padding_mask, max_length)
+    start = tf.fill([tf.shape(token_ids)[0]], settings.decoder_start_token_id)
+    return generation.decode(self.backbone.decode_step, state, start, max_length, self.sampler,
+                             settings, seed, stops)
+
+  def _function(self, max_length: int, stop_token_ids):
+    self.check_max_length(max_length)
+    key = (max_length, tuple(stop_token_ids) if stop_token_ids is not None else None)
+    if key not in self._compiled.functions:
+      self._compiled.functions[key] = tf.function(
+          lambda ids, mask, seed: self.generate_ids(ids, mask, max_length, seed, stop_token_ids),
+          jit_compile=self.jit_compile, autograph=False)
+    return self._compiled.functions[key]
+
+  def generate(self, inputs, max_length: int | None = None, stop_token_ids="auto",
+               seed: Sequence[int] = (0, 0)):
+    """Generates text for a list of strings, a string tensor [B] or a tf.data.Dataset.
+
+    Args:
+      inputs: the texts (a Dataset is generated batch by batch, results concatenated).
+      max_length: decoder ids, the start token included (default: the config's).
+      stop_token_ids: "auto" (end of sequence), None (run to max_length) or ids.
+
+    Returns:
+      A list of strings for a list input, else a string tensor [B].
+    """
+    if isinstance(inputs, tf.data.Dataset):
+      parts = [self.generate(batch, max_length, stop_token_ids, seed) for batch in inputs]
+      return tf.concat(parts, axis=0) if parts else tf.constant([], tf.string)
+    as_list = isinstance(inputs, (list, tuple))
+    text = tf.constant(list(inputs), tf.string) if as_list else tf.convert_to_tensor(inputs)
+    stops = (None if stop_token_ids == "auto" else (list(stop_token_ids or [])))
+    length = max_length or self.backbone.config.generation.max_length
+    encoded = self.preprocessor(text)
+    ids, _ = self._function(length, None if stops is None else tuple(stops))(
+        encoded["token_ids"], encoded["padding_mask"], tf.constant(seed, tf.int32))
+    out = self.tokenizer.detokenize(ids)
+    return [t.decode("utf-8") for t in out.numpy()] if as_list else out
+
+
+def build(config: BartConfig, tokenizer: ByteLevelBPETokenizer, task: str = "generate", *,
+          dtype="float32", sequence_length: int | None = None):
+  """The module of `task` (generate, backbone) with random weights."""
+  backbone = BartBackbone(config, dtype=dtype)
+  if task == "backbone":
+    return backbone
+  if task == "generate":
+    return BartSeq2SeqLM(backbone, BartPreprocessor(
+        tokenizer, sequence_length or config.max_sequence_length))
+  raise ValueError(f"unknown BART task {task!r} ({', '.join(files.TASKS)})")
+
+
+def _config(checkpoint) -> BartConfig:
+  fields = files.config_fields(checkpoint)
+  return BartConfig(**dict(fields, generation=GenerationConfig.from_dict(fields["generation"])))
+
+
+FAMILY = loader.Family(
+    name="BART", hf_model_types=("bart",), keras_hub_classes=("BartBackbone",), tasks=files.TASKS,
+    config=_config, tokenizer=files.tokenizer, task=files.task, build=build, assign=files.assign,
+    handles=PRESET_HANDLES)
+
+__all__ = ["BartConfig", "BartBackbone", "BartSeq2SeqLM", "DecoderLayer", "DecoderState",
+           "PRESETS", "PRESET_HANDLES", "FAMILY", "build"]

@@ -1,4 +1,4 @@
-"""ELECTRA: config, backbone, discriminator and generator heads, tasks.
+"""ELECTRA: config, presets, backbone, discriminator and generator heads, tasks.
 
 Numerically matches Hugging Face `ElectraModel`, `ElectraForPreTraining` and
 `ElectraForMaskedLM`.  Einsum legend: B batch, L length, M mask positions,
@@ -13,7 +13,10 @@ from typing import Sequence
 import tensorflow as tf
 
 from tfhub_models import layers, tasks
-from tfhub_models.tokenizers import BertPreprocessor, WordPieceTokenizer
+from tfhub_models.checkpoints import electra as files
+from tfhub_models.checkpoints import loader
+from tfhub_models.preprocessing import BertPreprocessor
+from tfhub_models.tokenizers import WordPieceTokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,29 +34,6 @@ class ElectraConfig:
   layer_norm_epsilon: float = 1e-12
   hidden_activation: str = "gelu"
   pad_token_id: int = 0
-
-  @property
-  def head_dim(self) -> int:
-    return self.hidden_dim // self.num_heads
-
-  @classmethod
-  def from_hf(cls, config: dict) -> "ElectraConfig":
-    """From a Hugging Face `config.json` dict."""
-    hidden = int(config["hidden_size"])
-    return cls(
-        vocabulary_size=int(config["vocab_size"]),
-        num_layers=int(config["num_hidden_layers"]),
-        num_heads=int(config["num_attention_heads"]),
-        hidden_dim=hidden,
-        embedding_dim=int(config.get("embedding_size", hidden)),
-        intermediate_dim=int(config["intermediate_size"]),
-        dropout=float(config.get("hidden_dropout_prob", 0.1)),
-        max_sequence_length=int(config.get("max_position_embeddings", 512)),
-        num_segments=int(config.get("type_vocab_size", 2)),
-        layer_norm_epsilon=float(config.get("layer_norm_eps", 1e-12)),
-        hidden_activation=str(config.get("hidden_act", "gelu")),
-        pad_token_id=int(config.get("pad_token_id", 0) or 0),
-    )
 
 
 def _electra(num_layers, hidden, heads, intermediate, embedding):
@@ -77,8 +57,13 @@ PRESET_HANDLES = {
     for name in PRESETS
 }
 
+# The task of each preset's checkpoint.
 PRESET_TASKS = {name: ("fill_mask" if "generator" in name else "replaced_token_detection")
                 for name in PRESETS}
+
+
+def _presets_of(task: str) -> dict:
+  return {name: config for name, config in PRESETS.items() if PRESET_TASKS[name] == task}
 
 
 class ElectraBackbone(tf.Module):
@@ -89,16 +74,22 @@ class ElectraBackbone(tf.Module):
   (`pooler.dense.*`, built with `pooler=True`), it is tanh(dense([CLS])).
   """
 
+  presets = PRESETS
+
   def __init__(self, config: ElectraConfig | None = None, *, vocabulary_size: int | None = None,
-               num_layers: int | None = None, num_heads: int | None = None,
-               hidden_dim: int | None = None, embedding_dim: int | None = None,
-               intermediate_dim: int | None = None, dropout: float | None = None,
-               max_sequence_length: int | None = None, num_segments: int | None = None,
-               pooler: bool = False, dtype="float32", name: str = "backbone"):
-    """Takes a config, or keras-hub's argument names (unset ones keep the config's)."""
+               vocab_size: int | None = None, num_layers: int | None = None,
+               num_heads: int | None = None, hidden_dim: int | None = None,
+               embedding_dim: int | None = None, intermediate_dim: int | None = None,
+               dropout: float | None = None, max_sequence_length: int | None = None,
+               num_segments: int | None = None, pooler: bool = False, dtype="float32",
+               name: str = "backbone"):
+    """Takes a config, or keras-hub's argument names (unset ones keep the config's);
+    `vocab_size` (keras-hub's name for ELECTRA) and `vocabulary_size` are the same."""
     super().__init__(name=name)
-    named = dict(vocabulary_size=vocabulary_size, num_layers=num_layers, num_heads=num_heads,
-                 hidden_dim=hidden_dim, embedding_dim=embedding_dim,
+    if vocab_size is not None and vocabulary_size not in (None, vocab_size):
+      raise ValueError(f"vocab_size {vocab_size} and vocabulary_size {vocabulary_size} differ")
+    named = dict(vocabulary_size=vocabulary_size or vocab_size, num_layers=num_layers,
+                 num_heads=num_heads, hidden_dim=hidden_dim, embedding_dim=embedding_dim,
                  intermediate_dim=intermediate_dim, dropout=dropout,
                  max_sequence_length=max_sequence_length, num_segments=num_segments)
     config = dataclasses.replace(config or ElectraConfig(),
@@ -128,27 +119,29 @@ class ElectraBackbone(tf.Module):
       self.pooler = (layers.Dense(c.hidden_dim, c.hidden_dim, dtype=dtype, name="pooler")
                      if pooler else None)
 
-  def __call__(self, token_ids, segment_ids=None, padding_mask=None,
-               training: bool = False) -> dict:
+  @classmethod
+  def from_preset(cls, preset: str, load_weights: bool = True, *,
+                  dtype="float32") -> "ElectraBackbone":
+    """The backbone of a checkpoint directory, hf:// or kaggle:// handle, or preset name."""
+    return tasks.load_preset(FAMILY, "backbone", preset, load_weights, dtype=dtype)
+
+  def __call__(self, inputs: dict, training: bool = False) -> dict:
     """Encodes a batch.
 
     Args:
-      token_ids: int [B, L], or a dict with "token_ids", "segment_ids", "padding_mask".
-      segment_ids: int [B, L] (0 = first segment), zeros if None.
-      padding_mask: int/bool [B, L], 1 = real token; all ones if None.
+      inputs: {"token_ids": int [B, L], "segment_ids": int [B, L] (0 = first
+        segment; zeros if absent), "padding_mask": int/bool [B, L] (1 = real
+        token; all ones if absent)}.
       training: enables dropout.
 
     Returns:
       {"sequence_output": [B, L, D], "pooled_output": [B, D]} in the backbone's dtype.
     """
-    if isinstance(token_ids, dict):
-      inputs = token_ids
-      token_ids = inputs["token_ids"]
-      segment_ids = inputs.get("segment_ids")
-      padding_mask = inputs.get("padding_mask")
-    token_ids = tf.cast(token_ids, tf.int32)
+    token_ids = tf.cast(inputs["token_ids"], tf.int32)
+    segment_ids = inputs.get("segment_ids")
     segment_ids = tf.zeros_like(token_ids) if segment_ids is None else tf.cast(segment_ids,
                                                                                tf.int32)
+    padding_mask = inputs.get("padding_mask")
     padding_mask = tf.ones_like(token_ids) if padding_mask is None else padding_mask
     positions = tf.range(tf.shape(token_ids)[1])[None, :]                 # [1, L]
     x = (self.token_embedding(token_ids) + self.position_embedding(positions)
@@ -180,44 +173,17 @@ class ElectraDiscriminatorHead(tf.Module):
                    tf.float32)
 
 
-class ElectraGeneratorHead(tf.Module):
-  """Dense to embedding_dim, exact GELU, layer norm, tied decoder plus bias."""
-
-  def __init__(self, config: ElectraConfig, token_embedding: layers.Embedding, *,
-               dtype="float32", name: str = "generator_head"):
-    super().__init__(name=name)
-    self.token_embedding = token_embedding
-    with self.name_scope:
-      self.dense = layers.Dense(config.hidden_dim, config.embedding_dim, dtype=dtype,
-                                name="dense")
-      self.layer_norm = layers.LayerNorm(config.embedding_dim, epsilon=config.layer_norm_epsilon,
-                                         dtype=dtype, name="layer_norm")
-      self.bias = tf.Variable(tf.zeros([config.vocabulary_size], layers.as_dtype(dtype)),
-                              name="bias")
-
-  def __call__(self, sequence_output: tf.Tensor, mask_positions: tf.Tensor) -> tf.Tensor:
-    """Logits at the mask positions only: [B, L, D], int [B, M] -> float32 [B, M, V]."""
-    x = tf.gather(sequence_output, tf.cast(mask_positions, tf.int32), batch_dims=1)  # [B, M, D]
-    x = self.layer_norm(layers.gelu(self.dense(x)))                                  # [B, M, E]
-    return tf.cast(self.token_embedding.attend(x) + self.bias, tf.float32)
-
-
-def _check_sizes(backbone: ElectraBackbone, preprocessor: BertPreprocessor):
-  if preprocessor.tokenizer.vocabulary_size != backbone.config.vocabulary_size:
-    raise ValueError(f"the vocabulary has {preprocessor.tokenizer.vocabulary_size} entries but "
-                     f"the model's vocabulary_size is {backbone.config.vocabulary_size}")
-  if preprocessor.sequence_length > backbone.config.max_sequence_length:
-    raise ValueError(f"sequence_length {preprocessor.sequence_length} exceeds the model's "
-                     f"max_sequence_length {backbone.config.max_sequence_length}")
-
-
 class ElectraEncoder(tf.Module):
   """The backbone with its preprocessor: text -> sequence and pooled outputs."""
+
+  task = "embedding"
+  presets = PRESETS
+  extra_signatures = ("embedding",)
 
   def __init__(self, backbone: ElectraBackbone, preprocessor: BertPreprocessor, *,
                name: str = "electra_encoder"):
     super().__init__(name=name)
-    _check_sizes(backbone, preprocessor)
+    tasks.check_compatible(backbone, preprocessor)
     self.backbone = backbone
     self.preprocessor = preprocessor
 
@@ -225,15 +191,25 @@ class ElectraEncoder(tf.Module):
   def tokenizer(self) -> WordPieceTokenizer:
     return self.preprocessor.tokenizer
 
+  @classmethod
+  def from_preset(cls, preset: str, load_weights: bool = True, *, dtype="float32",
+                  sequence_length: int | None = None) -> "ElectraEncoder":
+    return tasks.load_preset(FAMILY, cls.task, preset, load_weights, dtype=dtype,
+                             sequence_length=sequence_length)
+
 
 class ElectraDiscriminator(tf.Module):
   """Replaced-token detection (`ElectraForPreTraining`)."""
+
+  task = "replaced_token_detection"
+  presets = _presets_of(task)
+  extra_signatures = ("embedding",)
 
   def __init__(self, backbone: ElectraBackbone, preprocessor: BertPreprocessor,
                head: ElectraDiscriminatorHead | None = None, *,
                name: str = "electra_discriminator"):
     super().__init__(name=name)
-    _check_sizes(backbone, preprocessor)
+    tasks.check_compatible(backbone, preprocessor)
     self.backbone = backbone
     self.preprocessor = preprocessor
     self.head = head or ElectraDiscriminatorHead(backbone.config, dtype=backbone.dtype.name)
@@ -243,23 +219,21 @@ class ElectraDiscriminator(tf.Module):
     return self.preprocessor.tokenizer
 
   @classmethod
-  def from_preset(cls, preset: str, *, load_weights: bool = True, dtype="float32",
+  def from_preset(cls, preset: str, load_weights: bool = True, *, dtype="float32",
                   sequence_length: int | None = None) -> "ElectraDiscriminator":
-    from tfhub_models import checkpoints
-    return checkpoints.load(preset, dtype=dtype, sequence_length=sequence_length,
-                            load_weights=load_weights, task="replaced_token_detection")
+    return tasks.load_preset(FAMILY, cls.task, preset, load_weights, dtype=dtype,
+                             sequence_length=sequence_length)
 
-  def __call__(self, token_ids, segment_ids, padding_mask, training: bool = False) -> tf.Tensor:
-    """Replaced-token logits float32 [B, L] (all int32 [B, L] inputs)."""
-    outputs = self.backbone(token_ids, segment_ids, padding_mask, training=training)
-    return self.head(outputs["sequence_output"])
+  def __call__(self, inputs: dict, training: bool = False) -> tf.Tensor:
+    """Replaced-token logits float32 [B, L] of {"token_ids", "segment_ids",
+    "padding_mask"} (int32 [B, L])."""
+    return self.head(self.backbone(inputs, training=training)["sequence_output"])
 
   def detect_replaced(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None) -> list:
     """For each text, [(token, probability that it was replaced)] (eager)."""
     inputs = self.preprocessor(tf.constant(list(texts)),
                                None if text_pairs is None else tf.constant(list(text_pairs)))
-    probability = tf.sigmoid(self(inputs["token_ids"], inputs["segment_ids"],
-                                  inputs["padding_mask"])).numpy()
+    probability = tf.sigmoid(self(inputs)).numpy()
     tokens = self.tokenizer.id_to_token(inputs["token_ids"]).numpy()
     lengths = inputs["padding_mask"].numpy().sum(axis=1)
     return [[(tokens[b, i].decode("utf-8"), float(probability[b, i])) for i in range(n)]
@@ -269,30 +243,36 @@ class ElectraDiscriminator(tf.Module):
 class ElectraMaskedLM(tf.Module):
   """The generator (`ElectraForMaskedLM`) as a fill-mask task with `[MASK]`."""
 
+  task = "fill_mask"
+  presets = _presets_of(task)
+  extra_signatures = ("embedding",)
+
   def __init__(self, backbone: ElectraBackbone, preprocessor: BertPreprocessor,
-               head: ElectraGeneratorHead | None = None, *, name: str = "electra_masked_lm"):
+               head: layers.MaskedLMHead | None = None, *, name: str = "electra_masked_lm"):
     super().__init__(name=name)
-    _check_sizes(backbone, preprocessor)
+    tasks.check_compatible(backbone, preprocessor)
     self.backbone = backbone
     self.preprocessor = preprocessor
-    self.head = head or ElectraGeneratorHead(backbone.config, backbone.token_embedding,
-                                             dtype=backbone.dtype.name)
+    self.head = head or layers.MaskedLMHead(
+        backbone.config.hidden_dim, backbone.token_embedding,
+        layer_norm_epsilon=backbone.config.layer_norm_epsilon, dtype=backbone.dtype.name,
+        name="generator_head")
 
   @property
   def tokenizer(self) -> WordPieceTokenizer:
     return self.preprocessor.tokenizer
 
   @classmethod
-  def from_preset(cls, preset: str, *, load_weights: bool = True, dtype="float32",
+  def from_preset(cls, preset: str, load_weights: bool = True, *, dtype="float32",
                   sequence_length: int | None = None) -> "ElectraMaskedLM":
-    from tfhub_models import checkpoints
-    return checkpoints.load(preset, dtype=dtype, sequence_length=sequence_length,
-                            load_weights=load_weights, task="fill_mask")
+    return tasks.load_preset(FAMILY, cls.task, preset, load_weights, dtype=dtype,
+                             sequence_length=sequence_length)
 
-  def __call__(self, token_ids, padding_mask, mask_positions, training: bool = False):
-    """Logits float32 [B, M, V] at mask_positions int32 [B, M] (one segment)."""
-    outputs = self.backbone(token_ids, None, padding_mask, training=training)
-    return self.head(outputs["sequence_output"], mask_positions)
+  def __call__(self, inputs: dict, training: bool = False) -> tf.Tensor:
+    """Logits float32 [B, M, V] at "mask_positions" int32 [B, M] (one segment)."""
+    outputs = self.backbone({"token_ids": inputs["token_ids"],
+                             "padding_mask": inputs["padding_mask"]}, training=training)
+    return self.head(outputs["sequence_output"], inputs["mask_positions"])
 
   def top_k(self, token_ids, padding_mask, top_k: int) -> dict:
     return tasks.top_k_fillers(self, token_ids, padding_mask, top_k)
@@ -302,20 +282,29 @@ class ElectraMaskedLM(tf.Module):
     return tasks.fill_mask(self, texts, top_k)
 
 
-def build_task(task: str, config: ElectraConfig, tokenizer: WordPieceTokenizer, *,
-               dtype="float32", sequence_length: int | None = None, pooler: bool = False):
-  """A task module with random weights: "replaced_token_detection", "fill_mask" or "embedding"."""
+def build(config: ElectraConfig, tokenizer: WordPieceTokenizer,
+          task: str = "replaced_token_detection", *, dtype="float32",
+          sequence_length: int | None = None, pooler: bool = False):
+  """The module of `task` (replaced_token_detection, fill_mask, embedding, backbone)
+  with random weights."""
   backbone = ElectraBackbone(config, pooler=pooler, dtype=dtype)
-  length = min(sequence_length or config.max_sequence_length, config.max_sequence_length)
-  preprocessor = BertPreprocessor(tokenizer, length)
+  if task == "backbone":
+    return backbone
+  preprocessor = BertPreprocessor(tokenizer, sequence_length or config.max_sequence_length)
   if task == "replaced_token_detection":
     return ElectraDiscriminator(backbone, preprocessor)
   if task == "fill_mask":
     return ElectraMaskedLM(backbone, preprocessor)
   if task == "embedding":
     return ElectraEncoder(backbone, preprocessor)
-  raise ValueError(f"unknown ELECTRA task {task!r}")
+  raise ValueError(f"unknown ELECTRA task {task!r} ({', '.join(files.TASKS)})")
 
 
-__all__ = ["ElectraConfig", "ElectraBackbone", "ElectraDiscriminatorHead", "ElectraGeneratorHead",
-           "ElectraEncoder", "ElectraDiscriminator", "ElectraMaskedLM", "PRESETS", "build_task"]
+FAMILY = loader.Family(
+    name="ELECTRA", hf_model_types=("electra",), keras_hub_classes=("ElectraBackbone",),
+    tasks=files.TASKS, config=lambda checkpoint: ElectraConfig(**files.config_fields(checkpoint)),
+    tokenizer=files.tokenizer, task=files.task, build=build, assign=files.assign,
+    options=files.options, handles=PRESET_HANDLES)
+
+__all__ = ["ElectraConfig", "ElectraBackbone", "ElectraDiscriminatorHead", "ElectraEncoder",
+           "ElectraDiscriminator", "ElectraMaskedLM", "PRESETS", "PRESET_TASKS", "FAMILY", "build"]

@@ -1,4 +1,4 @@
-"""XLM-RoBERTa: config, backbone, masked-LM head and the fill-mask task.
+"""XLM-RoBERTa: config, presets, backbone, the fill-mask task and the encoder.
 
 Numerically matches Hugging Face `XLMRobertaModel` / `XLMRobertaForMaskedLM`.
 Einsum legend: B batch, L sequence length, M mask positions, D hidden, V vocab.
@@ -12,8 +12,10 @@ from typing import Sequence
 import tensorflow as tf
 
 from tfhub_models import layers, tasks
-from tfhub_models.tasks import find_masks
-from tfhub_models.tokenizers import XLMRobertaPreprocessor, XLMRobertaTokenizer
+from tfhub_models.checkpoints import loader
+from tfhub_models.checkpoints import xlm_roberta as files
+from tfhub_models.preprocessing import XLMRobertaPreprocessor
+from tfhub_models.tokenizers import XLMRobertaTokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,44 +34,9 @@ class XLMRobertaConfig:
   hidden_activation: str = "gelu"
 
   @property
-  def head_dim(self) -> int:
-    return self.hidden_dim // self.num_heads
-
-  @property
   def num_positions(self) -> int:
     """Rows of the position table: positions start at pad_token_id + 1."""
     return self.max_sequence_length + self.pad_token_id + 1
-
-  @classmethod
-  def from_hf(cls, config: dict) -> "XLMRobertaConfig":
-    """From a Hugging Face `config.json` dict."""
-    pad = int(config.get("pad_token_id", 1))
-    return cls(
-        vocabulary_size=int(config["vocab_size"]),
-        num_layers=int(config["num_hidden_layers"]),
-        num_heads=int(config["num_attention_heads"]),
-        hidden_dim=int(config["hidden_size"]),
-        intermediate_dim=int(config["intermediate_size"]),
-        dropout=float(config.get("hidden_dropout_prob", 0.1)),
-        max_sequence_length=int(config["max_position_embeddings"]) - pad - 1,
-        layer_norm_epsilon=float(config.get("layer_norm_eps", 1e-5)),
-        type_vocabulary_size=int(config.get("type_vocab_size", 1)),
-        pad_token_id=pad,
-        hidden_activation=str(config.get("hidden_act", "gelu")),
-    )
-
-  @classmethod
-  def from_keras_hub(cls, config: dict) -> "XLMRobertaConfig":
-    """From the `config` entry of a keras-hub `XLMRobertaBackbone` config.json."""
-    return cls(
-        vocabulary_size=int(config["vocabulary_size"]),
-        num_layers=int(config["num_layers"]),
-        num_heads=int(config["num_heads"]),
-        hidden_dim=int(config["hidden_dim"]),
-        intermediate_dim=int(config["intermediate_dim"]),
-        dropout=float(config.get("dropout", 0.1)),
-        max_sequence_length=int(config.get("max_sequence_length", 512)),
-    )
 
 
 # Configs of the public checkpoints (FacebookAI/xlm-roberta-{base,large};
@@ -90,6 +57,8 @@ PRESET_HANDLES = {
 
 class XLMRobertaBackbone(tf.Module):
   """Token + position (+ type) embeddings, layer norm, post-norm encoder stack."""
+
+  presets = PRESETS
 
   def __init__(self, config: XLMRobertaConfig | None = None, *,
                vocabulary_size: int | None = None, num_layers: int | None = None,
@@ -124,27 +93,24 @@ class XLMRobertaBackbone(tf.Module):
       ]
 
   @classmethod
-  def from_preset(cls, preset: str, *, load_weights: bool = True,
+  def from_preset(cls, preset: str, load_weights: bool = True, *,
                   dtype="float32") -> "XLMRobertaBackbone":
-    """Loads the backbone of a checkpoint directory, hf:// or kaggle:// handle or preset."""
-    from tfhub_models import checkpoints
-    return checkpoints.load(preset, dtype=dtype, load_weights=load_weights, task="backbone")
+    """The backbone of a checkpoint directory, hf:// or kaggle:// handle, or preset name."""
+    return tasks.load_preset(FAMILY, "backbone", preset, load_weights, dtype=dtype)
 
-  def __call__(self, token_ids, padding_mask=None, training: bool = False) -> tf.Tensor:
+  def __call__(self, inputs: dict, training: bool = False) -> dict:
     """Encodes a batch.
 
     Args:
-      token_ids: int [B, L], or a dict with "token_ids" and "padding_mask".
-      padding_mask: int/bool [B, L], 1 = real token.
+      inputs: {"token_ids": int [B, L], "padding_mask": int/bool [B, L] (1 = real token)}.
       training: enables dropout.
 
     Returns:
-      sequence_output [B, L, D] in the backbone's dtype.
+      {"sequence_output": [B, L, D], "pooled_output": [B, D] (the `<s>` state)}, in
+      the backbone's dtype.
     """
-    if isinstance(token_ids, dict):
-      token_ids, padding_mask = token_ids["token_ids"], token_ids["padding_mask"]
-    token_ids = tf.cast(token_ids, tf.int32)
-    real = tf.cast(tf.cast(padding_mask, tf.bool), tf.int32)             # [B, L]
+    token_ids = tf.cast(inputs["token_ids"], tf.int32)
+    real = tf.cast(tf.cast(inputs["padding_mask"], tf.bool), tf.int32)    # [B, L]
     # As upstream: positions count the ids that are not <pad> from
     # pad_token_id + 1, and every <pad> id sits at pad_token_id, a literal
     # "<pad>" in the text included (keras-hub counts 0..L-1 instead).
@@ -155,86 +121,51 @@ class XLMRobertaBackbone(tf.Module):
     x = layers.dropout(self.embeddings_layer_norm(x), self.config.dropout, training)
     for layer in self.transformer_layers:
       x = layer(x, real, training=training)
-    return x
-
-
-class XLMRobertaMaskedLMHead(tf.Module):
-  """Dense, exact GELU, layer norm, then the tied embedding decoder plus a bias."""
-
-  def __init__(self, config: XLMRobertaConfig, token_embedding: layers.Embedding, *,
-               dtype="float32", name: str = "masked_lm_head"):
-    super().__init__(name=name)
-    self.token_embedding = token_embedding
-    with self.name_scope:
-      self.dense = layers.Dense(config.hidden_dim, config.hidden_dim, dtype=dtype, name="dense")
-      self.layer_norm = layers.LayerNorm(config.hidden_dim, epsilon=config.layer_norm_epsilon,
-                                         dtype=dtype, name="layer_norm")
-      self.bias = tf.Variable(tf.zeros([config.vocabulary_size], layers.as_dtype(dtype)),
-                              name="bias")
-
-  def __call__(self, sequence_output: tf.Tensor, mask_positions: tf.Tensor) -> tf.Tensor:
-    """Vocabulary logits at the mask positions only.
-
-    Args:
-      sequence_output: [B, L, D].
-      mask_positions: int [B, M], indices into L.
-
-    Returns:
-      float32 [B, M, V].
-    """
-    x = tf.gather(sequence_output, tf.cast(mask_positions, tf.int32), batch_dims=1)  # [B, M, D]
-    # Exact GELU whatever the config's hidden_act, as upstream's LM head.
-    x = self.layer_norm(layers.gelu(self.dense(x)))
-    return tf.cast(self.token_embedding.attend(x) + self.bias, tf.float32)
+    return {"sequence_output": x, "pooled_output": x[:, 0]}
 
 
 class XLMRobertaMaskedLM(tf.Module):
   """The fill-mask task: preprocessor, backbone and masked-LM head.
 
-  `generate`-free; answers the most likely fillers of each `<mask>`.
+  Answers the most likely fillers of each `<mask>`.
   """
 
+  task = "fill_mask"
+  presets = PRESETS
+
   def __init__(self, backbone: XLMRobertaBackbone, preprocessor: XLMRobertaPreprocessor,
-               head: XLMRobertaMaskedLMHead | None = None, *, name: str = "xlm_roberta_masked_lm"):
+               head: layers.MaskedLMHead | None = None, *, name: str = "xlm_roberta_masked_lm"):
     super().__init__(name=name)
-    if preprocessor.tokenizer.vocabulary_size != backbone.config.vocabulary_size:
-      raise ValueError(
-          f"tokenizer has {preprocessor.tokenizer.vocabulary_size} ids but the model's "
-          f"vocabulary_size is {backbone.config.vocabulary_size}")
-    if preprocessor.sequence_length > backbone.config.max_sequence_length:
-      raise ValueError(
-          f"sequence_length {preprocessor.sequence_length} exceeds the model's "
-          f"max_sequence_length {backbone.config.max_sequence_length}")
+    tasks.check_compatible(backbone, preprocessor)
     self.backbone = backbone
     self.preprocessor = preprocessor
-    self.head = head or XLMRobertaMaskedLMHead(backbone.config, backbone.token_embedding,
-                                               dtype=backbone.dtype.name)
+    self.head = head or layers.MaskedLMHead(
+        backbone.config.hidden_dim, backbone.token_embedding,
+        layer_norm_epsilon=backbone.config.layer_norm_epsilon, dtype=backbone.dtype.name,
+        name="masked_lm_head")
 
   @property
   def tokenizer(self) -> XLMRobertaTokenizer:
     return self.preprocessor.tokenizer
 
   @classmethod
-  def from_preset(cls, preset: str, *, load_weights: bool = True, dtype="float32",
+  def from_preset(cls, preset: str, load_weights: bool = True, *, dtype="float32",
                   sequence_length: int | None = None) -> "XLMRobertaMaskedLM":
     """Loads a checkpoint directory, an hf:// or kaggle:// handle, or a preset name."""
-    from tfhub_models import checkpoints
-    return checkpoints.load(preset, dtype=dtype, sequence_length=sequence_length,
-                            load_weights=load_weights, task="fill_mask")
+    return tasks.load_preset(FAMILY, cls.task, preset, load_weights, dtype=dtype,
+                             sequence_length=sequence_length)
 
-  def __call__(self, token_ids, padding_mask, mask_positions, training: bool = False):
+  def __call__(self, inputs: dict, training: bool = False) -> tf.Tensor:
     """Logits at the mask positions.
 
     Args:
-      token_ids: int32 [B, L].
-      padding_mask: int32 [B, L].
-      mask_positions: int32 [B, M].
+      inputs: {"token_ids", "padding_mask": int32 [B, L], "mask_positions": int32 [B, M]}.
 
     Returns:
       float32 [B, M, V].
     """
-    sequence_output = self.backbone(token_ids, padding_mask, training=training)
-    return self.head(sequence_output, mask_positions)
+    outputs = self.backbone(inputs, training=training)
+    return self.head(outputs["sequence_output"], inputs["mask_positions"])
 
   def top_k(self, token_ids, padding_mask, top_k: int) -> dict:
     """Top-k fillers of every mask; see tasks.top_k_fillers."""
@@ -248,9 +179,13 @@ class XLMRobertaMaskedLM(tf.Module):
 class XLMRobertaEncoder(tf.Module):
   """The backbone with its preprocessor (no head): for embedding and TF Hub exports."""
 
+  task = "embedding"
+  presets = PRESETS
+
   def __init__(self, backbone: XLMRobertaBackbone, preprocessor: XLMRobertaPreprocessor, *,
                name: str = "xlm_roberta_encoder"):
     super().__init__(name=name)
+    tasks.check_compatible(backbone, preprocessor)
     self.backbone = backbone
     self.preprocessor = preprocessor
 
@@ -258,17 +193,33 @@ class XLMRobertaEncoder(tf.Module):
   def tokenizer(self) -> XLMRobertaTokenizer:
     return self.preprocessor.tokenizer
 
+  @classmethod
+  def from_preset(cls, preset: str, load_weights: bool = True, *, dtype="float32",
+                  sequence_length: int | None = None) -> "XLMRobertaEncoder":
+    return tasks.load_preset(FAMILY, cls.task, preset, load_weights, dtype=dtype,
+                             sequence_length=sequence_length)
 
-def random_task(config: XLMRobertaConfig, tokenizer: XLMRobertaTokenizer, *,
-                dtype="float32", sequence_length: int | None = None):
-  """A fill-mask task with random weights for `config`."""
+
+def build(config: XLMRobertaConfig, tokenizer: XLMRobertaTokenizer, task: str = "fill_mask", *,
+          dtype="float32", sequence_length: int | None = None):
+  """The module of `task` (fill_mask, embedding, backbone) with random weights."""
   backbone = XLMRobertaBackbone(config, dtype=dtype)
-  length = min(sequence_length or config.max_sequence_length, config.max_sequence_length)
-  return XLMRobertaMaskedLM(backbone, XLMRobertaPreprocessor(tokenizer, length))
+  if task == "backbone":
+    return backbone
+  preprocessor = XLMRobertaPreprocessor(tokenizer, sequence_length or config.max_sequence_length)
+  if task == "fill_mask":
+    return XLMRobertaMaskedLM(backbone, preprocessor)
+  if task == "embedding":
+    return XLMRobertaEncoder(backbone, preprocessor)
+  raise ValueError(f"unknown XLM-RoBERTa task {task!r} ({', '.join(files.TASKS)})")
 
 
-__all__ = [
-    "XLMRobertaConfig", "XLMRobertaBackbone", "XLMRobertaMaskedLMHead", "XLMRobertaMaskedLM",
-    "XLMRobertaEncoder",
-    "PRESETS", "PRESET_HANDLES", "find_masks", "random_task",
-]
+FAMILY = loader.Family(
+    name="XLM-RoBERTa", hf_model_types=("xlm-roberta", "xlm_roberta"),
+    keras_hub_classes=("XLMRobertaBackbone",), tasks=files.TASKS,
+    config=lambda checkpoint: XLMRobertaConfig(**files.config_fields(checkpoint)),
+    tokenizer=files.tokenizer, task=files.task, build=build, assign=files.assign,
+    handles=PRESET_HANDLES)
+
+__all__ = ["XLMRobertaConfig", "XLMRobertaBackbone", "XLMRobertaMaskedLM", "XLMRobertaEncoder",
+           "PRESETS", "PRESET_HANDLES", "FAMILY", "build"]

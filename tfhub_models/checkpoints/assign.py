@@ -1,0 +1,185 @@
+"""Strict assignment of checkpoint arrays to variables, and the name-map pieces
+the families share (Hugging Face BERT-style layers, keras-hub layers).
+
+An assignment is (source key, variable, transform).  `assign_strict` assigns a
+whole list or nothing: a weight that is missing, unexpected or of the wrong
+shape is an error that names it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from tfhub_models.checkpoints.sources import CheckpointError
+
+
+def transpose(array: np.ndarray) -> np.ndarray:
+  """torch Linear weights [out, in] -> our kernels [in, out]."""
+  return array.T
+
+
+def same(array: np.ndarray) -> np.ndarray:
+  return array
+
+
+def heads_to_dense(array: np.ndarray) -> np.ndarray:
+  """keras-hub EinsumDense kernels [D, N, H] / biases [N, H] -> [D, D] / [D]."""
+  return array.reshape(array.shape[0], -1) if array.ndim == 3 else array.reshape(-1)
+
+
+def heads_out_to_dense(array: np.ndarray) -> np.ndarray:
+  """keras-hub attention output kernel [N, H, D] -> [D, D]."""
+  return array.reshape(-1, array.shape[-1])
+
+
+def assign_strict(assignments: list, source: dict, *, ignored: Callable[[str], bool],
+                  where: str, dtype: tf.DType) -> None:
+  """Assigns `source` arrays to variables, all or nothing.
+
+  Args:
+    assignments: [(source key, variable, transform)] covering every variable.
+    source: {key: np.ndarray}.
+    ignored: keys that may be present and are not used (tied copies, pooler...).
+    where: the checkpoint, for messages.
+    dtype: the variables' dtype.
+  """
+  missing = [key for key, _, _ in assignments if key not in source]
+  used = {key for key, _, _ in assignments}
+  unexpected = sorted(k for k in source if k not in used and not ignored(k))
+  problems = []
+  if missing:
+    problems.append(f"missing weights: {', '.join(missing[:10])}"
+                    + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""))
+  if unexpected:
+    problems.append(f"unexpected weights: {', '.join(unexpected[:10])}"
+                    + (f" and {len(unexpected) - 10} more" if len(unexpected) > 10 else ""))
+  values = []
+  for key, variable, transform in assignments:
+    if key not in source:
+      continue
+    value = transform(np.asarray(source[key]))
+    if tuple(value.shape) != tuple(variable.shape):
+      problems.append(f"{key}: shape {tuple(np.asarray(source[key]).shape)} does not fit "
+                      f"{variable.name.rsplit(':', 1)[0]} of shape {tuple(variable.shape)}")
+    values.append((variable, value))
+  if problems:
+    raise CheckpointError(f"{where}: " + "; ".join(problems))
+  for variable, value in values:
+    variable.assign(tf.cast(value.astype(np.float32), dtype))
+
+
+def require_tied(weights: dict, copy: str, original: str, where) -> None:
+  """A tied copy in a checkpoint must equal the original (untied ones are not supported)."""
+  if copy in weights and original in weights and not np.array_equal(weights[copy],
+                                                                     weights[original]):
+    raise CheckpointError(f"{where}: {copy} differs from {original}; untied weights are not "
+                          "supported")
+
+
+def backbone_of(module):
+  """The backbone of a task module, or the module itself when it is one."""
+  return module.backbone if hasattr(module, "backbone") else module
+
+
+def keras_hub_sizes(config: dict) -> dict:
+  """The sizes keras-hub's XLM-RoBERTa and BART backbone configs share, by our names."""
+  return dict(vocabulary_size=int(config["vocabulary_size"]),
+              num_layers=int(config["num_layers"]), num_heads=int(config["num_heads"]),
+              hidden_dim=int(config["hidden_dim"]),
+              intermediate_dim=int(config["intermediate_dim"]),
+              dropout=float(config.get("dropout", 0.1)))
+
+
+# ---------------------------------------------------------------------------
+# Hugging Face (torch) names.
+
+def hf_dense(name: str, dense) -> list:
+  return [(name + ".weight", dense.kernel, transpose), (name + ".bias", dense.bias, same)]
+
+
+def hf_norm(name: str, norm) -> list:
+  return [(name + ".weight", norm.gamma, same), (name + ".bias", norm.beta, same)]
+
+
+def hf_attention(prefix: str, attention) -> list:
+  """BART-style q_proj / k_proj / v_proj / out_proj."""
+  return [*hf_dense(prefix + ".q_proj", attention.query), *hf_dense(prefix + ".k_proj", attention.key),
+          *hf_dense(prefix + ".v_proj", attention.value),
+          *hf_dense(prefix + ".out_proj", attention.output)]
+
+
+def hf_bert_layers(transformer_layers, prefix: str = "encoder.layer.") -> list:
+  """BERT-family encoder layers (`attention.self.query`, ...) -> TransformerEncoderLayer."""
+  out = []
+  for i, layer in enumerate(transformer_layers):
+    p = f"{prefix}{i}."
+    attention = layer.self_attention
+    for name, dense in (("attention.self.query", attention.query),
+                        ("attention.self.key", attention.key),
+                        ("attention.self.value", attention.value),
+                        ("attention.output.dense", attention.output),
+                        ("intermediate.dense", layer.feedforward.intermediate),
+                        ("output.dense", layer.feedforward.output)):
+      out += hf_dense(p + name, dense)
+    out += hf_norm(p + "attention.output.LayerNorm", layer.self_attention_layer_norm)
+    out += hf_norm(p + "output.LayerNorm", layer.feedforward_layer_norm)
+  return out
+
+
+def hf_bert_weights(weights: dict,
+                    prefixes=("roberta.", "xlm_roberta.", "electra.", "model.")) -> dict:
+  """BERT-family weight names without the model prefix, TF1 gamma/beta as weight/bias."""
+  out = {}
+  for key, value in weights.items():
+    for prefix in prefixes:
+      if key.startswith(prefix):
+        key = key[len(prefix):]
+        break
+    out[key.replace("LayerNorm.gamma", "LayerNorm.weight")
+        .replace("LayerNorm.beta", "LayerNorm.bias")] = value
+  return out
+
+
+# ---------------------------------------------------------------------------
+# keras-hub (Keras 3 .weights.h5) names, "layer/sublayer:i".
+
+def kh_dense(name: str, dense) -> list:
+  return [(f"{name}:0", dense.kernel, same), (f"{name}:1", dense.bias, same)]
+
+
+def kh_norm(name: str, norm) -> list:
+  return [(f"{name}:0", norm.gamma, same), (f"{name}:1", norm.beta, same)]
+
+
+def kh_attention(prefix: str, attention) -> list:
+  """A keras MultiHeadAttention (EinsumDense query/key/value/attention_output)."""
+  dense = (("query", attention.query), ("key", attention.key), ("value", attention.value))
+  return ([(f"{prefix}/{name}:0", d.kernel, heads_to_dense) for name, d in dense]
+          + [(f"{prefix}/{name}:1", d.bias, heads_to_dense) for name, d in dense]
+          + [(f"{prefix}/attention_output:0", attention.output.kernel, heads_out_to_dense),
+             (f"{prefix}/attention_output:1", attention.output.bias, same)])
+
+
+def kh_encoder_layers(transformer_layers, prefix: str, attention_name: str) -> list:
+  """keras-hub TransformerEncoder layers `{prefix}{i}/...` -> TransformerEncoderLayer."""
+  out = []
+  for i, layer in enumerate(transformer_layers):
+    p = f"{prefix}{i}/"
+    out += [*kh_attention(p + attention_name, layer.self_attention),
+            *kh_norm(p + "self_attention_layer_norm", layer.self_attention_layer_norm),
+            *kh_dense(p + "feedforward_intermediate_dense", layer.feedforward.intermediate),
+            *kh_dense(p + "feedforward_output_dense", layer.feedforward.output),
+            *kh_norm(p + "feedforward_layer_norm", layer.feedforward_layer_norm)]
+  return out
+
+
+def shift_positions(offset: int):
+  """keras-hub counts positions from 0; upstream's tables start `offset` rows later."""
+  def transform(array: np.ndarray) -> np.ndarray:
+    table = np.zeros((array.shape[0] + offset, array.shape[1]), array.dtype)
+    table[offset:] = array
+    return table
+  return transform

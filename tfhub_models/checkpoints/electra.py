@@ -1,0 +1,163 @@
+"""ELECTRA checkpoints: Hugging Face (`ElectraModel`, `ElectraForPreTraining`,
+`ElectraForMaskedLM`) and keras-hub (`ElectraBackbone` presets) names, config
+keys and tokenizer files.  Duck-typed on the modules of
+`tfhub_models.models.electra`; imports none of them.
+"""
+
+from __future__ import annotations
+
+from tfhub_models.checkpoints import assign as a
+from tfhub_models.checkpoints.sources import Checkpoint, CheckpointError
+from tfhub_models.tokenizers import WordPieceTokenizer
+
+TASKS = ("replaced_token_detection", "fill_mask", "embedding", "backbone")
+# The weights of each task's head, by their Hugging Face prefix.
+_HEADS = {"replaced_token_detection": "discriminator_predictions.", "fill_mask": "generator_"}
+
+
+def config_fields(checkpoint: Checkpoint) -> dict:
+  """ElectraConfig keyword arguments from the checkpoint's config.json."""
+  c = checkpoint.config
+  try:
+    if checkpoint.format == "keras_hub":
+      c = c["config"]
+      hidden = int(c["hidden_dim"])
+      return dict(vocabulary_size=int(c.get("vocab_size", c.get("vocabulary_size"))),
+                  num_layers=int(c["num_layers"]), num_heads=int(c["num_heads"]),
+                  hidden_dim=hidden, embedding_dim=int(c.get("embedding_dim", hidden)),
+                  intermediate_dim=int(c["intermediate_dim"]),
+                  dropout=float(c.get("dropout", 0.1)),
+                  max_sequence_length=int(c.get("max_sequence_length", 512)),
+                  num_segments=int(c.get("num_segments", 2)),
+                  # Fixed in keras-hub's ElectraBackbone, not in its config.
+                  layer_norm_epsilon=1e-12, hidden_activation="gelu_new")
+    hidden = int(c["hidden_size"])
+    return dict(vocabulary_size=int(c["vocab_size"]), num_layers=int(c["num_hidden_layers"]),
+                num_heads=int(c["num_attention_heads"]), hidden_dim=hidden,
+                embedding_dim=int(c.get("embedding_size", hidden)),
+                intermediate_dim=int(c["intermediate_size"]),
+                dropout=float(c.get("hidden_dropout_prob", 0.1)),
+                max_sequence_length=int(c.get("max_position_embeddings", 512)),
+                num_segments=int(c.get("type_vocab_size", 2)),
+                layer_norm_epsilon=float(c.get("layer_norm_eps", 1e-12)),
+                hidden_activation=str(c.get("hidden_act", "gelu")),
+                pad_token_id=int(c.get("pad_token_id", 0) or 0))
+  except (KeyError, TypeError, ValueError) as e:
+    raise CheckpointError(f"{checkpoint.directory}/config.json: missing or bad {e}") from None
+
+
+def tokenizer(checkpoint: Checkpoint, config) -> WordPieceTokenizer:
+  """The in-graph WordPiece tokenizer, its size checked against the config."""
+  if checkpoint.format == "keras_hub":
+    name = "assets/tokenizer/vocabulary.txt"
+    # keras-hub's ElectraTokenizer: lowercase and strip_accents default to False,
+    # and lowercasing does not strip accents.
+    settings = checkpoint.optional_json("tokenizer.json").get("config", {})
+    options = dict(lowercase=bool(settings.get("lowercase", False)),
+                   strip_accents=bool(settings.get("strip_accents", False)))
+  else:
+    name = "vocab.txt"
+    settings = checkpoint.optional_json("tokenizer_config.json")
+    options = dict(lowercase=bool(settings.get("do_lower_case", True)),
+                   strip_accents=settings.get("strip_accents"),
+                   split_cjk=bool(settings.get("tokenize_chinese_chars", True)))
+  if not checkpoint.exists(name):
+    raise CheckpointError(f"{checkpoint.directory}: no {name} (the in-graph WordPiece "
+                          "tokenizer is built from it)")
+  try:
+    built = WordPieceTokenizer.from_files(checkpoint.path(name), **options)
+  except ValueError as e:
+    raise CheckpointError(str(e)) from None
+  if built.vocabulary_size != config.vocabulary_size:
+    raise CheckpointError(f"{checkpoint.directory}: {name} has {built.vocabulary_size} entries "
+                          f"but the config's vocab_size is {config.vocabulary_size}")
+  return built
+
+
+def _weights(checkpoint: Checkpoint) -> dict:
+  return a.hf_bert_weights(checkpoint.weights())
+
+
+def _keys(checkpoint: Checkpoint) -> set:
+  return set(a.hf_bert_weights(dict.fromkeys(checkpoint.weight_names())))
+
+
+def task(checkpoint: Checkpoint, requested: str | None, load_weights: bool) -> str:
+  """The checkpoint's own task: replaced_token_detection (a discriminator),
+  fill_mask (a generator) or embedding (a bare model)."""
+  keys = _keys(checkpoint) if load_weights and checkpoint.format == "hf" else set()
+  architectures = checkpoint.config.get("architectures") or []
+  if "ElectraForPreTraining" in architectures or any(
+      k.startswith("discriminator_predictions.") for k in keys):
+    own = "replaced_token_detection"
+  elif "ElectraForMaskedLM" in architectures or any(k.startswith("generator_") for k in keys):
+    own = "fill_mask"
+  else:
+    own = "embedding"
+  requested = requested or own
+  head = _HEADS.get(requested)
+  if head and load_weights and not any(k.startswith(head) for k in keys):
+    raise CheckpointError(
+        f"{checkpoint.directory}: task {requested} needs the {head.rstrip('._')} head, which this "
+        f"checkpoint ({own}) does not have")
+  return requested
+
+
+def options(checkpoint: Checkpoint, task: str, load_weights: bool) -> dict:
+  """A pooler when the checkpoint has one: keras-hub's ElectraBackbone always
+  (`pooled_dense`), a Hugging Face checkpoint when it has pooler weights (no
+  public one has)."""
+  del task
+  if checkpoint.format == "keras_hub":
+    return {"pooler": True}
+  return {"pooler": load_weights and any(k.startswith("pooler.") for k in _keys(checkpoint))}
+
+
+def assign(module, checkpoint: Checkpoint, task: str) -> None:
+  """Every variable of `module` (backbone, encoder, discriminator or generator)."""
+  if checkpoint.format == "keras_hub":
+    _assign_keras_hub(module, checkpoint)
+    return
+  weights = _weights(checkpoint)
+  a.require_tied(weights, "generator_lm_head.weight", "embeddings.word_embeddings.weight",
+                 checkpoint.directory)
+  b = a.backbone_of(module)
+  out = [
+      ("embeddings.word_embeddings.weight", b.token_embedding.embeddings, a.same),
+      ("embeddings.position_embeddings.weight", b.position_embedding.embeddings, a.same),
+      ("embeddings.token_type_embeddings.weight", b.segment_embedding.embeddings, a.same),
+      *a.hf_norm("embeddings.LayerNorm", b.embeddings_layer_norm),
+      *a.hf_bert_layers(b.transformer_layers)]
+  if b.embeddings_projection is not None:
+    out += a.hf_dense("embeddings_project", b.embeddings_projection)
+  if b.pooler is not None:
+    out += a.hf_dense("pooler.dense", b.pooler)
+  if task == "replaced_token_detection":
+    out += [*a.hf_dense("discriminator_predictions.dense", module.head.dense),
+            *a.hf_dense("discriminator_predictions.dense_prediction", module.head.prediction)]
+  elif task == "fill_mask":
+    out += [*a.hf_dense("generator_predictions.dense", module.head.dense),
+            *a.hf_norm("generator_predictions.LayerNorm", module.head.layer_norm),
+            ("generator_lm_head.bias", module.head.bias, a.same)]
+  unused_heads = tuple(h for t, h in _HEADS.items() if t != task)
+
+  def ignored(key: str) -> bool:
+    # Tied copies, buffers, and the head of another task than the one built.
+    return (key.endswith("position_ids") or key.endswith("token_type_ids")
+            or key == "generator_lm_head.weight" or key.startswith(unused_heads))
+
+  a.assign_strict(out, weights, ignored=ignored, where=str(checkpoint.directory), dtype=b.dtype)
+
+
+def _assign_keras_hub(module, checkpoint: Checkpoint) -> None:
+  b = a.backbone_of(module)
+  out = [("token_embedding:0", b.token_embedding.embeddings, a.same),
+         ("position_embedding:0", b.position_embedding.embeddings, a.same),   # from 0, as ours
+         ("segment_embedding:0", b.segment_embedding.embeddings, a.same),
+         *a.kh_norm("embeddings_layer_norm", b.embeddings_layer_norm),
+         *a.kh_encoder_layers(b.transformer_layers, "transformer_layer_", "self_attention_layer"),
+         *a.kh_dense("pooled_dense", b.pooler)]
+  if b.embeddings_projection is not None:
+    out += a.kh_dense("embeddings_projection", b.embeddings_projection)
+  a.assign_strict(out, checkpoint.keras_weights("model.weights.h5"), ignored=lambda k: False,
+                  where=str(checkpoint.path("model.weights.h5")), dtype=b.dtype)

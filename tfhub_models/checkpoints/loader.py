@@ -1,0 +1,101 @@
+"""Loading a checkpoint as a model, the same way for every family.
+
+A `Family` describes one model family to the loader: how a checkpoint says it
+is one (Hugging Face `model_type`, keras-hub `class_name`), and the functions
+that read its files (`checkpoints/<family>.py`) and build its modules
+(`models/<family>.py`).  `load` runs them in one order, each file read once:
+
+  source -> Checkpoint (directory, hub handle or preset; weights only if wanted)
+         -> family (detected) -> task (asked for, or the checkpoint's own)
+         -> config -> tokenizer (checked against the config) -> modules -> weights
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from tfhub_models.checkpoints.sources import Checkpoint, CheckpointError, open_checkpoint
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """One model family, as the loader sees it.
+
+  Functions (checkpoint: Checkpoint):
+    config(checkpoint) -> the family's config dataclass.
+    tokenizer(checkpoint, config) -> its tokenizer, checked against the config.
+    task(checkpoint, requested, load_weights) -> the task to build: `requested`
+      checked, or the checkpoint's own when None.
+    options(checkpoint, task, load_weights) -> extra keyword arguments of `build`
+      (e.g. a pooler).
+    build(config, tokenizer, task, *, dtype, sequence_length, **options) -> a module.
+    assign(module, checkpoint, task) -> None: the weights, strictly.
+  """
+  name: str
+  hf_model_types: tuple
+  keras_hub_classes: tuple
+  tasks: tuple
+  config: Callable
+  tokenizer: Callable
+  task: Callable
+  build: Callable
+  assign: Callable
+  options: Callable = lambda checkpoint, task, load_weights: {}
+  handles: dict = dataclasses.field(default_factory=dict)   # preset name -> hub handles
+
+
+def detect(checkpoint: Checkpoint, families) -> Family:
+  """The family a checkpoint belongs to, from its config.json."""
+  if checkpoint.format == "keras_hub":
+    class_name = checkpoint.config["class_name"]
+    for family in families:
+      if class_name in family.keras_hub_classes:
+        return family
+    supported = ", ".join(c for f in families for c in f.keras_hub_classes)
+    raise CheckpointError(f"{checkpoint.directory}: keras-hub class {class_name!r} is not "
+                          f"supported (supported: {supported})")
+  model_type = checkpoint.config.get("model_type")
+  if model_type is None:
+    raise CheckpointError(f"{checkpoint.directory}/config.json: neither a Hugging Face config "
+                          "(model_type) nor a keras-hub preset config (class_name)")
+  for family in families:
+    if model_type in family.hf_model_types:
+      return family
+  supported = ", ".join(f.hf_model_types[0] for f in families)
+  raise CheckpointError(f"{checkpoint.directory}: model_type {model_type!r} is not supported "
+                        f"(supported: {supported})")
+
+
+def load(source, families, *, task: str | None = None, dtype="float32",
+         sequence_length: int | None = None, load_weights: bool = True):
+  """Loads a checkpoint directory, hub handle or preset name as a module.
+
+  Args:
+    source: a directory, `hf://ORG/NAME`, `kaggle://...`, or a preset name.
+    families: the Family to load as, or a sequence of them to detect among.
+    task: a task name of the family (None: the checkpoint's own).
+    dtype: the weights' dtype ("float32", "bfloat16", "float16").
+    sequence_length: the longest input, specials included (None: the model's).
+    load_weights: False builds the modules with random weights and reads (or
+      downloads) no weight file.
+  """
+  families = (families,) if isinstance(families, Family) else tuple(families)
+  handles = {name: h for family in families for name, h in family.handles.items()}
+  checkpoint = open_checkpoint(source, handles, load_weights=load_weights)
+  family = detect(checkpoint, families)
+  if task is not None and task not in family.tasks:
+    raise CheckpointError(f"unknown task {task!r} for {family.name} ({', '.join(family.tasks)})")
+  task = family.task(checkpoint, task, load_weights)
+  config = family.config(checkpoint)
+  tokenizer = family.tokenizer(checkpoint, config)
+  options = family.options(checkpoint, task, load_weights)
+  try:
+    module = family.build(config, tokenizer, task, dtype=dtype, sequence_length=sequence_length,
+                          **options)
+  except ValueError as e:
+    raise CheckpointError(f"{checkpoint.directory}: {e}") from None
+  if load_weights:
+    family.assign(module, checkpoint, task)
+    checkpoint.release_weights()
+  return module

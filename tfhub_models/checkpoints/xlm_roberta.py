@@ -1,0 +1,140 @@
+"""XLM-RoBERTa checkpoints: Hugging Face (`XLMRobertaModel`, `XLMRobertaForMaskedLM`)
+and keras-hub (`XLMRobertaBackbone` presets, `task.weights.h5` for the masked-LM
+head) names, config keys and tokenizer files.  Duck-typed on the modules of
+`tfhub_models.models.xlm_roberta`; imports none of them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tfhub_models.checkpoints import assign as a
+from tfhub_models.checkpoints.sources import Checkpoint, CheckpointError
+from tfhub_models.tokenizers import XLMRobertaTokenizer
+
+TASKS = ("fill_mask", "backbone", "embedding")
+HEAD_TASKS = ("fill_mask",)
+
+
+def config_fields(checkpoint: Checkpoint) -> dict:
+  """XLMRobertaConfig keyword arguments from the checkpoint's config.json."""
+  c = checkpoint.config
+  try:
+    if checkpoint.format == "keras_hub":
+      c = c["config"]
+      return dict(a.keras_hub_sizes(c),
+                  max_sequence_length=int(c.get("max_sequence_length", 512)))
+    pad = int(c.get("pad_token_id", 1))
+    return dict(vocabulary_size=int(c["vocab_size"]), num_layers=int(c["num_hidden_layers"]),
+                num_heads=int(c["num_attention_heads"]), hidden_dim=int(c["hidden_size"]),
+                intermediate_dim=int(c["intermediate_size"]),
+                dropout=float(c.get("hidden_dropout_prob", 0.1)),
+                max_sequence_length=int(c["max_position_embeddings"]) - pad - 1,
+                layer_norm_epsilon=float(c.get("layer_norm_eps", 1e-5)),
+                type_vocabulary_size=int(c.get("type_vocab_size", 1)), pad_token_id=pad,
+                hidden_activation=str(c.get("hidden_act", "gelu")))
+  except (KeyError, TypeError, ValueError) as e:
+    raise CheckpointError(f"{checkpoint.directory}/config.json: missing or bad {e}") from None
+
+
+def tokenizer(checkpoint: Checkpoint, config) -> XLMRobertaTokenizer:
+  """The in-graph SentencePiece tokenizer, its id count checked against the config."""
+  name = ("assets/tokenizer/vocabulary.spm" if checkpoint.format == "keras_hub"
+          else "sentencepiece.bpe.model")
+  if not checkpoint.exists(name):
+    raise CheckpointError(f"{checkpoint.directory}: no SentencePiece model {name} "
+                          "(the in-graph tokenizer is built from it)")
+  try:
+    built = XLMRobertaTokenizer.from_file(checkpoint.path(name))
+  except ValueError as e:
+    raise CheckpointError(str(e)) from None
+  if built.vocabulary_size != config.vocabulary_size:
+    raise CheckpointError(
+        f"{checkpoint.path(name)}: the SentencePiece model gives {built.vocabulary_size} ids but "
+        f"the config's vocabulary size is {config.vocabulary_size}")
+  return built
+
+
+def _hf_weights(checkpoint: Checkpoint) -> dict:
+  return a.hf_bert_weights(checkpoint.weights())
+
+
+def task(checkpoint: Checkpoint, requested: str | None, load_weights: bool) -> str:
+  """fill_mask when the checkpoint has the masked-LM head, else backbone."""
+  if checkpoint.format == "keras_hub":
+    has_head = checkpoint.exists("task.weights.h5")
+  elif load_weights:
+    has_head = any(k.startswith("lm_head.")
+                   for k in a.hf_bert_weights(dict.fromkeys(checkpoint.weight_names())))
+  else:
+    has_head = "XLMRobertaForMaskedLM" in (checkpoint.config.get("architectures") or [])
+  if requested is None:
+    return "fill_mask" if has_head else "backbone"
+  if requested in HEAD_TASKS and load_weights and not has_head:
+    if checkpoint.format == "keras_hub":
+      raise CheckpointError(
+          f"{checkpoint.directory}: no task.weights.h5; fill-mask needs the masked-LM head that "
+          "keras-hub saves with an XLMRobertaMaskedLM preset")
+    raise CheckpointError(
+        f"{checkpoint.directory}: no masked-LM head (lm_head.*) in the weights; fill-mask needs "
+        "an XLMRobertaForMaskedLM checkpoint")
+  return requested
+
+
+def _ignored_hf(key: str) -> bool:
+  return (key.startswith("pooler.") or key.endswith("position_ids")
+          or key in ("lm_head.decoder.weight", "lm_head.decoder.bias"))
+
+
+def assign(module, checkpoint: Checkpoint, task: str) -> None:
+  """Every variable of `module` (a backbone, encoder or masked LM) from the checkpoint."""
+  if checkpoint.format == "keras_hub":
+    _assign_keras_hub(module, checkpoint, task)
+    return
+  weights = _hf_weights(checkpoint)
+  if "lm_head.decoder.bias" in weights:  # upstream ties it to lm_head.bias
+    if "lm_head.bias" not in weights:
+      weights["lm_head.bias"] = weights["lm_head.decoder.bias"]
+    elif not np.array_equal(weights["lm_head.bias"], weights["lm_head.decoder.bias"]):
+      raise CheckpointError(f"{checkpoint.directory}: lm_head.decoder.bias differs from "
+                            "lm_head.bias")
+  a.require_tied(weights, "lm_head.decoder.weight", "embeddings.word_embeddings.weight",
+                 checkpoint.directory)
+  b = a.backbone_of(module)
+  assignments = [
+      ("embeddings.word_embeddings.weight", b.token_embedding.embeddings, a.same),
+      ("embeddings.position_embeddings.weight", b.position_embedding.embeddings, a.same),
+      ("embeddings.token_type_embeddings.weight", b.type_embedding.embeddings, a.same),
+      *a.hf_norm("embeddings.LayerNorm", b.embeddings_layer_norm),
+      *a.hf_bert_layers(b.transformer_layers)]
+  if task in HEAD_TASKS:
+    h = module.head
+    assignments += [*a.hf_dense("lm_head.dense", h.dense),
+                    *a.hf_norm("lm_head.layer_norm", h.layer_norm), ("lm_head.bias", h.bias, a.same)]
+  heads = () if task in HEAD_TASKS else ("lm_head.",)
+  a.assign_strict(assignments, weights,
+                  ignored=lambda k: _ignored_hf(k) or k.startswith(heads),
+                  where=str(checkpoint.directory), dtype=b.dtype)
+
+
+def _assign_keras_hub(module, checkpoint: Checkpoint, task: str) -> None:
+  b = a.backbone_of(module)
+  assignments = [
+      ("embeddings/token_embedding:0", b.token_embedding.embeddings, a.same),
+      ("embeddings/position_embedding:0", b.position_embedding.embeddings,
+       a.shift_positions(b.config.pad_token_id + 1)),
+      *a.kh_norm("embeddings_layer_norm", b.embeddings_layer_norm),
+      *a.kh_encoder_layers(b.transformer_layers, "transformer_layer_", "self_attention_layer")]
+  a.assign_strict(assignments, checkpoint.keras_weights("model.weights.h5"),
+                  ignored=lambda k: False, where=str(checkpoint.path("model.weights.h5")),
+                  dtype=b.dtype)
+  b.type_embedding.embeddings.assign(tf.zeros_like(b.type_embedding.embeddings))
+  if task in HEAD_TASKS:
+    head = {k: v for k, v in checkpoint.keras_weights("task.weights.h5").items()
+            if k.split("/")[0].split(":")[0] == "mlm_head"}
+    h = module.head
+    a.assign_strict([*a.kh_dense("mlm_head/intermediate_dense", h.dense),
+                     *a.kh_norm("mlm_head/intermediate_layer_norm", h.layer_norm),
+                     ("mlm_head:0", h.bias, a.same)], head, ignored=lambda k: False,
+                    where=str(checkpoint.path("task.weights.h5")), dtype=b.dtype)

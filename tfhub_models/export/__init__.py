@@ -1,0 +1,38 @@
+"""SavedModel export: the serving signatures of a task (`signatures`), their
+warmup requests (`warmup`) and the versioned, atomic write (`versioned`).
+
+  export(task, BASE, NAME)   -> BASE/NAME/VERSION with every signature of the
+                                task and assets.extra/tf_serving_warmup_requests
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import tensorflow as tf
+
+from tfhub_models.export.signatures import ExportOptions, ServingModule
+from tfhub_models.export.versioned import next_version, write_atomically
+from tfhub_models.export.warmup import WARMUP_FILE, write_warmup
+
+
+def serving_module(task, options: ExportOptions = ExportOptions()) -> ServingModule:
+  """The serving module of a task module (TypeError if it has no export)."""
+  return ServingModule(task, options)
+
+
+def export(task, base: str | os.PathLike, name: str, version: int | None = None,
+           options: ExportOptions = ExportOptions()) -> pathlib.Path:
+  """Writes the serving SavedModel of `task` to BASE/NAME/VERSION atomically."""
+  module = ServingModule(task, options)
+
+  def write(staging: pathlib.Path):
+    tf.saved_model.save(module, str(staging), signatures=module.signatures())
+    write_warmup(staging, module.warmup(name, options.warmup_batch_sizes))
+
+  return write_atomically(base, name, version, write)
+
+
+__all__ = ["ExportOptions", "ServingModule", "WARMUP_FILE", "export", "next_version",
+           "serving_module", "write_atomically", "write_warmup"]

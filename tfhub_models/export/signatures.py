@@ -1,0 +1,435 @@
+"""The serving signatures, one part per capability, composed per task.
+
+The only place that knows signature names.  A signature is tokenization in
+plain graph mode, then a numeric core compiled with XLA (`jit_compile=True`,
+unless exported without), then detokenization.  A `ServingModule` is the task
+and the parts its task calls for (`PARTS`, keyed by the task's name):
+
+  fill_mask                 FillMask (serving_default, logits) + Tokenize
+  replaced_token_detection  ReplacedTokens (serving_default)
+  embedding                 Embedding (serving_default)
+  generate                  Generate (serving_default, generate_ids, detokenize) + Tokenize
+  + Embedding ("embedding") for a task whose `extra_signatures` has it (ELECTRA)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tfhub_models.export.warmup import predict_log, strings, text_of_length
+from tfhub_models.preprocessing import POWERS_OF_TWO, pad_columns, pad_rows, round_up
+from tfhub_models.tasks import find_masks
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportOptions:
+  top_k: int = 5
+  jit_compile: bool = True
+  # Batch sizes the warmup requests cover, per length bucket.  With XLA a batch
+  # is padded to the next power of two, so powers of two cover every size up to
+  # the largest one.
+  warmup_batch_sizes: tuple = (1, 2, 4, 8)
+  # Sentence-pair encoders and discriminators: a second input `text_pair`.
+  pair: bool = False
+  # Generation (BART): new tokens per request (None: the model's max_length - 1)
+  # and the seed of the stateless samplers.
+  max_new_tokens: int | None = None
+  seed: tuple = (0, 0)
+
+
+def _text_spec(name: str) -> tf.TensorSpec:
+  return tf.TensorSpec([None], tf.string, name=name)
+
+
+def _text_signature(fn, pair: bool):
+  """A tf.function of `text` (and `text_pair`) [B] strings calling fn(text, text_pair)."""
+  if pair:
+    return tf.function(lambda text, text_pair: fn(text, text_pair),
+                       input_signature=[_text_spec("text"), _text_spec("text_pair")])
+  return tf.function(lambda text: fn(text, None), input_signature=[_text_spec("text")])
+
+
+class Compiled(tf.Module):
+  """A numeric core on int inputs [B, ...], compiled with XLA (or not), whose batch
+  is padded to a power of two under XLA so that a bounded set of shapes compiles."""
+
+  def __init__(self, fn: Callable, jit_compile: bool, pad_values: dict, *,
+               rows_per_input: int = 1, name: str | None = None):
+    super().__init__(name=name)
+    self.jit_compile = jit_compile
+    self.pad_values = dict(pad_values)
+    self.rows_per_input = rows_per_input
+    self._fn = tf.function(fn, jit_compile=jit_compile, autograph=False)
+
+  def __call__(self, inputs: dict):
+    """inputs {name: [B, ...]} -> fn's outputs, B·rows_per_input rows each."""
+    if not self.jit_compile:
+      return self._fn(inputs)
+    batch = tf.shape(next(iter(inputs.values())))[0]
+    rows = round_up(batch, POWERS_OF_TWO)
+    outputs = self._fn({k: pad_rows(v, rows, self.pad_values.get(k, 0))
+                        for k, v in inputs.items()})
+    return tf.nest.map_structure(lambda y: y[:batch * self.rows_per_input], outputs)
+
+
+def checked_ids(token_ids, padding_mask, *, names: tuple, vocabulary_size: int,
+                buckets: Sequence[int], pad_id: int, bucketed: bool):
+  """Preprocessed ids [B, L] and mask checked (XLA would clamp bad indices
+  silently), then padded to a bucket length when `bucketed`.
+
+  Returns:
+    (token_ids, padding_mask) int32 [B, L'], and the checks to depend on.
+  """
+  ids_name, mask_name = names
+  shape = tf.shape(token_ids)
+  checks = [
+      tf.debugging.assert_equal(shape, tf.shape(padding_mask),
+                                message=f"{ids_name} and {mask_name} must have the same shape"),
+      tf.debugging.assert_less_equal(shape[1], buckets[-1],
+                                     message=f"{ids_name} may hold at most {buckets[-1]} tokens"),
+      tf.debugging.assert_non_negative(token_ids, message=f"{ids_name} must be >= 0"),
+      tf.debugging.assert_less(token_ids, vocabulary_size,
+                               message=f"{ids_name} must be < the vocabulary size "
+                                       f"{vocabulary_size}"),
+  ]
+  with tf.control_dependencies(checks):
+    token_ids, padding_mask = tf.identity(token_ids), tf.identity(padding_mask)
+  if bucketed:
+    length = round_up(shape[1], buckets)
+    token_ids = pad_columns(token_ids, length, pad_id)
+    padding_mask = pad_columns(padding_mask, length, 0)
+  return token_ids, padding_mask
+
+
+class Tokenize(tf.Module):
+  """tokenize: text string [B] -> token_ids, padding_mask int32 [B, L], L a bucket."""
+
+  def __init__(self, task, options: ExportOptions):
+    super().__init__(name="tokenize")
+    del options
+    self.task = task
+
+  @tf.function(input_signature=[_text_spec("text")])
+  def tokenize(self, text):
+    inputs = self.task.preprocessor(text)
+    return {"token_ids": inputs["token_ids"], "padding_mask": inputs["padding_mask"]}
+
+  def signatures(self) -> dict:
+    return {"tokenize": self.tokenize.get_concrete_function()}
+
+  def warmup(self, model_name: str, batch_sizes) -> list:
+    del batch_sizes
+    mask = getattr(self.task.tokenizer, "mask_token", "") if self.task.task == "fill_mask" else ""
+    text = f"Warm {mask} up." if mask else "Warm up."
+    return [predict_log(model_name, "tokenize", {"text": strings([text])})]
+
+
+class Embedding(tf.Module):
+  """The backbone's outputs of text (and text_pair): sequence_output float32 [B, L, D]
+  (0 at padding), pooled_output float32 [B, D], padding_mask int32 [B, L]."""
+
+  def __init__(self, task, options: ExportOptions, *, names: tuple = ("embedding",),
+               pair: bool | None = None):
+    super().__init__(name="embedding")
+    self.task = task
+    self.names = names
+    self.pair = options.pair if pair is None else pair
+    self._core = Compiled(self._numeric, options.jit_compile,
+                          {"token_ids": task.tokenizer.pad_token_id})
+    self.embedding = _text_signature(self._embedding, self.pair)
+
+  def _numeric(self, inputs):
+    outputs = self.task.backbone(inputs)
+    return (tf.cast(outputs["sequence_output"], tf.float32),
+            tf.cast(outputs["pooled_output"], tf.float32))
+
+  def _embedding(self, text, text_pair):
+    inputs = self.task.preprocessor(text, text_pair)
+    sequence, pooled = self._core(inputs)
+    real = tf.cast(inputs["padding_mask"], tf.float32)[..., None]
+    return {"sequence_output": sequence * real, "pooled_output": pooled,
+            "padding_mask": inputs["padding_mask"]}
+
+  def signatures(self) -> dict:
+    function = self.embedding.get_concrete_function()
+    return {name: function for name in self.names}
+
+  def warmup(self, model_name: str, batch_sizes) -> list:
+    logs = []
+    for name in self.names:
+      sizes = batch_sizes if name == "serving_default" else (1,)
+      logs += text_warmup(self.task.preprocessor, model_name, name, sizes, pair=self.pair)
+    return logs
+
+
+def text_warmup(preprocessor, model_name: str, signature: str, batch_sizes, *,
+                pair: bool) -> list:
+  """One request per length bucket and batch size, of texts of exactly that length."""
+  logs = []
+  for length in preprocessor.bucket_lengths:
+    text, text_pair = text_of_length(preprocessor, length, mask=False, pair=pair)
+    for batch in batch_sizes:
+      inputs = {"text": strings([text] * batch)}
+      if pair:
+        inputs["text_pair"] = strings([text_pair] * batch)
+      logs.append(predict_log(model_name, signature, inputs))
+  return logs
+
+
+class FillMask(tf.Module):
+  """Fill-mask (XLM-RoBERTa, ELECTRA's generator): serving_default and logits."""
+
+  def __init__(self, task, options: ExportOptions):
+    super().__init__(name="fill_mask")
+    if options.pair:
+      raise ValueError("fill-mask exports take one text; --pair is for ELECTRA discriminators "
+                       "and encoders")
+    self.task = task
+    self.jit_compile = options.jit_compile
+    self.top_k = max(1, min(int(options.top_k), task.backbone.config.vocabulary_size))
+    pads = {"token_ids": task.tokenizer.pad_token_id}
+    self._top_k_core = Compiled(self._top_k_numeric, options.jit_compile, pads)
+    self._logits_core = Compiled(lambda inputs: task(inputs), options.jit_compile, pads)
+
+  def _top_k_numeric(self, inputs):
+    logits = self.task(inputs)                                           # [B, M, V]
+    scores, ids = tf.math.top_k(tf.nn.softmax(logits, axis=-1), k=self.top_k)
+    return ids, scores
+
+  def _pad_masks(self, mask_positions):
+    """Under XLA the mask count, too, is rounded up to a power of two."""
+    if not self.jit_compile:
+      return mask_positions
+    return pad_columns(mask_positions, round_up(tf.shape(mask_positions)[1], POWERS_OF_TWO), 0)
+
+  @tf.function(input_signature=[_text_spec("text")])
+  def serving_default(self, text):
+    """Top-k fillers of every mask token in each text.
+
+    Returns:
+      top_k_ids int32 [B, M, K] (-1 past a row's masks), top_k_scores float32
+      [B, M, K] (probabilities, 0 past a row's masks), top_k_tokens string
+      [B, M, K] (each filler detokenized alone, "" past a row's masks),
+      num_masks int32 [B]; M is the largest number of masks in the batch.
+    """
+    inputs = self.task.preprocessor(text)
+    mask_positions, num_masks = find_masks(inputs["token_ids"], self.task.tokenizer.mask_token_id)
+    most = tf.shape(mask_positions)[1]
+    ids, scores = self._top_k_core({"token_ids": inputs["token_ids"],
+                                    "padding_mask": inputs["padding_mask"],
+                                    "mask_positions": self._pad_masks(mask_positions)})
+    ids, scores = ids[:, :most], scores[:, :most]
+    valid = (tf.range(most)[None, :] < num_masks[:, None])[..., None]    # [B, M, 1]
+    ids = tf.where(valid, ids, -1)
+    return {
+        "top_k_ids": ids,
+        "top_k_scores": tf.where(valid, scores, 0.0),
+        "top_k_tokens": tf.where(valid, self.task.tokenizer.id_to_text(tf.maximum(ids, 0)), ""),
+        "num_masks": num_masks,
+    }
+
+  @tf.function(input_signature=[
+      tf.TensorSpec([None, None], tf.int32, name="token_ids"),
+      tf.TensorSpec([None, None], tf.int32, name="padding_mask"),
+      tf.TensorSpec([None, None], tf.int32, name="mask_positions"),
+  ])
+  def logits(self, token_ids, padding_mask, mask_positions):
+    """Vocabulary logits float32 [B, M, V] at preprocessed mask positions.
+
+    The inputs are checked (XLA would clamp bad indices silently), then padded
+    like serving_default's: L to a bucket length, B and M to powers of two.
+    """
+    length = tf.shape(token_ids)[1]
+    checks = [
+        tf.debugging.assert_equal(tf.shape(token_ids)[0], tf.shape(mask_positions)[0],
+                                  message="mask_positions must have one row per token_ids row"),
+        tf.debugging.assert_non_negative(mask_positions, message="mask_positions must be >= 0"),
+        tf.debugging.assert_less(mask_positions, length,
+                                 message="mask_positions must be < the length of token_ids"),
+    ]
+    with tf.control_dependencies(checks):
+      mask_positions = tf.identity(mask_positions)
+    token_ids, padding_mask = checked_ids(
+        token_ids, padding_mask, names=("token_ids", "padding_mask"),
+        vocabulary_size=self.task.backbone.config.vocabulary_size,
+        buckets=self.task.preprocessor.bucket_lengths,
+        pad_id=self.task.tokenizer.pad_token_id, bucketed=self.jit_compile)
+    most = tf.shape(mask_positions)[1]
+    logits = self._logits_core({"token_ids": token_ids, "padding_mask": padding_mask,
+                                "mask_positions": self._pad_masks(mask_positions)})
+    return {"logits": logits[:, :most]}
+
+  def signatures(self) -> dict:
+    return {"serving_default": self.serving_default.get_concrete_function(),
+            "logits": self.logits.get_concrete_function()}
+
+  def warmup(self, model_name: str, batch_sizes: Sequence[int]) -> list:
+    logs = []
+    preprocessor = self.task.preprocessor
+    tokenizer = preprocessor.tokenizer
+    for length in preprocessor.bucket_lengths:
+      text, _ = text_of_length(preprocessor, length, mask=True, pair=False)
+      for batch in batch_sizes:
+        logs.append(predict_log(model_name, "serving_default", {"text": strings([text] * batch)}))
+      for masks in (2, 4):  # mask counts round up to powers of two; more compile on first use
+        if masks + 2 <= length:
+          several = text.replace(tokenizer.unk_token, tokenizer.mask_token, masks - 1)
+          logs.append(predict_log(model_name, "serving_default", {"text": strings([several])}))
+      inputs = preprocessor(tf.constant([text]))
+      positions, _ = find_masks(inputs["token_ids"], tokenizer.mask_token_id)
+      logs.append(predict_log(model_name, "logits", {
+          "token_ids": inputs["token_ids"].numpy(), "padding_mask": inputs["padding_mask"].numpy(),
+          "mask_positions": positions.numpy()}))
+    return logs
+
+
+class ReplacedTokens(tf.Module):
+  """ELECTRA's discriminator: serving_default, the probability that each token was replaced."""
+
+  def __init__(self, task, options: ExportOptions):
+    super().__init__(name="replaced_tokens")
+    self.task = task
+    self.pair = options.pair
+    self._core = Compiled(lambda inputs: tf.sigmoid(task(inputs)), options.jit_compile,
+                          {"token_ids": task.tokenizer.pad_token_id})
+    self.serving_default = _text_signature(self._detect, self.pair)
+
+  def _detect(self, text, text_pair):
+    """token_ids, padding_mask int32 [B, L], tokens string [B, L] ("" at padding),
+    replaced_probability float32 [B, L] (sigmoid of the discriminator logit, 0 at padding)."""
+    inputs = self.task.preprocessor(text, text_pair)
+    probability = self._core(inputs)
+    real = inputs["padding_mask"] > 0
+    return {"token_ids": inputs["token_ids"],
+            "tokens": tf.where(real, self.task.tokenizer.id_to_token(inputs["token_ids"]), ""),
+            "padding_mask": inputs["padding_mask"],
+            "replaced_probability": tf.where(real, probability, 0.0)}
+
+  def signatures(self) -> dict:
+    return {"serving_default": self.serving_default.get_concrete_function()}
+
+  def warmup(self, model_name: str, batch_sizes) -> list:
+    return text_warmup(self.task.preprocessor, model_name, "serving_default", batch_sizes,
+                       pair=self.pair)
+
+
+class Generate(tf.Module):
+  """BART: serving_default (text -> generated text), generate_ids, detokenize.
+
+  The whole generation (encoder, decoding loop, sampler) is one function,
+  compiled with XLA unless jit_compile is off; the sampler is the task's
+  (`task.compile(sampler=...)`), the seed fixed at export.
+  """
+
+  def __init__(self, task, options: ExportOptions):
+    super().__init__(name="generate")
+    if options.pair:
+      raise ValueError("--pair is for ELECTRA; BART takes one text")
+    self.task = task
+    self.jit_compile = options.jit_compile
+    new_tokens = options.max_new_tokens or task.backbone.config.generation.max_length - 1
+    if new_tokens < 1:
+      raise ValueError("max_new_tokens must be at least 1")
+    self.max_length = int(new_tokens) + 1
+    task.check_max_length(self.max_length)
+    returns = task.sampler.num_return_sequences if task.sampler.name == "beam" else 1
+    seed = tf.constant(list(options.seed), tf.int32)
+    self._core = Compiled(
+        lambda inputs: task.generate_ids(inputs["token_ids"], inputs["padding_mask"],
+                                         self.max_length, seed),
+        options.jit_compile, {"token_ids": task.tokenizer.pad_token_id}, rows_per_input=returns)
+
+  @tf.function(input_signature=[_text_spec("text")])
+  def serving_default(self, text):
+    """generated_text string [B·R], generated_ids int32 [B·R, T] (the decoder start
+    id first, padding after the end), scores float32 [B·R] (what the sampler ranked
+    by: summed log-probabilities, length-penalized for beam search); R is
+    num_return_sequences (1 but for beam search), rows of one input adjacent."""
+    inputs = self.task.preprocessor(text)
+    ids, scores = self._core(inputs)
+    return {"generated_text": self.task.tokenizer.detokenize(ids), "generated_ids": ids,
+            "scores": scores}
+
+  @tf.function(input_signature=[
+      tf.TensorSpec([None, None], tf.int32, name="encoder_token_ids"),
+      tf.TensorSpec([None, None], tf.int32, name="encoder_padding_mask")])
+  def generate_ids(self, encoder_token_ids, encoder_padding_mask):
+    """generated_ids int32 [B·R, T] for preprocessed encoder inputs (checked, then
+    padded to a bucket length as serving_default's)."""
+    token_ids, padding_mask = checked_ids(
+        encoder_token_ids, encoder_padding_mask,
+        names=("encoder_token_ids", "encoder_padding_mask"),
+        vocabulary_size=self.task.backbone.config.vocabulary_size,
+        buckets=self.task.preprocessor.bucket_lengths,
+        pad_id=self.task.tokenizer.pad_token_id, bucketed=True)
+    ids, _ = self._core({"token_ids": token_ids, "padding_mask": padding_mask})
+    return {"generated_ids": ids}
+
+  @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="token_ids")])
+  def detokenize(self, token_ids):
+    """text string [B] of ids int32 [B, T], special tokens dropped."""
+    return {"text": self.task.tokenizer.detokenize(token_ids)}
+
+  def signatures(self) -> dict:
+    return {name: getattr(self, name).get_concrete_function()
+            for name in ("serving_default", "generate_ids", "detokenize")}
+
+  def warmup(self, model_name: str, batch_sizes: Sequence[int]) -> list:
+    preprocessor = self.task.preprocessor
+    logs = []
+    for length in preprocessor.bucket_lengths:
+      text, _ = text_of_length(preprocessor, length, mask=False, pair=False)
+      for batch in batch_sizes:
+        logs.append(predict_log(model_name, "serving_default", {"text": strings([text] * batch)}))
+      inputs = preprocessor(tf.constant([text]))
+      logs.append(predict_log(model_name, "generate_ids", {
+          "encoder_token_ids": inputs["token_ids"].numpy(),
+          "encoder_padding_mask": inputs["padding_mask"].numpy()}))
+    logs.append(predict_log(model_name, "detokenize",
+                            {"token_ids": np.array([[0, 2]], np.int32)}))
+    return logs
+
+
+# The parts of each task's export, by the task's name.
+PARTS = {
+    "fill_mask": lambda task, options: [FillMask(task, options), Tokenize(task, options)],
+    "replaced_token_detection": lambda task, options: [ReplacedTokens(task, options)],
+    "embedding": lambda task, options: [
+        Embedding(task, options, names=("serving_default", "embedding")
+                  if "embedding" in getattr(task, "extra_signatures", ()) else
+                  ("serving_default",))],
+    "generate": lambda task, options: [Generate(task, options), Tokenize(task, options)],
+}
+
+
+class ServingModule(tf.Module):
+  """What an export saves: the task and its signature parts."""
+
+  def __init__(self, task, options: ExportOptions = ExportOptions()):
+    name = getattr(task, "task", None)
+    if name not in PARTS:
+      raise TypeError(f"cannot export a {type(task).__name__} for serving (exports take a "
+                      f"task module: {', '.join(PARTS)}; XLM-RoBERTa fill-mask exports need "
+                      "the masked-LM head)")
+    super().__init__(name=f"{name}_serving")
+    self.task = task
+    self.parts = PARTS[name](task, options)
+    if "embedding" in getattr(task, "extra_signatures", ()) and name != "embedding":
+      # The generator's embedding takes one text, as its fill-mask signatures.
+      self.parts.append(Embedding(task, options, pair=options.pair and name != "fill_mask"))
+
+  def signatures(self) -> dict:
+    out = {}
+    for part in self.parts:
+      for key, function in part.signatures().items():
+        if key in out:
+          raise ValueError(f"two parts export a signature named {key}")
+        out[key] = function
+    return out
+
+  def warmup(self, model_name: str, batch_sizes: Sequence[int]) -> list:
+    return [log for part in self.parts for log in part.warmup(model_name, batch_sizes)]

@@ -1,0 +1,225 @@
+"""From token ids to model inputs: truncate, pack with special tokens, pad to a bucket.
+
+One home for the rules every preprocessor and export shares: `truncate` and
+`truncate_longest_first` (the upstream truncation rules), `pack` (`[CLS] a [SEP]
+b [SEP]` or `<s> a </s></s> b </s>`, by tensorflow-text's `combine_segments`),
+`round_up` (a length to its bucket, a batch to a power of two) and
+`pad_to_bucket`.  The preprocessors compose a tokenizer with these.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import tensorflow as tf
+import tensorflow_text as tf_text
+
+DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
+POWERS_OF_TWO = tuple(2 ** i for i in range(31))
+
+
+def round_up(n, sizes: Sequence[int]) -> tf.Tensor:
+  """The smallest of the sorted `sizes` >= n (the largest if none is), int32 scalar."""
+  sizes = tf.constant(list(sizes), tf.int32)
+  index = tf.reduce_sum(tf.cast(sizes < tf.cast(n, tf.int32), tf.int32))
+  return tf.gather(sizes, tf.minimum(index, tf.size(sizes) - 1))
+
+
+def bucket_lengths_for(sequence_length: int, buckets: Sequence[int] = DEFAULT_BUCKETS) -> tuple:
+  """The padded lengths a batch may take: buckets below sequence_length, then it."""
+  if sequence_length < 3:
+    raise ValueError(f"sequence_length must be at least 3, got {sequence_length}")
+  return tuple(sorted({b for b in buckets if b < sequence_length} | {sequence_length}))
+
+
+def check_sequence_length(sequence_length: int, max_sequence_length: int) -> None:
+  """ValueError unless 3 <= sequence_length <= the model's max_sequence_length."""
+  if not 3 <= sequence_length <= max_sequence_length:
+    raise ValueError(f"sequence length {sequence_length} is outside 3..{max_sequence_length}")
+
+
+def pad_rows(x: tf.Tensor, rows, value) -> tf.Tensor:
+  """Pads x [B, ...] with `value` up to `rows` rows."""
+  extra = rows - tf.shape(x)[0]
+  paddings = tf.concat([[[0, extra]], tf.zeros([tf.rank(x) - 1, 2], tf.int32)], axis=0)
+  return tf.pad(x, paddings, constant_values=value)
+
+
+def pad_columns(x: tf.Tensor, columns, value) -> tf.Tensor:
+  """Pads x [B, L] with `value` up to `columns` columns."""
+  return tf.pad(x, [[0, 0], [0, columns - tf.shape(x)[1]]], constant_values=value)
+
+
+def pad_to_bucket(ids: tf.RaggedTensor, pad_id: int, buckets: Sequence[int],
+                  segment_ids: tf.RaggedTensor | None = None) -> dict:
+  """Pads ragged ids [B, (n)] to the smallest bucket >= the longest row.
+
+  Rows must already be at most buckets[-1] long.
+
+  Returns:
+    {"token_ids", "padding_mask"} (and "segment_ids" when given): int32 [B, L],
+    L one of `buckets`.
+  """
+  longest = tf.reduce_max(tf.concat([ids.row_lengths(), [0]], axis=0))
+  shape = tf.stack([ids.nrows(), tf.cast(round_up(longest, buckets), tf.int64)])
+  out = {"token_ids": tf.cast(ids.to_tensor(default_value=pad_id, shape=shape), tf.int32),
+         "padding_mask": tf.ones_like(ids, tf.int32).to_tensor(shape=shape)}
+  if segment_ids is not None:
+    out["segment_ids"] = tf.cast(segment_ids.to_tensor(0, shape=shape), tf.int32)
+  return out
+
+
+def truncate(ids: tf.RaggedTensor, length) -> tf.RaggedTensor:
+  """The first `length` ids of each row of ragged [B, (n)]."""
+  return ids[:, :length]
+
+
+def _keep_first_n(rows: tf.RaggedTensor, keep: tf.Tensor) -> tf.RaggedTensor:
+  """Keeps the first keep[i] items of row i (all of it if shorter)."""
+  mask = tf.ragged.range(rows.row_lengths()) < tf.expand_dims(keep, 1)
+  return tf.ragged.boolean_mask(rows, mask)
+
+
+def truncate_longest_first(first: tf.RaggedTensor, second: tf.RaggedTensor, budget):
+  """The upstream "longest_first" rule for a pair, row by row.
+
+  The shorter row keeps what it has if the longer one can make room; otherwise
+  both get budget // 2 and the longer one the odd token (the second row on a tie).
+
+  Args:
+    first, second: ragged [B, (n)].
+    budget: tokens both may keep together (specials excluded), int scalar.
+
+  Returns:
+    (first, second) truncated.
+  """
+  budget = tf.cast(budget, tf.int64)
+  n_first, n_second = first.row_lengths(), second.row_lengths()
+  swap = n_first > n_second
+  short = tf.minimum(n_first, n_second)
+  long_keep = tf.where(short > budget, short, tf.maximum(short, budget - short))
+  short_keep = short
+  over = short_keep + long_keep > budget
+  short_keep = tf.where(over, budget // 2, short_keep)
+  long_keep = tf.where(over, budget // 2 + budget % 2, long_keep)
+  keep_first = tf.where(swap, long_keep, short_keep)
+  keep_second = tf.where(swap, short_keep, long_keep)
+  return _keep_first_n(first, keep_first), _keep_first_n(second, keep_second)
+
+
+def special_count(num_segments: int, middle: Sequence[int] = ()) -> int:
+  """Special tokens `pack` adds to `num_segments` segments."""
+  return 2 + (num_segments - 1) * (1 + len(middle))
+
+
+def pack(segments: Sequence[tf.RaggedTensor], start_id: int, end_id: int, *,
+         middle: Sequence[int] = (), second_segment_id: int = 1):
+  """One or two segments with their special tokens, as tensorflow-text's combine_segments.
+
+  `start a end` or `start a end [middle] b end`: BERT's `[CLS] a [SEP] b [SEP]`
+  (segment ids 0 then 1), RoBERTa's `<s> a </s></s> b </s>` (middle `</s>`,
+  every segment id 0).
+
+  Args:
+    segments: 1 or 2 int RaggedTensors [B, (n)], already truncated.
+
+  Returns:
+    (ids int32 RaggedTensor [B, (n)], segment_ids int32 RaggedTensor [B, (n)]).
+  """
+  segments = [tf.cast(s, tf.int64) for s in segments]
+  if len(segments) == 2 and middle:
+    batch = segments[1].nrows()
+    extra = tf.RaggedTensor.from_tensor(
+        tf.tile(tf.constant([list(middle)], tf.int64), tf.stack([batch, 1])))
+    segments[1] = tf.concat([extra, segments[1]], axis=1)
+  ids, segment_ids = tf_text.combine_segments(segments, start_id, end_id)
+  segment_ids = segment_ids * second_segment_id
+  return tf.cast(ids, tf.int32), tf.cast(segment_ids, tf.int32)
+
+
+class _SegmentPreprocessor(tf.Module):
+  """Tokenize, truncate (keeping the closing special token), pack, pad to a bucket."""
+
+  def __init__(self, tokenizer, sequence_length: int, bucket_lengths: Sequence[int] | None,
+               default_buckets: Sequence[int], *, start_id: int, end_id: int,
+               middle: Sequence[int], second_segment_id: int, name: str | None):
+    super().__init__(name=name)
+    self.tokenizer = tokenizer
+    self.sequence_length = int(sequence_length)
+    self.bucket_lengths = bucket_lengths_for(self.sequence_length,
+                                             bucket_lengths or default_buckets)
+    # How segments are packed: start a end [middle] b end (see `pack`).
+    self.start_id, self.end_id, self.middle_ids = start_id, end_id, tuple(middle)
+    self.second_segment_id = second_segment_id
+
+  def special_count(self, num_segments: int) -> int:
+    """Special tokens added to `num_segments` (1 or 2) segments."""
+    return special_count(num_segments, self.middle_ids)
+
+  def _pack(self, text, text_pair) -> dict:
+    first = self.tokenizer.tokenize(text)
+    if text_pair is None:
+      segments = [truncate(first, self.sequence_length - special_count(1))]
+    else:
+      text_pair = tf.convert_to_tensor(text_pair, tf.string)
+      tf.debugging.assert_equal(tf.shape(text_pair), tf.shape(tf.convert_to_tensor(text)),
+                                message="text_pair must have the same shape as text")
+      segments = truncate_longest_first(
+          first, self.tokenizer.tokenize(text_pair),
+          self.sequence_length - special_count(2, self.middle_ids))
+    ids, segment_ids = pack(segments, self.start_id, self.end_id, middle=self.middle_ids,
+                            second_segment_id=self.second_segment_id)
+    return pad_to_bucket(ids, self.tokenizer.pad_token_id, self.bucket_lengths, segment_ids)
+
+
+class XLMRobertaPreprocessor(_SegmentPreprocessor):
+  """Text -> `<s> a </s>` (or `<s> a </s></s> b </s>`), truncated and padded to a bucket.
+
+  Truncation keeps `</s>`: a row keeps its first sequence_length - 2 tokens, a
+  pair is cut by the "longest first" rule.  The batch is padded to its longest
+  row rounded up to one of `bucket_lengths`, not to sequence_length.
+  """
+
+  def __init__(self, tokenizer, sequence_length: int = 512,
+               bucket_lengths: Sequence[int] | None = None, *, name: str | None = None):
+    super().__init__(tokenizer, sequence_length, bucket_lengths, DEFAULT_BUCKETS,
+                     start_id=tokenizer.bos_token_id, end_id=tokenizer.eos_token_id,
+                     middle=(tokenizer.eos_token_id,), second_segment_id=0, name=name)
+
+  def __call__(self, text: tf.Tensor, text_pair: tf.Tensor | None = None) -> dict:
+    """string [B] (and [B]) -> {"token_ids", "padding_mask"}: int32 [B, L], L a bucket."""
+    packed = self._pack(text, text_pair)
+    return {"token_ids": packed["token_ids"], "padding_mask": packed["padding_mask"]}
+
+
+class BertPreprocessor(_SegmentPreprocessor):
+  """`[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]` with segment ids, bucket-padded.
+
+  Truncation as upstream: a single text keeps its first sequence_length - 2
+  tokens; a pair is cut with the "longest first" rule.
+  """
+
+  def __init__(self, tokenizer, sequence_length: int = 512,
+               bucket_lengths: Sequence[int] | None = None, *, name: str | None = None):
+    super().__init__(tokenizer, sequence_length, bucket_lengths, DEFAULT_BUCKETS,
+                     start_id=tokenizer.cls_token_id, end_id=tokenizer.sep_token_id,
+                     middle=(), second_segment_id=1, name=name)
+
+  def __call__(self, text: tf.Tensor, text_pair: tf.Tensor | None = None) -> dict:
+    """string [B] (and [B]) -> {"token_ids", "segment_ids", "padding_mask"}: int32 [B, L]."""
+    return self._pack(text, text_pair)
+
+
+class BartPreprocessor(_SegmentPreprocessor):
+  """Encoder inputs `<s> ids </s>`, truncated keeping `</s>`, padded to a bucket."""
+
+  def __init__(self, tokenizer, sequence_length: int = 1024,
+               bucket_lengths: Sequence[int] | None = None, *, name: str | None = None):
+    super().__init__(tokenizer, sequence_length, bucket_lengths, DEFAULT_BUCKETS + (1024,),
+                     start_id=tokenizer.bos_token_id, end_id=tokenizer.eos_token_id,
+                     middle=(tokenizer.eos_token_id,), second_segment_id=0, name=name)
+
+  def __call__(self, text: tf.Tensor) -> dict:
+    """string [B] -> {"token_ids", "padding_mask"}: int32 [B, L], L a bucket length."""
+    packed = self._pack(text, None)
+    return {"token_ids": packed["token_ids"], "padding_mask": packed["padding_mask"]}

@@ -1,0 +1,134 @@
+"""XLM-RoBERTa's SentencePiece tokenizer (tensorflow-text) with the fairseq id layout."""
+
+from __future__ import annotations
+
+import os
+
+import sentencepiece
+import tensorflow as tf
+import tensorflow_text as tf_text
+
+from tfhub_models.tokenizers.text import (WHITE_SPACE, clean_utf8, merge_pieces,
+                                          split_special_tokens)
+
+# White_Space less U+000B, which SentencePiece's nmt_nfkc normaliser deletes
+# before the upstream tokenizer splits; SentencePiece maps only some of the
+# others to a space itself.
+_SPACES = "[" + WHITE_SPACE.replace(r"\x{0B}", "") + "]"
+
+
+class XLMRobertaTokenizer(tf.Module):
+  """SentencePiece with the fairseq id layout that XLM-RoBERTa uses.
+
+  `<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3, SentencePiece piece i >= 3 is i + 1,
+  `<mask>` is the last id.  The special tokens written literally in text are
+  recognised as those tokens, as the upstream (Hugging Face) tokenizer does;
+  whitespace around them is dropped (so `<mask>` absorbs the space before it).
+  Invalid UTF-8 is replaced by U+FFFD before tokenizing.
+  """
+
+  special_tokens = ("<s>", "<pad>", "</s>", "<unk>")
+  bos_token_id, pad_token_id, eos_token_id, unk_token_id = 0, 1, 2, 3
+  mask_token = "<mask>"
+  unk_token = "<unk>"
+
+  def __init__(self, proto: bytes, *, name: str | None = None):
+    super().__init__(name=name)
+    if not isinstance(proto, (bytes, bytearray)) or not proto:
+      raise ValueError("XLMRobertaTokenizer needs the serialized SentencePiece model (bytes)")
+    self.proto = bytes(proto)
+    with self.name_scope:
+      self._sp = tf_text.SentencepieceTokenizer(model=self.proto, out_type=tf.int32)
+    self.sp_vocabulary_size = int(self._sp.vocab_size())
+    # SentencePiece's C++ normaliser stops at U+0000, where the upstream
+    # tokenizer sees an unknown character.  U+0000 is therefore replaced by a
+    # private-use character that no piece contains, which is unknown too.
+    pieces = sentencepiece.SentencePieceProcessor(model_proto=self.proto)
+    alphabet = set("".join(pieces.id_to_piece(i) for i in range(pieces.get_piece_size())))
+    self._nul_stand_in = next(chr(c) for c in range(0xE000, 0xF900) if chr(c) not in alphabet)
+    # Piece ids 0..n-1 become 0..n (fairseq offset 1, <unk> moves to 3), then <mask>.
+    self.mask_token_id = self.sp_vocabulary_size + 1
+    self.vocabulary_size = self.sp_vocabulary_size + 2
+    self._specials = self.special_tokens + ("<mask>",)
+    self._special_ids = (0, 1, 2, 3, self.mask_token_id)
+
+  @classmethod
+  def from_file(cls, path: str | os.PathLike) -> "XLMRobertaTokenizer":
+    """From a SentencePiece model file (`sentencepiece.bpe.model`, keras-hub's
+    `vocabulary.spm`); ValueError naming the file if it is not one."""
+    try:
+      with open(path, "rb") as f:
+        proto = f.read()
+      return cls(proto)
+    except OSError as e:
+      raise ValueError(f"{path}: {e.strerror}") from None
+    except Exception as e:  # what the SentencePiece op says of a bad model
+      reason = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+      raise ValueError(f"{path}: not a valid SentencePiece model ({reason[:200]})") from None
+
+  def save_assets(self, directory: str | os.PathLike) -> str:
+    """Writes the SentencePiece model as directory/sentencepiece.bpe.model; returns its path."""
+    path = os.path.join(directory, "sentencepiece.bpe.model")
+    with open(path, "wb") as f:
+      f.write(self.proto)
+    return path
+
+  def tokenize(self, text: tf.Tensor) -> tf.RaggedTensor:
+    """Tokenizes without adding `<s>`/`</s>`.
+
+    Args:
+      text: string [B].
+
+    Returns:
+      int32 RaggedTensor [B, (tokens)] of model ids.
+    """
+    text = tf.strings.regex_replace(clean_utf8(text), _SPACES, " ")
+    text = tf.strings.regex_replace(text, "\\x00", self._nul_stand_in)
+    pieces, special_id = split_special_tokens(text, self._specials, self._special_ids)
+    sp_ids = self._sp.tokenize(tf.where(special_id >= 0, "", pieces.flat_values))  # [P, (n)]
+    return merge_pieces(pieces, special_id, tf.where(sp_ids == 0, self.unk_token_id, sp_ids + 1))
+
+  def __call__(self, text: tf.Tensor) -> tf.RaggedTensor:
+    return self.tokenize(text)
+
+  def _to_sp_ids(self, ids: tf.Tensor) -> tf.Tensor:
+    ids = tf.cast(ids, tf.int32)
+    return tf.where(ids == self.unk_token_id, 0, ids - 1)
+
+  def _is_special(self, ids: tf.Tensor) -> tf.Tensor:
+    ids = tf.cast(ids, tf.int32)
+    return (ids < 3) | (ids >= self.mask_token_id) | (ids < 0)
+
+  def detokenize(self, ids) -> tf.Tensor:
+    """Ids int [B, L] (dense or ragged) -> string [B]; special tokens dropped."""
+    if not isinstance(ids, tf.RaggedTensor):
+      ids = tf.RaggedTensor.from_tensor(tf.convert_to_tensor(ids))
+    keep = tf.ragged.map_flat_values(lambda v: ~self._is_special(v), ids)
+    kept = tf.ragged.boolean_mask(ids, keep)
+    return self._sp.detokenize(tf.ragged.map_flat_values(self._to_sp_ids, kept))
+
+  def id_to_text(self, ids: tf.Tensor) -> tf.Tensor:
+    """Each id on its own as readable text: int [...] -> string [...].
+
+    A piece is detokenized alone (`▁Paris` -> `Paris`); special tokens and
+    `<mask>` give their literal form, ids out of range give "".
+    """
+    ids = tf.cast(tf.convert_to_tensor(ids), tf.int32)
+    flat = tf.reshape(ids, [-1])
+    rows = tf.RaggedTensor.from_tensor(self._to_sp_ids(flat)[:, None])
+    safe = tf.ragged.map_flat_values(
+        lambda v: tf.clip_by_value(v, 0, self.sp_vocabulary_size - 1), rows)
+    text = self._sp.detokenize(safe)
+    for token, token_id in zip(self._specials, self._special_ids):
+      text = tf.where(flat == token_id, token, text)
+    text = tf.where((flat < 0) | (flat >= self.vocabulary_size), "", text)
+    return tf.reshape(text, tf.shape(ids))
+
+  def id_to_token(self, ids: tf.Tensor) -> tf.Tensor:
+    """Each id's vocabulary piece (`▁Paris`): int [...] -> string [...]."""
+    ids = tf.cast(tf.convert_to_tensor(ids), tf.int32)
+    pieces = self._sp.id_to_string(tf.clip_by_value(self._to_sp_ids(ids), 0,
+                                                     self.sp_vocabulary_size - 1))
+    for token, token_id in zip(self._specials, self._special_ids):
+      pieces = tf.where(ids == token_id, token, pieces)
+    return pieces

@@ -1,0 +1,93 @@
+"""What every in-graph tokenizer shares: UTF-8 cleaning, the whitespace class,
+literal special tokens.
+
+Strings in, ragged ids out; only core TensorFlow and tensorflow-text ops.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import tensorflow as tf
+import tensorflow_text as tf_text
+
+# The characters with the Unicode White_Space property (what Rust's
+# `char::is_whitespace`, and so the `tokenizers` library, splits on), as the
+# body of an RE2 character class.
+WHITE_SPACE = (r"\t\n\x{0B}\x{0C}\r \x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}"
+               r"\x{202F}\x{205F}\x{3000}")
+
+
+def clean_utf8(text) -> tf.Tensor:
+  """string [...] with invalid UTF-8 replaced by U+FFFD."""
+  text = tf.convert_to_tensor(text, tf.string)
+  return tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace",
+                                      replacement_char=0xFFFD)
+
+
+def split_special_tokens(text: tf.Tensor, tokens: Sequence[str], ids: Sequence[int],
+                         lstrip: Sequence[str] = (), rstrip: Sequence[str] = ()):
+  """Splits raw text on literal special tokens, as the upstream added-token matcher does.
+
+  A token in `lstrip` (`rstrip`) also takes the whitespace before (after) it, as
+  an upstream AddedToken with lstrip=True (rstrip=True).
+
+  Args:
+    text: string [B].
+
+  Returns:
+    (pieces RaggedTensor string [B, (P)], special_id int32 [total P], -1 where a
+    piece is ordinary text).
+  """
+  spaces = f"[{WHITE_SPACE}]*"
+  patterns = [(spaces if t in lstrip else "") + re.escape(t) + (spaces if t in rstrip else "")
+              for t in tokens]
+  pattern = "|".join(patterns)
+  pieces = tf_text.regex_split(text, pattern, pattern)                        # [B, (P)]
+  flat = pieces.flat_values
+  special_id = tf.fill(tf.shape(flat), -1)
+  for token, token_id, token_pattern in zip(tokens, ids, patterns):
+    match = (tf.strings.regex_full_match(flat, token_pattern) if token_pattern != re.escape(token)
+             else tf.equal(flat, token))
+    special_id = tf.where(match, token_id, special_id)
+  return pieces, special_id
+
+
+def merge_pieces(pieces: tf.RaggedTensor, special_id: tf.Tensor,
+                 piece_ids: tf.RaggedTensor) -> tf.RaggedTensor:
+  """Puts each special piece's id in place of its (empty) tokenization.
+
+  Args:
+    pieces: string [B, (P)] from split_special_tokens.
+    special_id: int32 [total P].
+    piece_ids: int32 [total P, (n)], the ids of each ordinary piece (empty rows
+      for special pieces).
+
+  Returns:
+    int32 [B, (ids)].
+  """
+  is_special = special_id >= 0
+  special_rows = tf.RaggedTensor.from_row_lengths(
+      tf.boolean_mask(special_id, is_special), tf.cast(is_special, tf.int64))
+  per_piece = tf.concat([special_rows, tf.cast(piece_ids, tf.int32)], axis=1)   # [P, (n)]
+  return tf.RaggedTensor.from_row_splits(per_piece, pieces.row_splits).merge_dims(1, 2)
+
+
+def ordinary_ids(ids, special_ids: Sequence[int], vocabulary_size: int) -> tf.RaggedTensor:
+  """ids int [B, L] (dense or ragged) without special and out-of-range ids: int32 [B, (n)]."""
+  if not isinstance(ids, tf.RaggedTensor):
+    ids = tf.RaggedTensor.from_tensor(tf.convert_to_tensor(ids))
+  ids = tf.cast(ids, tf.int32)
+  special = tf.constant(list(special_ids) or [-1], tf.int32)
+  keep = tf.ragged.map_flat_values(
+      lambda v: tf.reduce_all(v[:, None] != special[None, :], axis=1)
+      & (v >= 0) & (v < vocabulary_size), ids)
+  return tf.ragged.boolean_mask(ids, keep)
+
+
+def lookup_tokens(table: tf.Tensor, ids) -> tf.Tensor:
+  """Each id's entry of string table [V]: int [...] -> string [...], "" out of range."""
+  ids = tf.cast(tf.convert_to_tensor(ids), tf.int32)
+  inside = (ids >= 0) & (ids < tf.shape(table)[0])
+  return tf.where(inside, tf.gather(table, tf.where(inside, ids, 0)), "")

@@ -1,0 +1,170 @@
+"""BERT's WordPiece (ELECTRA), in the graph, matching the upstream `BertNormalizer`,
+`BertPreTokenizer` and `WordPiece` of the `tokenizers` library."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Sequence
+
+import tensorflow as tf
+import tensorflow_text as tf_text
+
+from tfhub_models.tokenizers.text import (clean_utf8, lookup_tokens, merge_pieces, ordinary_ids,
+                                          split_special_tokens)
+
+
+# Code points the upstream counts as CJK ideographs, each split into its own word.
+_CJK = (r"\x{4E00}-\x{9FFF}\x{3400}-\x{4DBF}\x{20000}-\x{2A6DF}\x{2A700}-\x{2B73F}"
+        r"\x{2B740}-\x{2B81F}\x{2B920}-\x{2CEAF}\x{F900}-\x{FAFF}\x{2F800}-\x{2FA1F}")
+# ASCII punctuation (which includes symbols like $ + < = > ^ ` | ~) and Unicode P*.
+_PUNCTUATION = r"[!-/:-@\[-`{-~\p{P}]"
+
+
+class WordPieceTokenizer(tf.Module):
+  """BERT's uncased (or cased) WordPiece, in the graph.
+
+  Steps, in the upstream order: special tokens written in the raw text are
+  split out; each other piece is cleaned (control characters, U+0000 and
+  U+FFFD removed, whitespace made a space), CJK ideographs spaced, accents
+  stripped (NFD, drop Mn) and lower-cased when `lowercase`; split on
+  whitespace and punctuation; each word goes through FastWordpiece, and a
+  word of more than `max_chars_per_word` characters becomes `[UNK]`.
+  Invalid UTF-8 is replaced by U+FFFD first (which cleaning then removes).
+  Character classes come from TensorFlow's (newer) Unicode tables: characters
+  added after Unicode 9 (U+061D, U+2E43...) may be classified differently from
+  transformers' `tokenizers`, which ships older tables.
+  """
+
+  def __init__(self, vocabulary: Sequence[str], *, lowercase: bool = True,
+               strip_accents: bool | None = None, split_cjk: bool = True,
+               max_chars_per_word: int = 100,
+               unk_token: str = "[UNK]", cls_token: str = "[CLS]", sep_token: str = "[SEP]",
+               pad_token: str = "[PAD]", mask_token: str = "[MASK]", suffix_indicator: str = "##",
+               name: str | None = None):
+    super().__init__(name=name)
+    vocabulary = [str(v) for v in vocabulary]
+    index = {token: i for i, token in enumerate(vocabulary)}
+    missing = [t for t in (unk_token, cls_token, sep_token, pad_token, mask_token) if t not in index]
+    if missing:
+      raise ValueError(f"vocabulary lacks special tokens {missing}")
+    self.vocabulary = vocabulary
+    self.vocabulary_size = len(vocabulary)
+    self.lowercase = lowercase
+    self.strip_accents = lowercase if strip_accents is None else strip_accents
+    self.split_cjk = split_cjk
+    self.max_chars_per_word = max_chars_per_word
+    self.unk_token, self.cls_token, self.sep_token = unk_token, cls_token, sep_token
+    self.pad_token, self.mask_token = pad_token, mask_token
+    self.unk_token_id, self.cls_token_id = index[unk_token], index[cls_token]
+    self.sep_token_id, self.pad_token_id = index[sep_token], index[pad_token]
+    self.mask_token_id = index[mask_token]
+    self._specials = (unk_token, cls_token, sep_token, pad_token, mask_token)
+    self._special_ids = tuple(index[t] for t in self._specials)
+    with self.name_scope:
+      self._wordpiece = tf_text.FastWordpieceTokenizer(
+          vocab=vocabulary, suffix_indicator=suffix_indicator,
+          max_bytes_per_word=4 * max_chars_per_word, token_out_type=tf.int32,
+          unknown_token=unk_token, no_pretokenization=True, support_detokenization=True)
+      self._tokens = tf.constant(vocabulary)
+
+  @classmethod
+  def from_files(cls, vocabulary_path: str | os.PathLike, *, lowercase: bool = True,
+                 strip_accents: bool | None = None,
+                 split_cjk: bool = True) -> "WordPieceTokenizer":
+    """From a `vocab.txt` (one token a line); ValueError naming the file when it
+    is not usable."""
+    try:
+      with open(vocabulary_path, "rb") as f:
+        # One token a line, split on "\n" only, as upstream (a token may hold other breaks).
+        vocabulary = f.read().decode("utf-8").split("\n")
+    except OSError as e:
+      raise ValueError(f"{vocabulary_path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+      raise ValueError(f"{vocabulary_path}: not UTF-8 text ({e})") from None
+    if vocabulary and vocabulary[-1] == "":
+      vocabulary.pop()
+    vocabulary = [token.rstrip("\r") for token in vocabulary]
+    # Upstream maps a repeated token to its last line; earlier copies keep their
+    # ids but can never be produced, so they get unique placeholders.
+    last = {token: i for i, token in enumerate(vocabulary)}
+    vocabulary = [token if last[token] == i else f"[unreachable duplicate {i}]"
+                  for i, token in enumerate(vocabulary)]
+    try:
+      return cls(vocabulary, lowercase=lowercase, strip_accents=strip_accents,
+                 split_cjk=split_cjk)
+    except (ValueError, RuntimeError) as e:
+      raise ValueError(f"{vocabulary_path}: {e}") from None
+
+  def save_assets(self, directory: str | os.PathLike) -> str:
+    """Writes the vocabulary as directory/vocab.txt (one token a line); returns its path."""
+    path = os.path.join(directory, "vocab.txt")
+    with open(path, "w", encoding="utf-8") as f:
+      f.write("\n".join(self.vocabulary) + "\n")
+    return path
+
+  def normalize(self, text: tf.Tensor) -> tf.Tensor:
+    """The upstream BertNormalizer on string [...]."""
+    text = tf.strings.regex_replace(text, r"[\t\n\r\p{Zs}]", " ")
+    text = tf.strings.regex_replace(text, r"[\x{0}\x{FFFD}\p{Cc}\p{Cf}\p{Co}]", "")
+    if self.split_cjk:
+      text = tf.strings.regex_replace(text, f"([{_CJK}])", r" \1 ")
+    if self.strip_accents:
+      text = tf.strings.regex_replace(tf_text.normalize_utf8(text, "NFD"), r"\p{Mn}", "")
+    if self.lowercase:
+      # Per character, as upstream: no final-sigma rule (ΣΑΣ -> σασ).
+      text = tf.strings.lower(tf.strings.regex_replace(text, "Σ", "σ"), encoding="utf-8")
+    return text
+
+  def words(self, text: tf.Tensor) -> tf.RaggedTensor:
+    """Normalized words of string [N]: RaggedTensor string [N, (words)]."""
+    return tf_text.regex_split(self.normalize(text), rf"[ \x{{2028}}\x{{2029}}]+|{_PUNCTUATION}",
+                               _PUNCTUATION)
+
+  def tokenize(self, text: tf.Tensor) -> tf.RaggedTensor:
+    """string [B] -> int32 RaggedTensor [B, (tokens)], no [CLS]/[SEP] added."""
+    # regex_split stops at U+0000; cleaning removes both it and U+FFFD anyway.
+    text = tf.strings.regex_replace(clean_utf8(text), r"\x00", "\ufffd")
+    pieces, special_id = split_special_tokens(text, self._specials, self._special_ids)
+    words = self.words(tf.where(special_id >= 0, "", pieces.flat_values))         # [P, (W)]
+    word_ids = self._wordpiece.tokenize(words.flat_values)                         # [W, (n)]
+    too_long = tf.strings.length(words.flat_values, unit="UTF8_CHAR") > self.max_chars_per_word
+    word_ids = _replace_rows(word_ids, too_long, self.unk_token_id)
+    piece_ids = tf.RaggedTensor.from_row_splits(word_ids, words.row_splits).merge_dims(1, 2)
+    return merge_pieces(pieces, special_id, piece_ids)
+
+  def __call__(self, text: tf.Tensor) -> tf.RaggedTensor:
+    return self.tokenize(text)
+
+  def detokenize(self, ids) -> tf.Tensor:
+    """Ids int [B, L] (dense or ragged) -> string [B]; special tokens dropped."""
+    kept = ordinary_ids(ids, [i for i in self._special_ids if i != self.unk_token_id],
+                        self.vocabulary_size)
+    text = self._wordpiece.detokenize(kept)
+    # The upstream decode's clean-up of spaces before punctuation and contractions.
+    for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
+                          (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"),
+                          (" 're", "'re")):
+      text = tf.strings.regex_replace(text, re.escape(before), after)
+    return text
+
+  def id_to_token(self, ids: tf.Tensor) -> tf.Tensor:
+    """Each id's vocabulary entry (`##ing`): int [...] -> string [...], "" out of range."""
+    return lookup_tokens(self._tokens, ids)
+
+  def id_to_text(self, ids: tf.Tensor) -> tf.Tensor:
+    """Each id as readable text (`##ing` -> `ing`): int [...] -> string [...]."""
+    tokens = self.id_to_token(ids)
+    return tf.strings.regex_replace(tokens, "^##", "")
+
+
+def _replace_rows(rows: tf.RaggedTensor, where: tf.Tensor, value: int) -> tf.RaggedTensor:
+  """Replaces the rows of ragged [N, (n)] flagged in `where` [N] by [value]."""
+  lengths = tf.where(where, tf.ones_like(rows.row_lengths()), rows.row_lengths())
+  keep = tf.repeat(~where, rows.row_lengths())
+  kept = tf.RaggedTensor.from_row_lengths(tf.boolean_mask(rows.flat_values, keep),
+                                          tf.where(where, tf.zeros_like(lengths), lengths))
+  fill = tf.RaggedTensor.from_row_lengths(
+      tf.fill([tf.reduce_sum(tf.cast(where, tf.int32))], tf.cast(value, rows.dtype)),
+      tf.cast(where, tf.int64))
+  return tf.concat([fill, kept], axis=1)

@@ -277,3 +277,25 @@ def test_cli_rejects_an_unusable_vocabulary(preset, content, tmp_path):
   assert len(lines) == 1 and "not a usable vocabulary" in lines[0], result.stderr[-500:]
   assert "Traceback" not in result.stderr
   assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("saved_model.pb"))
+
+
+def test_xlm_roberta_embedding_export_takes_pairs(hf_checkpoint, tmp_path):
+  """The embedding export is keyed off the task, so XLM-RoBERTa's encoder has one
+  too; a pair is packed `<s> a </s></s> b </s>`, as upstream."""
+  encoder = tfhub_models.load(hf_checkpoint, "embedding", sequence_length=32)
+  path = export.export(encoder, tmp_path, "embedding", options=export.ExportOptions(
+      jit_compile=False, pair=True, warmup_batch_sizes=(1,)))
+  loaded = tf.saved_model.load(str(path))
+  assert set(loaded.signatures) == {"serving_default"}
+  first, second = tf.constant(["Paris is nice", "a"]), tf.constant(["so is Rome", "b c"])
+  out = loaded.signatures["serving_default"](text=first, text_pair=second)
+  inputs = encoder.preprocessor(first, second)
+  ids = inputs["token_ids"].numpy()[1]
+  tokens = encoder.tokenizer
+  assert ids[0] == tokens.bos_token_id and list(ids).count(tokens.eos_token_id) == 3
+  expected = encoder.backbone(inputs)
+  real = inputs["padding_mask"].numpy().astype(bool)
+  np.testing.assert_allclose(out["sequence_output"].numpy()[real],
+                             expected["sequence_output"].numpy()[real], atol=1e-5)
+  np.testing.assert_allclose(out["pooled_output"].numpy(), expected["pooled_output"].numpy(),
+                             atol=1e-5)

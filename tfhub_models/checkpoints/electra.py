@@ -79,7 +79,7 @@ def _weights(checkpoint: Checkpoint) -> dict:
 
 
 def _keys(checkpoint: Checkpoint) -> set:
-  return set(a.hf_bert_weights(dict.fromkeys(checkpoint.weight_names())))
+  return set(_weights(checkpoint))
 
 
 def task(checkpoint: Checkpoint, requested: str | None, load_weights: bool) -> str:

@@ -203,25 +203,6 @@ class Checkpoint:
     """Every tensor of the safetensors files, {name: np.ndarray}."""
     return self._once("*.safetensors", lambda: read_safetensors(self.directory, self._index()))
 
-  def weight_names(self) -> list:
-    """Tensor names of the safetensors files, from their headers only."""
-    from safetensors import safe_open
-
-    if "*.safetensors" in self._read:
-      return list(self._read["*.safetensors"])
-    index = self._index()
-    if index is not None:
-      return list(index.get("weight_map", {}))
-    names = []
-    for name in _safetensors_files(self.directory, None):
-      try:
-        with safe_open(str(self.path(name)), "np") as handle:
-          names += list(handle.keys())
-      except Exception as e:
-        raise CheckpointError(f"{self.path(name)}: not a readable safetensors file ({e})") \
-            from None
-    return names
-
   def keras_weights(self, name: str) -> dict:
     """A keras-hub `.weights.h5` file as {"layer/sublayer:i": array}."""
     return self._once(name, lambda: read_keras_h5(self.path(name)))

@@ -57,6 +57,7 @@ def tokenizer(checkpoint: Checkpoint, config) -> XLMRobertaTokenizer:
 
 
 def _hf_weights(checkpoint: Checkpoint) -> dict:
+  """The safetensors weights by their names without the model prefix."""
   return a.hf_bert_weights(checkpoint.weights())
 
 
@@ -64,9 +65,8 @@ def task(checkpoint: Checkpoint, requested: str | None, load_weights: bool) -> s
   """fill_mask when the checkpoint has the masked-LM head, else backbone."""
   if checkpoint.format == "keras_hub":
     has_head = checkpoint.exists("task.weights.h5")
-  elif load_weights:
-    has_head = any(k.startswith("lm_head.")
-                   for k in a.hf_bert_weights(dict.fromkeys(checkpoint.weight_names())))
+  elif load_weights:   # the weights are read once, here, and assigned later
+    has_head = any(k.startswith("lm_head.") for k in _hf_weights(checkpoint))
   else:
     has_head = "XLMRobertaForMaskedLM" in (checkpoint.config.get("architectures") or [])
   if requested is None:

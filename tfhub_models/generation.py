@@ -95,6 +95,11 @@ class Sampler:
     if not 0 < self.p <= 1:
       raise ValueError("p must be in (0, 1]")
 
+  @property
+  def sequences_per_input(self) -> int:
+    """Rows generated per input: num_return_sequences for beam search, else 1."""
+    return self.num_return_sequences if self.name == "beam" else 1
+
   def function(self, vocabulary_size: int) -> Callable:
     """(logits, seed) -> ids, for the samplers that pick one id per row."""
     k = None if self.k is None else min(self.k, vocabulary_size)

@@ -336,12 +336,12 @@ class Generate(tf.Module):
       raise ValueError("max_new_tokens must be at least 1")
     self.max_length = int(new_tokens) + 1
     task.check_max_length(self.max_length)
-    returns = task.sampler.num_return_sequences if task.sampler.name == "beam" else 1
     seed = tf.constant(list(options.seed), tf.int32)
     self._core = Compiled(
         lambda inputs: task.generate_ids(inputs["token_ids"], inputs["padding_mask"],
                                          self.max_length, seed),
-        options.jit_compile, {"token_ids": task.tokenizer.pad_token_id}, rows_per_input=returns)
+        options.jit_compile, {"token_ids": task.tokenizer.pad_token_id},
+        rows_per_input=task.sampler.sequences_per_input)
 
   @tf.function(input_signature=[_text_spec("text")])
   def serving_default(self, text):

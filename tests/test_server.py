@@ -35,8 +35,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 from tensorflow_serving.config import model_server_config_pb2
 
 from conftest import ROOT, write_bart_checkpoint, write_electra_checkpoint, write_hf_checkpoint
-from servers import assert_same_fillers
-from serving.process import ServerProcess
+from servers import ServerProcess, assert_same_fillers
 from serving import client as serving_client
 from serving.client import ServingClient
 from tfhub_models import checkpoints, export

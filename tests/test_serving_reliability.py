@@ -22,8 +22,7 @@ from google.protobuf import text_format
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from conftest import write_hf_checkpoint
-from servers import assert_same_fillers, wait_until
-from serving.process import ServerProcess
+from servers import ServerProcess, assert_same_fillers, wait_until
 from serving import client as serving_client
 from serving import protos
 from serving.client import ServingClient

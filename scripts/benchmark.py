@@ -34,9 +34,11 @@ are printed for context only.  Needs the test extra (torch, transformers, keras-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -244,7 +246,6 @@ def serving_benchmark(args) -> int:
   """gRPC overhead over an in-process call, and batching's throughput gain."""
   import dataclasses
 
-  from serving.process import ServerProcess
   from tfhub_models import demo, export
 
   layers = args.layers if args.layers != 6 else 12  # base size unless asked otherwise
@@ -282,10 +283,10 @@ def serving_benchmark(args) -> int:
     for case, extra in (("without_batching", ()),
                         ("with_batching", ("--enable_batching", "--batching_parameters_file",
                                            batching))):
-      with ServerProcess(os.path.join(scratch, case), "--model_name", "xlmr",
-                         "--model_base_path", base, "--xla_cpu_compilation_enabled=true",
-                         *extra) as server:
-        rates[case] = _throughput(server.grpc, text, clients, per_client)
+      with _server_process(os.path.join(scratch, case), "--model_name", "xlmr",
+                           "--model_base_path", base, "--xla_cpu_compilation_enabled=true",
+                           *extra) as target:
+        rates[case] = _throughput(target, text, clients, per_client)
   results["throughput_requests_per_s"] = dict(
       rates, batching_gain=rates["with_batching"] / rates["without_batching"])
   if args.json:
@@ -304,23 +305,50 @@ def serving_benchmark(args) -> int:
   return 0
 
 
+@contextlib.contextmanager
+def _server_process(directory: str, *flags: str, timeout: float = 600):
+  """`python -m serving.server FLAGS` in a child process; yields its gRPC HOST:PORT once
+  it serves (its output goes to DIRECTORY/server.log)."""
+  os.makedirs(directory, exist_ok=True)
+  port_file, log_path = os.path.join(directory, "ports"), os.path.join(directory, "server.log")
+  if os.path.exists(port_file):  # a previous server's
+    os.remove(port_file)
+  with open(log_path, "w") as log:
+    process = subprocess.Popen([sys.executable, "-m", "serving.server", "--port", "0",
+                                "--port_file", port_file, *flags],
+                               stdout=log, stderr=subprocess.STDOUT)
+    try:
+      deadline = time.monotonic() + timeout
+      while not os.path.exists(port_file):
+        if process.poll() is not None or time.monotonic() > deadline:
+          with open(log_path) as f:
+            raise RuntimeError(f"the server did not start:\n{f.read()[-4000:]}")
+        time.sleep(0.2)
+      with open(port_file) as f:
+        yield f"127.0.0.1:{f.read().split()[0]}"
+    finally:
+      process.terminate()
+      process.wait()
+
+
 def _latency(path: str, text: str, repeats: int, directory: str) -> dict:
   """Median ms of one request: the signature run in this process through the same
-  session loader as the server, then (that session closed) the client through gRPC."""
+  session loader as the server, then (that session closed) the client through gRPC
+  to a server in another process."""
   import numpy as np
 
   from serving.client import ServingClient
-  from serving.process import ServerProcess
-  from serving.registry import Servable
+  from serving.servable import Servable
 
   servable = Servable("xlmr", 1, path)
+  signature = servable.signature("serving_default")
   inputs = {"text": np.array([text.encode()], dtype=object)}
-  outputs = servable.output_names("serving_default", ())
-  in_process = median_ms(lambda: servable.run("serving_default", inputs, outputs), repeats)
+  outputs = signature.output_names(())
+  in_process = median_ms(lambda: servable.run(signature, inputs, outputs), repeats)
   servable.close()
-  with ServerProcess(directory, "--model_name", "xlmr", "--model_base_path",
-                     os.path.dirname(path), "--xla_cpu_compilation_enabled=true") as server:
-    with ServingClient(server.grpc, "xlmr") as client:
+  with _server_process(directory, "--model_name", "xlmr", "--model_base_path",
+                       os.path.dirname(path), "--xla_cpu_compilation_enabled=true") as target:
+    with ServingClient(target, "xlmr") as client:
       through_grpc = median_ms(lambda: client.fill_mask([text]), repeats)
   return {"in_process": in_process, "grpc": through_grpc,
           "grpc_overhead": through_grpc - in_process}

@@ -3,8 +3,9 @@
 
 Exports a small XLM-RoBERTa fill-mask model (random weights, a SentencePiece
 vocabulary trained on the text shipped in the package) as a versioned
-SavedModel, serves it on loopback with `serving.server`, sends one real gRPC
-request through the client and prints the answer.  The weights are random, so
+SavedModel, serves it on loopback with `serving.server` (started in this
+process, with the server's own flags), sends one real gRPC request through the
+client and prints the answer.  The weights are random, so
 the fillers are meaningless; the path from export to answer is the real one.
 
   python scripts/demo.py [--output DIR] [--no-xla] [TEXT...]
@@ -18,8 +19,6 @@ import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-sys.path.insert(0, ROOT)
 
 MODEL = "xlm_roberta_demo"
 
@@ -33,8 +32,10 @@ def main(argv=None) -> int:
                                "Die Hauptstadt von <mask> ist <mask>."])
   args = parser.parse_args(argv)
 
+  import tensorflow as tf
+
+  from serving import server
   from serving.client import ServingClient, format_fill_mask
-  from serving.process import ServerProcess
   from tfhub_models import demo, export
 
   with tempfile.TemporaryDirectory() as scratch:
@@ -43,12 +44,14 @@ def main(argv=None) -> int:
     path = export.export(task, base, MODEL, options=export.ExportOptions(
         top_k=5, jit_compile=not args.no_xla, warmup_batch_sizes=(1,)))
     print(f"exported {path}")
-    # --xla_cpu_compilation_enabled=true: the flag TF Serving needs for XLA exports.
-    with ServerProcess(os.path.join(scratch, "server"), "--model_name", MODEL,
-                       "--model_base_path", os.path.join(base, MODEL),
-                       "--xla_cpu_compilation_enabled=true") as server:
-      print(f"serving {MODEL} on {server.grpc}")
-      with ServingClient(server.grpc, MODEL) as client:
+    # --port 0: a free port; --xla_cpu_compilation_enabled=true: the flag TF Serving
+    # needs for XLA exports.  As `python -m serving.server`, no deprecation notes
+    # from TensorFlow's TF1 session loader.
+    tf.get_logger().setLevel("ERROR")
+    with server.start(["--port", "0", "--model_name", MODEL, "--model_base_path",
+                       os.path.join(base, MODEL), "--xla_cpu_compilation_enabled=true"]) as running:
+      print(f"serving {MODEL} on {running.grpc_target}")
+      with ServingClient(running.grpc_target, MODEL) as client:
         print(format_fill_mask(args.texts, client.fill_mask(args.texts)))
   return 0
 

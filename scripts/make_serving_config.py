@@ -14,7 +14,9 @@ Writes DIR/models.config (ModelServerConfig), DIR/batching.config
 protos: the files that both `tensorflow_model_server` and `python -m
 serving.server` read with --model_config_file, --batching_parameters_file and
 --monitoring_config_file.  Each file is parsed back as its proto before it
-replaces the old one by a rename, so a reader never sees half a file.
+replaces the old one by a rename, so a reader never sees half a file.  The
+configs are checked with the server's own rules (`serving.config`,
+`serving.batching`), so a file written here is one `serving.server` accepts.
 
 A model's base path is BASE_PATH/NAME: the directory that holds its numeric
 version directories, as `scripts/export.py --output BASE` writes them.
@@ -32,12 +34,12 @@ import shlex
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
 
-from google.protobuf import text_format  # noqa: E402
-from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
-
-from serving import protos  # noqa: E402
+from serving import protos
+from serving.batching import BatchingOptions
+from serving.config import check_config, wanted_versions
 
 MODELS_FILE = "models.config"
 BATCHING_FILE = "batching.config"
@@ -153,18 +155,6 @@ def _policy(args, pins: dict, name: str):
   return "all", None
 
 
-def _served_versions(policy, on_disk):
-  """The versions a policy serves out of `on_disk` (None: not known without --scan)."""
-  kind, value = policy
-  if on_disk is None:
-    return set(value) if kind == "specific" else None
-  if kind == "specific":
-    return set(value)
-  if kind == "latest":
-    return set(on_disk[-value:])
-  return set(on_disk)
-
-
 def build_models(args) -> model_server_config_pb2.ModelServerConfig:
   """The ModelServerConfig the arguments ask for; inconsistent requests raise ConfigError."""
   if args.scan:
@@ -211,47 +201,42 @@ def build_models(args) -> model_server_config_pb2.ModelServerConfig:
 
   config = model_server_config_pb2.ModelServerConfig()
   for name, path in paths.items():
-    policy = _policy(args, pins, name)
-    on_disk = scanned.get(name)
-    if on_disk is not None and policy[0] == "specific":
-      missing = sorted(set(policy[1]) - set(on_disk))
-      if missing:
-        raise ConfigError(f"model {name}: versions {missing} are not under {args.scan}/{name} "
-                          f"(found {on_disk})")
-    served = _served_versions(policy, on_disk)
-    for label, version in labels[name].items():
-      if served is not None and version not in served:
-        raise ConfigError(f"--label {name}:{label}={version}: version {version} is not served "
-                          f"(served: {sorted(served)})")
     model = config.model_config_list.config.add(name=name, base_path=path,
                                                 model_platform="tensorflow")
-    kind, value = policy
+    kind, value = _policy(args, pins, name)
     if kind == "latest":
       model.model_version_policy.latest.num_versions = value
     elif kind == "specific":
       model.model_version_policy.specific.versions.extend(sorted(set(value)))
     else:
       model.model_version_policy.all.SetInParent()
+    on_disk = scanned.get(name)
+    if on_disk is not None:
+      if kind == "specific" and set(value) - set(on_disk):
+        raise ConfigError(f"model {name}: versions {sorted(set(value) - set(on_disk))} are not "
+                          f"under {args.scan}/{name} (found {on_disk})")
+      served = wanted_versions(model.model_version_policy, on_disk)
+    else:  # without --scan, only a specific policy says which versions serve
+      served = set(value) if kind == "specific" else None
     for label, version in sorted(labels[name].items()):
+      if served is not None and version not in served:
+        raise ConfigError(f"--label {name}:{label}={version}: version {version} is not served "
+                          f"(served: {sorted(served)})")
       model.version_labels[label] = version
+  try:
+    check_config(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   return config
 
 
 def build_batching(args):
-  """BatchingParameters; TF Serving wants the largest allowed size to be max_batch_size."""
-  for flag in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches",
-               "num_batch_threads"):
-    value = getattr(args, flag)
-    if value < (0 if flag == "batch_timeout_micros" else 1):
-      raise ConfigError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+  """BatchingParameters, checked by the server's own rules (`BatchingOptions`)."""
   if args.allowed_batch_sizes:
     allowed = _positive_ints(args.allowed_batch_sizes, "--allowed-batch-sizes")
-  else:
+  else:  # the powers of two below --max-batch-size, and it
     allowed = [2 ** i for i in range(args.max_batch_size.bit_length())
                if 2 ** i < args.max_batch_size] + [args.max_batch_size]
-  if allowed != sorted(set(allowed)) or allowed[-1] != args.max_batch_size:
-    raise ConfigError(f"--allowed-batch-sizes {allowed}: must increase and end at "
-                      f"--max-batch-size {args.max_batch_size}")
   params = protos.BatchingParameters()
   params.max_batch_size.value = args.max_batch_size
   params.batch_timeout_micros.value = args.batch_timeout_micros
@@ -259,7 +244,18 @@ def build_batching(args):
   params.num_batch_threads.value = args.num_batch_threads
   params.allowed_batch_sizes.extend(allowed)
   params.pad_variable_length_inputs = args.pad_variable_length_inputs
+  try:
+    BatchingOptions.from_proto(params)
+  except ValueError as e:
+    raise ConfigError(_in_flag_names(str(e))) from None
   return params
+
+
+def _in_flag_names(message: str) -> str:
+  """A BatchingParameters message in this script's flags (max_batch_size: --max-batch-size)."""
+  for field in protos.BatchingParameters.DESCRIPTOR.fields_by_name:
+    message = message.replace(field, "--" + field.replace("_", "-"))
+  return message.replace("batching parameter ", "")
 
 
 def build_monitoring(args):

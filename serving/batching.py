@@ -30,12 +30,15 @@ from typing import Callable
 import grpc
 import numpy as np
 
-from serving.registry import ServingError, invalid
+from serving.errors import ServingError, invalid
 
 
 @dataclasses.dataclass(frozen=True)
 class BatchingOptions:
-  """BatchingParameters with TF Serving's defaults for the fields left unset."""
+  """BatchingParameters with TF Serving's defaults for the fields left unset.
+
+  Checked when made (the one place these rules live): ValueError naming the field.
+  """
   max_batch_size: int = 1000
   batch_timeout_micros: int = 0
   max_enqueued_batches: int = 10
@@ -43,26 +46,13 @@ class BatchingOptions:
   allowed_batch_sizes: tuple[int, ...] = ()
   pad_variable_length_inputs: bool = False
 
-  @classmethod
-  def from_proto(cls, params) -> "BatchingOptions":
-    def get(field):
-      return getattr(params, field).value if params.HasField(field) else getattr(cls, field)
-    options = cls(max_batch_size=get("max_batch_size"),
-                  batch_timeout_micros=get("batch_timeout_micros"),
-                  max_enqueued_batches=get("max_enqueued_batches"),
-                  num_batch_threads=get("num_batch_threads"),
-                  allowed_batch_sizes=tuple(params.allowed_batch_sizes),
-                  pad_variable_length_inputs=params.pad_variable_length_inputs)
-    options.check()
-    return options
-
-  def check(self) -> None:
+  def __post_init__(self):
     for field in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
       if getattr(self, field) < 1:
-        raise ValueError(f"batching parameter {field} must be at least 1, "
+        raise ValueError(f"batching parameter {field} must be positive, "
                          f"got {getattr(self, field)}")
     if self.batch_timeout_micros < 0:
-      raise ValueError(f"batch_timeout_micros must not be negative, got "
+      raise ValueError(f"batching parameter batch_timeout_micros must not be negative, got "
                        f"{self.batch_timeout_micros}")
     sizes = self.allowed_batch_sizes
     if sizes:
@@ -71,7 +61,20 @@ class BatchingOptions:
                          f"{list(sizes)}")
       if sizes[-1] != self.max_batch_size:
         raise ValueError(f"Last entry in allowed_batch_sizes must match max_batch_size; last "
-                         f"entry was {sizes[-1]}; expected {self.max_batch_size}")
+                         f"entry was {sizes[-1]}; expected {self.max_batch_size} (the sizes "
+                         "must increase and end at max_batch_size)")
+
+  @classmethod
+  def from_proto(cls, params) -> "BatchingOptions":
+    """From a `protos.BatchingParameters`; raises ValueError as the constructor does."""
+    def get(field):
+      return getattr(params, field).value if params.HasField(field) else getattr(cls, field)
+    return cls(max_batch_size=get("max_batch_size"),
+               batch_timeout_micros=get("batch_timeout_micros"),
+               max_enqueued_batches=get("max_enqueued_batches"),
+               num_batch_threads=get("num_batch_threads"),
+               allowed_batch_sizes=tuple(params.allowed_batch_sizes),
+               pad_variable_length_inputs=params.pad_variable_length_inputs)
 
 
 class _Task:
@@ -92,10 +95,14 @@ class _Queue:
 
 
 class Batcher:
-  """Merges concurrent `run` calls of one servable; `run` has `Servable.run`'s signature."""
+  """Merges concurrent `run` calls of one servable.
+
+  run(signature, inputs, outputs) -> outputs is `Servable.run_session`; `signature`
+  is passed through as it comes (any hashable: requests with the same one, the
+  same input names and outputs share a queue).
+  """
 
   def __init__(self, run: Callable, options: BatchingOptions, on_batch: Callable | None = None):
-    options.check()
     self._run, self.options, self._on_batch = run, options, on_batch
     self._queues: dict[tuple, _Queue] = {}
     self._cond = threading.Condition()
@@ -105,8 +112,9 @@ class Batcher:
     for thread in self._threads:
       thread.start()
 
-  def run(self, signature_name: str, inputs: dict[str, np.ndarray],
+  def run(self, signature, inputs: dict[str, np.ndarray],
           outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Runs one request's rows as part of a batch: {output: rows of this request}."""
     sizes = {k: v.shape[0] if v.ndim else None for k, v in inputs.items()}
     if None in sizes.values() or len(set(sizes.values())) != 1:
       raise invalid("Batching Run() input tensors must have equal 0th-dimension size "
@@ -115,7 +123,7 @@ class Batcher:
     if size > self.options.max_batch_size:
       raise invalid(f"Task size {size} is larger than maximum input batch size "
                     f"{self.options.max_batch_size}")
-    key = (signature_name, tuple(sorted(inputs)), tuple(outputs))
+    key = (signature, tuple(sorted(inputs)), tuple(outputs))
     task = _Task(inputs, size)
     with self._cond:
       if self._stopped:
@@ -182,12 +190,12 @@ class Batcher:
       self._process(key, tasks)
 
   def _process(self, key, tasks: list[_Task]) -> None:
-    signature_name, _, outputs = key
+    signature, _, outputs = key
     try:
       inputs, total, padded = self._merge(tasks)
       if self._on_batch:
         self._on_batch(padded)
-      result = self._run(signature_name, inputs, outputs)
+      result = self._run(signature, inputs, outputs)
       start = 0
       for name, value in result.items():
         if value.ndim == 0 or value.shape[0] != padded:
@@ -196,7 +204,7 @@ class Batcher:
               "Batched output tensor's 0th dimension does not equal the sum of the 0th "
               f"dimension sizes of the input tensors (output {name}: "
               f"{value.shape[0] if value.ndim else 'a scalar'}, batch {padded}); signature "
-              f"{signature_name} cannot be batched")
+              f"{signature} cannot be batched")
       for task in tasks:
         task.result = {k: v[start:start + task.size] for k, v in result.items()}
         start += task.size

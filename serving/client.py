@@ -21,9 +21,12 @@ from typing import Mapping, Sequence
 
 import grpc
 import numpy as np
+from tensorflow import make_ndarray
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
+
+from serving.tensors import to_proto
 
 # Generation answers (several sequences of ids and text per input) outgrow
 # gRPC's 4 MB default; TF Serving itself accepts up to 2 GB.
@@ -31,12 +34,11 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 
 def _to_proto(value):
-  from serving.tensors import to_proto  # typed fields, as TF Serving's own clients send
+  """A TensorProto with typed value fields, as TF Serving's own clients send."""
   return to_proto(np.asarray(value))
 
 
 def _from_proto(proto):
-  from tensorflow import make_ndarray
   return make_ndarray(proto)
 
 

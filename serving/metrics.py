@@ -3,19 +3,17 @@
 TF Serving exports its monitoring counters with `/` turned into `:`, e.g.
 `:tensorflow:serving:request_count{model_name="m",status="OK"}`; dashboards
 and alerts written for it read these names, so the local server uses them too.
-Histograms are prometheus_client's.  Counters keep TF Serving's names
-exactly, without the `_total` prometheus_client would add to the family and
-sample names, so they are written out by `_Counters.render`.
+Histograms are prometheus_client's, rendered without the `*_created` series
+TF Serving does not have.  Counters keep TF Serving's names exactly, without
+the `_total` prometheus_client would add to the family and sample names, so
+they are written out by `_Counters.render`.
 """
 
 from __future__ import annotations
 
 import threading
 
-from prometheus_client import (CollectorRegistry, Histogram, disable_created_metrics,
-                               generate_latest)
-
-disable_created_metrics()  # TF Serving has no *_created series
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DEFAULT_PATH = "/monitoring/prometheus/metrics"
@@ -52,6 +50,23 @@ class _Counters:
         pairs = ",".join(f'{k}="{_escape(v)}"' for k, v in zip(labels, label_values))
         lines.append(f"{name}{{{pairs}}} {value:g}")
     return "".join(line + "\n" for line in lines)
+
+
+class _WithoutCreated:
+  """A registry's metric families without their `*_created` samples (TF Serving has none).
+
+  Filtering here, rather than prometheus_client's process-wide
+  `disable_created_metrics()`, leaves other users of the library alone.
+  """
+
+  def __init__(self, registry: CollectorRegistry):
+    self._registry = registry
+
+  def collect(self):
+    for family in self._registry.collect():
+      created = family.name + "_created"
+      family.samples = [s for s in family.samples if s.name != created]
+      yield family
 
 
 def _escape(value: str) -> str:
@@ -99,4 +114,5 @@ class Metrics:
     self._batch_size.labels(model_name).observe(size)
 
   def render(self) -> bytes:
-    return self._counters.render().encode("utf-8") + generate_latest(self.registry)
+    return self._counters.render().encode("utf-8") + generate_latest(
+        _WithoutCreated(self.registry))

@@ -2,9 +2,10 @@
 
 A `Registry` holds one `Model` per entry of a `ModelServerConfig`.  Polling
 (`poll`) lists the numeric version directories under each model's base path,
-picks the ones its `model_version_policy` wants, loads the new ones (TF1 session
-loader, then the warmup requests) and unloads the ones no longer wanted, in
-that order, so a model that had a version keeps answering throughout:
+picks the ones its `model_version_policy` wants, loads the new ones (with the
+`load` callable it is given, then the warmup requests) and unloads the ones no
+longer wanted, in that order, so a model that had a version keeps answering
+throughout:
 
   on disk {1}        serving {1}
   copy in 2          load 2 (1 still answers)  → serving {1, 2} → unload 1 → {2}
@@ -28,175 +29,20 @@ import threading
 import time
 from typing import Callable, Iterator
 
-import grpc
-import numpy as np
-import tensorflow as tf
-from tensorflow.core.framework import types_pb2
-from tensorflow_serving.apis import get_model_status_pb2, prediction_log_pb2
+from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
+
+from serving.config import check_config, wanted_versions
+from serving.errors import invalid, not_found
+from serving.servable import Servable
 
 log = logging.getLogger("serving.registry")
 
 State = get_model_status_pb2.ModelVersionStatus
 # tensorflow.error.Code values used in StatusProto.
 _OK, _UNKNOWN_ERROR = 0, 2
-_GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
-
-
-class ServingError(Exception):
-  """An error answered with the gRPC status code TF Serving would use."""
-
-  def __init__(self, code: grpc.StatusCode, message: str):
-    super().__init__(message)
-    self.code = code
-    self.message = message
-
-
-def not_found(message: str) -> ServingError:
-  return ServingError(grpc.StatusCode.NOT_FOUND, message)
-
-
-def invalid(message: str) -> ServingError:
-  return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
-
-
-def dtype_name(dtype: int) -> str:
-  return types_pb2.DataType.Name(dtype)
-
-
-class Servable:
-  """One SavedModel version, loaded into its own graph and session."""
-
-  def __init__(self, name: str, version: int, path: pathlib.Path):
-    self.name, self.version, self.path = name, version, path
-    self.graph = tf.Graph()
-    # No ConfigProto of our own: the context's (thread pools set with tf.config.threading).
-    self.session = tf.compat.v1.Session(graph=self.graph)
-    try:
-      meta = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], str(path))
-    except BaseException:
-      self.session.close()
-      raise
-    self.signatures = {k: v for k, v in meta.signature_def.items() if not k.startswith("__")}
-    self.uses_xla = any(f.attr["_XlaMustCompile"].b for f in meta.graph_def.library.function)
-    self._in_flight = 0
-    self._idle = threading.Condition()
-    self._closed = False
-    self.batcher = None  # set by the server when batching is on
-
-  # --- what a request runs --------------------------------------------------
-
-  def signature(self, name: str):
-    signature = self.signatures.get(name or "serving_default")
-    if signature is None:
-      raise not_found(f"Serving signature name: \"{name}\" not found in signature def "
-                      f"(model {self.name} version {self.version} has "
-                      f"{', '.join(sorted(self.signatures))})")
-    return signature
-
-  def check_inputs(self, signature_name: str, inputs: dict[str, np.ndarray]) -> None:
-    """Names, dtypes and shapes of `inputs` against the signature; raises INVALID_ARGUMENT."""
-    signature = self.signature(signature_name)
-    if set(signature.inputs) != set(inputs):  # TF Serving's message, which names both sides
-      extra = sorted(set(inputs) - set(signature.inputs))
-      missing = sorted(set(signature.inputs) - set(inputs))
-      raise invalid(
-          f"input size does not match signature: {len(inputs)}!={len(signature.inputs)} "
-          f"len({{{','.join(sorted(inputs))}}}) != len({{{','.join(sorted(signature.inputs))}}})"
-          f". Sent extra: {{{','.join(extra)}}}. Missing but required: "
-          f"{{{','.join(missing)}}}.")
-    for key, value in inputs.items():
-      spec = signature.inputs[key]
-      want = tf.dtypes.as_dtype(spec.dtype).as_numpy_dtype
-      got_string = value.dtype == object or value.dtype.kind in "SU"
-      if (spec.dtype == types_pb2.DT_STRING) != got_string or (
-          not got_string and value.dtype != want):
-        got = "DT_STRING" if got_string else dtype_name(tf.dtypes.as_dtype(value.dtype)
-                                                        .as_datatype_enum)
-        raise invalid(f"input {key} has dtype {got}, the signature expects "
-                      f"{dtype_name(spec.dtype)}")
-      if spec.tensor_shape.unknown_rank:
-        continue
-      expected = [d.size for d in spec.tensor_shape.dim]
-      if len(expected) != value.ndim or any(
-          e not in (-1, v) for e, v in zip(expected, value.shape)):
-        raise invalid(f"input {key} has shape {list(value.shape)}, the signature expects "
-                      f"{['?' if e == -1 else e for e in expected]}")
-      if expected and value.shape[0] == 0:
-        raise invalid(f"input {key} is an empty batch (its 0th dimension is 0)")
-
-  def output_names(self, signature_name: str, output_filter) -> tuple[str, ...]:
-    signature = self.signature(signature_name)
-    wanted = list(output_filter) or sorted(signature.outputs)
-    for i, alias in enumerate(wanted):
-      if alias not in signature.outputs:
-        raise invalid(f"output tensor alias not found in signature: {alias} Outputs expected "
-                      f"to be in the set {{{','.join(sorted(signature.outputs))}}}.")
-      if alias in wanted[:i]:
-        raise invalid(f"duplicate output tensor alias: {alias}")
-    return tuple(wanted)
-
-  def run(self, signature_name: str, inputs: dict[str, np.ndarray],
-          outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """One session run of a signature (inputs already checked)."""
-    signature = self.signature(signature_name)
-    feed = {signature.inputs[k].name: v for k, v in inputs.items()}
-    fetch = {k: signature.outputs[k].name for k in outputs}
-    try:
-      return self.session.run(fetch, feed_dict=feed)
-    except tf.errors.OpError as e:  # TensorFlow's codes are gRPC's
-      raise ServingError(_GRPC_CODES.get(e.error_code, grpc.StatusCode.INTERNAL),
-                         e.message) from None
-
-  def warmup(self, run: Callable) -> int:
-    """Replays assets.extra/tf_serving_warmup_requests through `run`; returns the count.
-
-    `run(signature_name, inputs, outputs)` is the path requests take (with the
-    batcher when batching is on).  A failing warmup request fails the load.
-    """
-    records = self.path / "assets.extra" / "tf_serving_warmup_requests"
-    if not records.exists():
-      return 0
-    count = 0
-    for record in tf.compat.v1.io.tf_record_iterator(str(records)):
-      if count == 1000:
-        raise ValueError(f"Number of warmup records exceeds the maximum (1000) at {records}")
-      entry = prediction_log_pb2.PredictionLog.FromString(record)
-      if entry.WhichOneof("log_type") != "predict_log":  # no such signatures here
-        log.warning("%s: skipping warmup record of type %s (only predict_log is replayed)",
-                    records, entry.WhichOneof("log_type"))
-        continue
-      request = entry.predict_log.request
-      signature_name = request.model_spec.signature_name or "serving_default"
-      inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-      self.check_inputs(signature_name, inputs)
-      run(signature_name, inputs, self.output_names(signature_name, request.output_filter))
-      count += 1
-    return count
-
-  # --- lifetime ----------------------------------------------------------------
-
-  def acquire(self) -> None:
-    with self._idle:
-      self._in_flight += 1
-
-  def release(self) -> None:
-    with self._idle:
-      self._in_flight -= 1
-      if self._in_flight == 0:
-        self._idle.notify_all()
-
-  def close(self) -> None:
-    """Waits for the requests in flight, then frees the session."""
-    with self._idle:
-      while self._in_flight:
-        self._idle.wait()
-      if self._closed:
-        return
-      self._closed = True
-    if self.batcher is not None:
-      self.batcher.stop()
-    self.session.close()
+# (model name, version, version directory) -> a loaded version, e.g. `Servable`.
+Loader = Callable[[str, int, pathlib.Path], Servable]
 
 
 @dataclasses.dataclass
@@ -221,14 +67,7 @@ class Model:
 
   def wanted(self, on_disk: list[int]) -> set[int]:
     """The versions the model's version policy asks for, among `on_disk`."""
-    policy = self.config.model_version_policy
-    kind = policy.WhichOneof("policy_choice")
-    if kind == "all":
-      return set(on_disk)
-    if kind == "specific":
-      return set(policy.specific.versions) & set(on_disk)
-    count = policy.latest.num_versions if kind == "latest" and policy.latest.num_versions else 1
-    return set(sorted(on_disk)[-count:])
+    return wanted_versions(self.config.model_version_policy, on_disk)
 
 
 def _fingerprint(path: pathlib.Path) -> tuple:
@@ -244,40 +83,12 @@ def _fingerprint(path: pathlib.Path) -> tuple:
   return tuple(sorted(entries))
 
 
-def check_config(config: model_server_config_pb2.ModelServerConfig) -> None:
-  """Rejects configs TF Serving would reject, naming the problem."""
-  if config.WhichOneof("config") == "custom_model_config":
-    raise ValueError("custom_model_config is not supported; use model_config_list")
-  names = set()
-  for model in config.model_config_list.config:
-    if not model.name:
-      raise ValueError("a model config has no name")
-    if model.name in names:
-      raise ValueError(f"model {model.name} is configured twice")
-    names.add(model.name)
-    if not model.base_path:
-      raise ValueError(f"model {model.name} has no base_path")
-    if model.model_platform not in ("", "tensorflow"):
-      raise ValueError(f"model {model.name}: model_platform {model.model_platform!r} is not "
-                       "supported (only tensorflow)")
-    policy = model.model_version_policy
-    if policy.WhichOneof("policy_choice") == "specific" and not policy.specific.versions:
-      raise ValueError(f"model {model.name}: a specific version policy lists no versions")
-    if policy.WhichOneof("policy_choice") == "latest" and policy.latest.num_versions < 0:
-      raise ValueError(f"model {model.name}: latest.num_versions must be positive")
-    for label, version in model.version_labels.items():
-      if version <= 0:
-        raise ValueError(f"model {model.name}: label {label} points to version {version}")
-
-
 class Registry:
-  """All configured models; thread-safe lookups, loading on `poll`."""
+  """All configured models; thread-safe lookups, loading (through `load`) on `poll`."""
 
-  def __init__(self, *, warmup: bool = True,
-               on_load: Callable[[Servable], None] | None = None,
-               metrics=None):
+  def __init__(self, load: Loader, *, warmup: bool = True, metrics=None):
+    self.loader = load  # the server's loads a Servable and attaches a batcher; tests pass fakes
     self.warmup = warmup
-    self.on_load = on_load  # e.g. attaches a batcher before warmup
     self.metrics = metrics
     self.models: dict[str, Model] = {}
     self._lock = threading.RLock()
@@ -363,12 +174,9 @@ class Registry:
     model.statuses[version] = VersionStatus(State.LOADING)
     started = time.monotonic()
     try:
-      servable = Servable(model.name, version, path)
+      servable = self.loader(model.name, version, path)
       try:
-        if self.on_load:
-          self.on_load(servable)
-        ran = servable.warmup(servable.batcher.run if servable.batcher else servable.run) \
-            if self.warmup else 0
+        ran = servable.warmup() if self.warmup else 0
       except BaseException:
         servable.close()
         raise

@@ -1,4 +1,4 @@
-"""TF Serving's REST API: JSON bodies to tensors and back, and the HTTP front end.
+"""TF Serving's REST API over a `ServingCore`: JSON bodies to arrays, core calls, and back.
 
   GET  /v1/models/NAME[/versions/N | /labels/L]            model status
   GET  /v1/models/NAME[/versions/N | /labels/L]/metadata   signatures
@@ -25,10 +25,8 @@ import socket
 import ssl
 import sys
 import threading
-import time
 import urllib.parse
 import zlib
-from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -36,23 +34,11 @@ from google.protobuf import json_format
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import model_pb2
 
-from serving.registry import ServingError, invalid
-
-if TYPE_CHECKING:
-  from serving.server import ModelServer
+from serving.core import ServingCore
+from serving.errors import ServingError, http_status, invalid
+from serving.metrics import CONTENT_TYPE
 
 log = logging.getLogger("serving.rest")
-
-HTTP_STATUS = {
-    grpc.StatusCode.OK: 200, grpc.StatusCode.CANCELLED: 499, grpc.StatusCode.UNKNOWN: 500,
-    grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.PERMISSION_DENIED: 403, grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.FAILED_PRECONDITION: 400, grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.OUT_OF_RANGE: 400, grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.INTERNAL: 500, grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DATA_LOSS: 500, grpc.StatusCode.UNAUTHENTICATED: 401,
-}
 
 _MODEL_PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
@@ -128,8 +114,11 @@ def to_array(value, name: str, dtype: int) -> np.ndarray:
                 "API does not carry")
 
 
-def parse_predict(body: dict, signature_inputs: dict) -> tuple[dict, bool]:
-  """A predict body as ({input: array}, row format?)."""
+def parse_predict(body: dict, signature_inputs: dict) -> dict[str, np.ndarray]:
+  """A predict body's inputs as {input: array} of the signature's dtypes.
+
+  The answer takes the row format ('predictions') when the body has 'instances'.
+  """
   if ("instances" in body) == ("inputs" in body):
     raise invalid("Missing 'inputs' or 'instances' key" if "inputs" not in body else
                   "Not formatted correctly expecting only one of 'inputs' or 'instances' "
@@ -150,7 +139,6 @@ def parse_predict(body: dict, signature_inputs: dict) -> tuple[dict, bool]:
     else:
       raise invalid(f"the signature takes several inputs ({', '.join(names)}): each instance "
                     "must be a JSON object naming them")
-    row = True
   else:
     inputs = body["inputs"]
     if isinstance(inputs, dict) and "b64" not in inputs:
@@ -160,13 +148,12 @@ def parse_predict(body: dict, signature_inputs: dict) -> tuple[dict, bool]:
     else:
       raise invalid(f"the signature takes several inputs ({', '.join(names)}): 'inputs' must "
                     "be a JSON object naming them")
-    row = False
   arrays = {}
   for key, value in values.items():
     if key not in signature_inputs:
       raise invalid(f"input(s) not in the signature: {key} (it takes {', '.join(names)})")
     arrays[key] = to_array(value, key, signature_inputs[key].dtype)
-  return arrays, row
+  return arrays
 
 
 # --- tensors → JSON -------------------------------------------------------------------
@@ -213,10 +200,13 @@ def _message_json(message) -> dict:
 # --- HTTP ----------------------------------------------------------------------------
 
 class RestHandler(http.server.BaseHTTPRequestHandler):
-  """One REST request; `self.server.model_server` does the work."""
+  """One REST request; `self.server.core` does the work."""
 
   protocol_version = "HTTP/1.1"
   server_version = "tfhub-models-serving"
+  # Headers and body go out in two writes; with Nagle's algorithm on, a keep-alive
+  # client's delayed ACK held every answer back by about 40 ms.
+  disable_nagle_algorithm = True
 
   def log_message(self, format, *args):  # noqa: A002  (http.server's name)
     log.debug("%s %s", self.address_string(), format % args)
@@ -232,7 +222,7 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
     self._send(status, json.dumps(doc, ensure_ascii=False, indent=2).encode("utf-8"))
 
   def _error(self, error: ServingError) -> None:
-    self._send_json(HTTP_STATUS.get(error.code, 500), {"error": error.message})
+    self._send_json(http_status(error.code), {"error": error.message})
 
   def do_GET(self):  # noqa: N802
     self._handle("GET")
@@ -251,12 +241,12 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
       self._handle_request(method)
 
   def _handle_request(self, method: str) -> None:
-    server: ModelServer = self.server.model_server
+    core: ServingCore = self.server.core
     path = self.path.split("?", 1)[0]
     try:
-      body = self._read_body(server.max_rest_body_bytes)
-      if method == "GET" and server.metrics_path and path == server.metrics_path:
-        self._send(200, server.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+      body = self._read_body(self.server.max_body_bytes)
+      if method == "GET" and self.server.metrics_path and path == self.server.metrics_path:
+        self._send(200, core.metrics.render(), CONTENT_TYPE)
         return
       if not path.startswith("/v1/"):
         raise ServingError(grpc.StatusCode.NOT_FOUND, f"Not found: {path} (the API is under "
@@ -273,11 +263,11 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
       if match["label"] is not None:
         spec.version_label = urllib.parse.unquote(match["label"])
       if verb == "":
-        self._send_json(200, _message_json(server.status(spec)))
+        self._send_json(200, _message_json(core.status(spec, "REST")))
       elif verb == "/metadata":
-        self._send_json(200, _message_json(server.metadata(spec)))
+        self._send_json(200, _message_json(core.metadata(spec, entrypoint="REST")))
       elif verb == ":predict":
-        self._send_json(200, self._predict(server, spec, body))
+        self._send_json(200, _predict(core, spec, body))
       else:
         raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
                            f"{verb[1:]} is not supported: the exported signatures are predict "
@@ -342,37 +332,32 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
       parts.append(self.rfile.read(length))
       self.rfile.readline(8)  # the CRLF after the chunk
 
-  def _predict(self, server: "ModelServer", spec, body: bytes) -> dict:
-    started = time.monotonic()
+
+def _predict(core: ServingCore, spec: model_pb2.ModelSpec, body: bytes) -> dict:
+  """A :predict body through the core, as the answer's JSON document."""
+  try:
+    doc = json.loads(body.decode("utf-8"))
+  except UnicodeDecodeError as e:
+    raise invalid(f"the request body is not valid UTF-8 (byte {e.start})") from None
+  except json.JSONDecodeError as e:
+    raise invalid(f"JSON Parse error: {e.msg} at line {e.lineno} column {e.colno}") from None
+  except RecursionError:
+    raise invalid("JSON Parse error: the document is nested too deeply") from None
+  if not isinstance(doc, dict):
+    raise invalid("the request body must be a JSON object with 'instances' or 'inputs'")
+  signature_name = doc.get("signature_name", "")
+  if not isinstance(signature_name, str):
+    raise invalid("'signature_name' must be a string")
+  spec.signature_name = signature_name
+
+  def read_inputs(signature):
     try:
-      try:
-        doc = json.loads(body.decode("utf-8"))
-      except UnicodeDecodeError as e:
-        raise invalid(f"the request body is not valid UTF-8 (byte {e.start})") from None
-      except json.JSONDecodeError as e:
-        raise invalid(f"JSON Parse error: {e.msg} at line {e.lineno} column {e.colno}") \
-            from None
-      except RecursionError:
-        raise invalid("JSON Parse error: the document is nested too deeply") from None
-      if not isinstance(doc, dict):
-        raise invalid("the request body must be a JSON object with 'instances' or 'inputs'")
-      signature_name = doc.get("signature_name", "")
-      if not isinstance(signature_name, str):
-        raise invalid("'signature_name' must be a string")
-      spec.signature_name = signature_name
-      with server.registry.acquire(spec) as servable:
-        signature = servable.signature(signature_name or "serving_default")
-        try:
-          inputs, row = parse_predict(doc, signature.inputs)
-        except RecursionError:
-          raise invalid("an input is nested too deeply to be a tensor") from None
-        served, outputs = server.run(servable, spec, inputs, ())
-      answer = format_predict(outputs, row)
-    except ServingError as e:
-      server.metrics.request(spec.name, "predict", "REST", e.code.name, time.monotonic() - started)
-      raise
-    server.metrics.request(spec.name, "predict", "REST", "OK", time.monotonic() - started)
-    return answer
+      return parse_predict(doc, signature.inputs)
+    except RecursionError:
+      raise invalid("an input is nested too deeply to be a tensor") from None
+
+  _, outputs = core.predict(spec, read_inputs, (), "REST")
+  return format_predict(outputs, row="instances" in doc)
 
 
 class RestServer(http.server.ThreadingHTTPServer):
@@ -380,15 +365,18 @@ class RestServer(http.server.ThreadingHTTPServer):
   16 times as many connections are open (further ones wait to be accepted)."""
   daemon_threads = True
 
-  def __init__(self, address, model_server: "ModelServer", ssl_context=None,
-               timeout: float = 30.0, max_threads: int = 16):
+  def __init__(self, address, core: ServingCore, *, ssl_context=None, timeout: float = 30.0,
+               max_threads: int = 16, max_body_bytes: int = 32 * 1024 * 1024,
+               metrics_path: str | None = None):
     self.requests = threading.BoundedSemaphore(max(1, max_threads))
     self._slots = threading.BoundedSemaphore(16 * max(1, max_threads))
     self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
     # A connection idle this long (reading a request) is closed.
     handler = type("Handler", (RestHandler,), {"timeout": timeout})
     super().__init__(address, handler)
-    self.model_server = model_server
+    self.core = core
+    self.max_body_bytes = max_body_bytes
+    self.metrics_path = metrics_path  # Prometheus metrics here, when set
     if ssl_context is not None:
       # The handshake runs on the handler's thread, at its first read.
       self.socket = ssl_context.wrap_socket(self.socket, server_side=True,

@@ -4,10 +4,18 @@
   python -m serving.server --model_config_file models.config [--enable_batching \\
       --batching_parameters_file batching.config] [--monitoring_config_file monitoring.config]
 
+In this process, with the same flags (scripts/demo.py):
+
+  with server.start(["--model_name", "m", "--model_base_path", base, "--port", "0"]) as running:
+    ServingClient(running.grpc_target, "m").fill_mask([...])
+
 Flags carry `tensorflow_model_server`'s names, defaults and meanings, so a
 command line, a config file or a client that works here works against TF
 Serving, and the other way round.  Models run through the TF1 session loader,
-the path TF Serving's C++ loader takes, from the signature graph alone.
+the path TF Serving's C++ loader takes, from the signature graph alone.  This
+file reads the flags and the files they name, and wires the parts together:
+registry (versions) → core (the one predict path, metrics) → gRPC (grpc_api.py)
+and REST (rest.py) front ends.
 
   gRPC   tensorflow.serving.PredictionService   Predict, GetModelMetadata
                                                 (Classify, Regress, MultiInference: UNIMPLEMENTED)
@@ -35,196 +43,41 @@ Where it differs from TF Serving, on purpose (README.md, "Serve and query locall
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
-import signal
-import ssl
-import sys
-import tempfile
-import threading
-import time
-from concurrent import futures
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if __name__ == "__main__":  # a program, not an import: quiet TensorFlow's C++ logs before it loads
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import logging  # noqa: E402
+import signal  # noqa: E402
+import ssl  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+from typing import Sequence  # noqa: E402
 
 import grpc  # noqa: E402
 import tensorflow as tf  # noqa: E402
-import tensorflow_text  # noqa: E402,F401  (registers the ops the exports use)
 from google.protobuf import text_format  # noqa: E402
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # noqa: E402
-from tensorflow_serving.apis import (get_model_metadata_pb2, model_management_pb2,  # noqa: E402
-                                     model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
+from grpc_health.v1 import health_pb2  # noqa: E402
 from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
-from serving import protos, tensors  # noqa: E402
+from serving import protos  # noqa: E402
 from serving.batching import Batcher, BatchingOptions  # noqa: E402
+from serving.config import check_config  # noqa: E402
+from serving.core import ServingCore  # noqa: E402
+from serving.grpc_api import HEALTH_NAMES, MAX_MESSAGE_BYTES, build_grpc  # noqa: E402
 from serving.metrics import DEFAULT_PATH, Metrics  # noqa: E402
-from serving.registry import (Registry, Servable, ServingError, check_config,  # noqa: E402
-                              invalid)
+from serving.registry import Loader, Registry  # noqa: E402
+from serving.rest import RestServer  # noqa: E402
+from serving.servable import Servable  # noqa: E402
 
 log = logging.getLogger("serving.server")
 
-# TF Serving accepts messages up to 2 GB; generation outputs need more than gRPC's 4 MB.
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-# Health names: TF Serving's (unqualified) and the services' full names.
-SERVICES = ("PredictionService", "ModelService", "tensorflow.serving.PredictionService",
-            "tensorflow.serving.ModelService")
 
-
-class ModelServer:
-  """What the gRPC and REST front ends share: models, batching, metrics."""
-
-  def __init__(self, registry: Registry, metrics: Metrics, *, metrics_path: str | None = None,
-               max_request_bytes: int = MAX_MESSAGE_BYTES,
-               max_rest_body_bytes: int = 32 * 1024 * 1024, allowed_base_paths=()):
-    self.registry, self.metrics = registry, metrics
-    self.metrics_path = metrics_path
-    self.max_request_bytes = max_request_bytes
-    self.max_rest_body_bytes = min(max_rest_body_bytes, max_request_bytes)
-    self.allowed_base_paths = set(allowed_base_paths)
-    self.config_lock = threading.Lock()
-
-  def run(self, servable: Servable, spec, inputs: dict, output_filter) -> tuple:
-    """Checks and runs one predict on an acquired version: (served spec, outputs)."""
-    signature_name = spec.signature_name or "serving_default"
-    servable.check_inputs(signature_name, inputs)
-    outputs = servable.output_names(signature_name, output_filter)
-    runner = servable.batcher.run if servable.batcher else servable.run
-    result = runner(signature_name, inputs, outputs)
-    return (servable.name, servable.version, signature_name), result
-
-  def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
-    with self.registry.acquire(request.model_spec) as servable:
-      servable.signature(request.model_spec.signature_name or "serving_default")
-      inputs = {key: tensors.from_proto(key, tensor, self.max_request_bytes)
-                for key, tensor in request.inputs.items()}
-      (name, version, signature_name), outputs = self.run(
-          servable, request.model_spec, inputs, request.output_filter)
-    response = predict_pb2.PredictResponse()
-    response.model_spec.name = name
-    response.model_spec.version.value = version
-    response.model_spec.signature_name = signature_name
-    for key, value in outputs.items():
-      response.outputs[key].CopyFrom(tensors.to_proto(value))
-    return response
-
-  def metadata(self, spec) -> get_model_metadata_pb2.GetModelMetadataResponse:
-    with self.registry.acquire(spec) as servable:
-      signature_map = get_model_metadata_pb2.SignatureDefMap()
-      for key, value in servable.signatures.items():
-        signature_map.signature_def[key].CopyFrom(value)
-      response = get_model_metadata_pb2.GetModelMetadataResponse()
-      response.model_spec.name = servable.name
-      response.model_spec.version.value = servable.version
-      response.metadata["signature_def"].Pack(signature_map)
-    return response
-
-  def status(self, spec):
-    return self.registry.status(spec)
-
-  def reload_config(self, config: model_server_config_pb2.ModelServerConfig,
-                    from_request: bool) -> None:
-    """Serves `config`'s models; waits for their first load like TF Serving."""
-    try:
-      check_config(config)
-    except ValueError as e:
-      raise invalid(str(e)) from None
-    if from_request:
-      for model in config.model_config_list.config:
-        if os.path.realpath(model.base_path) not in self.allowed_base_paths:
-          raise ServingError(
-              grpc.StatusCode.PERMISSION_DENIED,
-              f"model {model.name}: base path {model.base_path} is not one of the server's "
-              "configured base paths; base paths come only from --model_base_path or "
-              "--model_config_file")
-    with self.config_lock:
-      added = self.registry.set_config(config)
-      self.registry.poll()
-    failed = [name for name in added if not self.registry.available().get(name)]
-    if failed and from_request:
-      raise ServingError(grpc.StatusCode.UNKNOWN,
-                         f"{len(failed)} model(s) did not become available: "
-                         + "; ".join(f"{n}: {self.registry.problem(n)}" for n in failed))
-
-
-def _timed(metrics: Metrics, api: str, entrypoint: str = "GRPC"):
-  """Wraps a servicer method: TF Serving's status codes, and request metrics."""
-  def wrap(method):
-    def call(self, request, context):
-      started = time.monotonic()
-      name = request.model_spec.name if hasattr(request, "model_spec") else ""
-      try:
-        response = method(self, request, context)
-      except ServingError as e:
-        metrics.request(name, api, entrypoint, e.code.name, time.monotonic() - started)
-        context.abort(e.code, e.message)
-      except Exception as e:
-        log.exception("%s failed", api)
-        metrics.request(name, api, entrypoint, "INTERNAL", time.monotonic() - started)
-        context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
-      metrics.request(name, api, entrypoint, "OK", time.monotonic() - started)
-      return response
-    return call
-  return wrap
-
-
-def build_grpc(model_server: ModelServer, host: str, port: int, *, max_workers: int = 64,
-               credentials=None, channel_arguments=()):
-  """An unstarted grpc.Server with every service; returns (server, bound port, health)."""
-  metrics = model_server.metrics
-
-  class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-
-    @_timed(metrics, "predict")
-    def Predict(self, request, context):  # noqa: N802
-      return model_server.predict(request)
-
-    @_timed(metrics, "GetModelMetadata")
-    def GetModelMetadata(self, request, context):  # noqa: N802
-      if list(request.metadata_field) != ["signature_def"]:
-        raise invalid("Metadata field must be exactly [\"signature_def\"], got "
-                      f"{list(request.metadata_field)}")
-      return model_server.metadata(request.model_spec)
-
-    def _unimplemented(self, request, context):
-      context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                    "Classify, Regress and MultiInference need classification or regression "
-                    "signatures; the exported models have predict signatures only: use Predict")
-
-    Classify = Regress = MultiInference = _unimplemented
-
-  class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-
-    @_timed(metrics, "GetModelStatus")
-    def GetModelStatus(self, request, context):  # noqa: N802
-      return model_server.status(request.model_spec)
-
-    def HandleReloadConfigRequest(self, request, context):  # noqa: N802
-      try:
-        model_server.reload_config(request.config, from_request=True)
-      except ServingError as e:
-        context.abort(e.code, e.message)
-      return model_management_pb2.ReloadConfigResponse()
-
-  options = [("grpc.max_receive_message_length", model_server.max_request_bytes),
-             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES), *channel_arguments]
-  server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options)
-  prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(), server)
-  model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(), server)
-  health_servicer = health.HealthServicer()
-  health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-  address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-  try:
-    bound = (server.add_secure_port(address, credentials) if credentials
-             else server.add_insecure_port(address))
-  except RuntimeError as e:  # grpcio raises this for a port in use
-    raise OSError(f"gRPC cannot bind {address}: {e}") from None
-  if bound == 0:
-    raise OSError(f"gRPC cannot bind {address}")
-  return server, bound, health_servicer
-
+# --- flags ------------------------------------------------------------------------------
 
 def _bool(text: str) -> bool:
   value = str(text).lower()
@@ -300,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+# --- config files -----------------------------------------------------------------------
+
 def _model_config(args) -> model_server_config_pb2.ModelServerConfig:
   if args.model_config_file:
     if args.model_base_path:
@@ -351,7 +206,61 @@ def _ssl(args):
   return credentials, context
 
 
-def _watch_config_file(model_server: ModelServer, path: str, last: bytes, interval: int,
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+  """What the flags and the files they name say, read and checked once."""
+  args: argparse.Namespace
+  config: model_server_config_pb2.ModelServerConfig
+  config_bytes: bytes               # --model_config_file as applied ("" without one)
+  batching: BatchingOptions | None  # None: batching off
+  metrics_path: str | None          # the Prometheus path on the REST port, or None
+  credentials: grpc.ServerCredentials | None
+  ssl_context: ssl.SSLContext | None
+
+
+def _read_settings(args) -> _Settings:
+  """Reads the config files the flags name; raises protos.ConfigError or ValueError."""
+  config = _model_config(args)
+  config_bytes = open(args.model_config_file, "rb").read() if args.model_config_file else b""
+  check_config(config)
+  batching = None
+  if args.enable_batching:
+    batching = BatchingOptions()
+    if args.batching_parameters_file:
+      batching = BatchingOptions.from_proto(
+          protos.parse_text(protos.BatchingParameters, args.batching_parameters_file))
+  elif args.batching_parameters_file:
+    raise protos.ConfigError("--batching_parameters_file is set without "
+                             "--enable_batching=true")
+  metrics_path = None
+  if args.monitoring_config_file:
+    monitoring = protos.parse_text(protos.MonitoringConfig, args.monitoring_config_file)
+    if monitoring.prometheus_config.enable:
+      metrics_path = monitoring.prometheus_config.path or DEFAULT_PATH
+      if not args.rest_api_port:
+        log.warning("Prometheus metrics need the REST port: set --rest_api_port")
+  credentials, ssl_context = _ssl(args)
+  return _Settings(args, config, config_bytes, batching, metrics_path, credentials, ssl_context)
+
+
+def _loader(batching: BatchingOptions | None, xla_enabled: bool, metrics: Metrics) -> Loader:
+  """The registry's loader: a `Servable`, with a batcher when batching is on."""
+
+  def load(name: str, version: int, path) -> Servable:
+    servable = Servable(name, version, path)
+    if servable.uses_xla and not xla_enabled:
+      log.warning("model %s version %d is XLA-compiled: tensorflow_model_server refuses to "
+                  "load it without --xla_cpu_compilation_enabled=true (or the GPU flag)",
+                  name, version)
+    if batching is not None:
+      servable.batcher = Batcher(servable.run_session, batching,
+                                 on_batch=lambda size: metrics.batch(name, size))
+    return servable
+
+  return load
+
+
+def _watch_config_file(core: ServingCore, path: str, last: bytes, interval: int,
                        stop: threading.Event) -> None:
   """Applies `path` whenever its bytes differ from `last` (what was applied)."""
   while not stop.wait(interval):
@@ -361,14 +270,125 @@ def _watch_config_file(model_server: ModelServer, path: str, last: bytes, interv
       if text == last:
         continue
       config = text_format.Parse(text.decode("utf-8"), model_server_config_pb2.ModelServerConfig())
-      check_config(config)
-      model_server.allowed_base_paths |= {os.path.realpath(m.base_path)
-                                          for m in config.model_config_list.config}
-      model_server.reload_config(config, from_request=False)
+      core.reload_config(config, from_request=False)
       last = text
       log.info("applied the changed %s", path)
     except Exception as e:  # keep serving the last good config
       log.error("ignoring %s: %s", path, e)
+
+
+# --- a running server -------------------------------------------------------------------
+
+class Server:
+  """A server running in this process: made by `start`, ended by `stop` (or `with`)."""
+
+  def __init__(self, core: ServingCore, host: str, grpc_server, grpc_port: int,
+               health_servicer, rest_server: RestServer | None):
+    self.core, self.host = core, host
+    self.grpc_port = grpc_port
+    self.rest_port = rest_server.server_address[1] if rest_server else 0  # 0: REST is off
+    self._grpc_server, self._health, self._rest_server = grpc_server, health_servicer, rest_server
+    self._rest_thread: threading.Thread | None = None
+    self._stop_watching = threading.Event()
+    self._stopped = False
+
+  @property
+  def grpc_target(self) -> str:
+    """HOST:PORT for a gRPC channel."""
+    return f"[{self.host}]:{self.grpc_port}" if ":" in self.host else \
+        f"{self.host}:{self.grpc_port}"
+
+  def _serve(self, settings: _Settings) -> None:
+    """Loads the models, then answers: gRPC, health SERVING, REST, config-file polling."""
+    args = settings.args
+    self.core.reload_config(settings.config, from_request=False)  # first load, before serving
+    self.core.registry.start_polling(args.file_system_poll_wait_seconds)
+    self._grpc_server.start()
+    for name in HEALTH_NAMES:
+      self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    if self._rest_server:
+      self._rest_thread = threading.Thread(target=self._rest_server.serve_forever, name="rest",
+                                           daemon=True)
+      self._rest_thread.start()
+    if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:
+      threading.Thread(target=_watch_config_file, daemon=True, name="config-poller", args=(
+          self.core, args.model_config_file, settings.config_bytes,
+          args.model_config_file_poll_wait_seconds, self._stop_watching)).start()
+
+  def stop(self) -> None:
+    """Health NOT_SERVING, gRPC drains for up to 5 s, REST closes, every version unloads."""
+    if self._stopped:
+      return
+    self._stopped = True
+    self._stop_watching.set()
+    self._health.enter_graceful_shutdown()
+    self._grpc_server.stop(grace=5).wait()
+    if self._rest_server:
+      if self._rest_thread:
+        self._rest_server.shutdown()
+      self._rest_server.server_close()
+    self.core.registry.stop()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.stop()
+
+
+def _start(settings: _Settings) -> Server:
+  """Binds the ports (OSError when one is taken: before minutes of loading), loads, serves."""
+  args = settings.args
+  # Sessions take TensorFlow's context config (an explicit ConfigProto() of its own
+  # measured twice as slow on small requests), with the thread pools set through it.
+  if args.tensorflow_intra_op_parallelism:
+    tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
+  if args.tensorflow_inter_op_parallelism:
+    tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
+  metrics = Metrics()
+  registry = Registry(
+      _loader(settings.batching, args.xla_cpu_compilation_enabled
+              or args.xla_gpu_compilation_enabled, metrics),
+      warmup=args.enable_model_warmup, metrics=metrics)
+  core = ServingCore(registry, metrics)
+  max_request = dict(args.grpc_channel_arguments).get("grpc.max_receive_message_length",
+                                                      MAX_MESSAGE_BYTES)
+  grpc_server, grpc_port, health_servicer = build_grpc(
+      core, args.host, args.port, max_workers=args.grpc_max_threads,
+      credentials=settings.credentials, channel_arguments=args.grpc_channel_arguments,
+      max_request_bytes=max_request)
+  rest_server = None
+  if args.rest_api_port:
+    try:
+      rest_server = RestServer(
+          (args.host, args.rest_api_port), core, ssl_context=settings.ssl_context,
+          timeout=args.rest_api_timeout_in_ms / 1000, max_threads=args.rest_api_num_threads,
+          max_body_bytes=min(args.rest_api_max_body_bytes, max_request),
+          metrics_path=settings.metrics_path)
+    except BaseException:
+      grpc_server.stop(None)
+      raise
+  server = Server(core, args.host, grpc_server, grpc_port, health_servicer, rest_server)
+  try:
+    server._serve(settings)
+  except BaseException:
+    server.stop()
+    raise
+  log.info("serving %s on %s: gRPC %d%s%s", ", ".join(
+      m.name for m in settings.config.model_config_list.config), args.host, grpc_port,
+      f", REST {server.rest_port}" if rest_server else "",
+      " (TLS)" if settings.credentials else "")
+  return server
+
+
+def start(argv: Sequence[str]) -> Server:
+  """Starts a server in this process from `python -m serving.server` flags.
+
+  Returns once the models have loaded.  Raises protos.ConfigError or ValueError
+  for bad flags or config files, OSError when a port cannot be bound (argparse
+  exits on flags it does not know).
+  """
+  return _start(_read_settings(build_parser().parse_args(list(argv))))
 
 
 def main(argv=None) -> int:
@@ -376,102 +396,26 @@ def main(argv=None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
   tf.get_logger().setLevel(logging.ERROR)
   try:
-    config = _model_config(args)
-    config_bytes = open(args.model_config_file, "rb").read() if args.model_config_file else b""
-    check_config(config)
-    batching = None
-    if args.enable_batching:
-      batching = BatchingOptions()
-      if args.batching_parameters_file:
-        batching = BatchingOptions.from_proto(
-            protos.parse_text(protos.BatchingParameters, args.batching_parameters_file))
-    elif args.batching_parameters_file:
-      raise protos.ConfigError("--batching_parameters_file is set without "
-                               "--enable_batching=true")
-    metrics_path = None
-    if args.monitoring_config_file:
-      monitoring = protos.parse_text(protos.MonitoringConfig, args.monitoring_config_file)
-      if monitoring.prometheus_config.enable:
-        metrics_path = monitoring.prometheus_config.path or DEFAULT_PATH
-        if not args.rest_api_port:
-          log.warning("Prometheus metrics need the REST port: set --rest_api_port")
-    credentials, ssl_context = _ssl(args)
+    settings = _read_settings(args)
   except (protos.ConfigError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-
-  metrics = Metrics()
-
-  def attach_batcher(servable: Servable) -> None:
-    if batching is not None:
-      servable.batcher = Batcher(servable.run, batching,
-                                 on_batch=lambda size: metrics.batch(servable.name, size))
-
-  def on_load(servable: Servable) -> None:
-    if servable.uses_xla and not (args.xla_cpu_compilation_enabled
-                                  or args.xla_gpu_compilation_enabled):
-      log.warning("model %s version %d is XLA-compiled: tensorflow_model_server refuses to "
-                  "load it without --xla_cpu_compilation_enabled=true (or the GPU flag)",
-                  servable.name, servable.version)
-    attach_batcher(servable)
-
-  # Sessions take TensorFlow's context config (an explicit ConfigProto() of its own
-  # measured twice as slow on small requests), with the thread pools set through it.
-  if args.tensorflow_intra_op_parallelism:
-    tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
-  if args.tensorflow_inter_op_parallelism:
-    tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
-  registry = Registry(warmup=args.enable_model_warmup, on_load=on_load, metrics=metrics)
-  max_request = dict(args.grpc_channel_arguments).get("grpc.max_receive_message_length",
-                                                      MAX_MESSAGE_BYTES)
-  model_server = ModelServer(
-      registry, metrics, metrics_path=metrics_path, max_request_bytes=max_request,
-      max_rest_body_bytes=args.rest_api_max_body_bytes,
-      allowed_base_paths={os.path.realpath(m.base_path) for m in config.model_config_list.config})
-  try:  # bind first: a taken port fails now, not after minutes of loading
-    grpc_server, grpc_port, health_servicer = build_grpc(
-        model_server, args.host, args.port, max_workers=args.grpc_max_threads,
-        credentials=credentials, channel_arguments=args.grpc_channel_arguments)
-    rest_server = None
-    if args.rest_api_port:
-      from serving.rest import RestServer
-      rest_server = RestServer((args.host, args.rest_api_port), model_server, ssl_context,
-                               timeout=args.rest_api_timeout_in_ms / 1000,
-                               max_threads=args.rest_api_num_threads)
+  try:
+    server = _start(settings)
   except (OSError, RuntimeError) as e:
     print(f"error: cannot listen on {args.host}: {e}", file=sys.stderr)
     return 1
-  model_server.reload_config(config, from_request=False)  # first load, before serving
-  registry.start_polling(args.file_system_poll_wait_seconds)
-  grpc_server.start()
-  for service in ("",) + SERVICES:
-    health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-  if rest_server:
-    threading.Thread(target=rest_server.serve_forever, name="rest", daemon=True).start()
-  log.info("serving %s on %s: gRPC %d%s%s", ", ".join(m.name for m in
-           config.model_config_list.config), args.host, grpc_port,
-           f", REST {rest_server.server_address[1]}" if rest_server else "",
-           " (TLS)" if credentials else "")
-
-  stop = threading.Event()
-  if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:
-    threading.Thread(target=_watch_config_file, daemon=True, name="config-poller", args=(
-        model_server, args.model_config_file, config_bytes,
-        args.model_config_file_poll_wait_seconds, stop)).start()
   if args.port_file:
     tmp = args.port_file + ".tmp"
     with open(tmp, "w") as f:
-      f.write(f"{grpc_port}\n{rest_server.server_address[1] if rest_server else 0}\n")
+      f.write(f"{server.grpc_port}\n{server.rest_port}\n")
     os.replace(tmp, args.port_file)
+  stop = threading.Event()
   for sig in (signal.SIGINT, signal.SIGTERM):
     signal.signal(sig, lambda *_: stop.set())
   stop.wait()
   log.info("shutting down")
-  health_servicer.enter_graceful_shutdown()
-  grpc_server.stop(grace=5).wait()
-  if rest_server:
-    rest_server.shutdown()
-  registry.stop()
+  server.stop()
   return 0
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
-from serving.registry import invalid
+from serving.errors import invalid
 
 # numpy dtype → (DataType, typed field)
 _FIELDS = {

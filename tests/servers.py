@@ -1,10 +1,89 @@
-"""Helpers of the serving tests: server processes on loopback, waiting, comparing."""
+"""Helpers of the serving tests: server processes on loopback, waiting, comparing.
+
+  with ServerProcess(directory, "--model_name", "m", "--model_base_path", base) as server:
+    ServingClient(server.grpc, "m").fill_mask([...])
+"""
 
 from __future__ import annotations
 
+import os
+import pathlib
+import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+  """A TCP port free on loopback right now (for --rest_api_port, which has no 0)."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+class ServerProcess:
+  """`python -m serving.server ARGS --port 0 --port_file ...` as a child process, waited
+  for until it serves; stop() or `with` ends it.  `.grpc` and `.rest` are HOST:PORT."""
+
+  def __init__(self, directory, *args: str, rest: bool = False, timeout: float = 600):
+    self.directory = pathlib.Path(directory)
+    self.directory.mkdir(parents=True, exist_ok=True)
+    port_file = self.directory / "ports"
+    port_file.unlink(missing_ok=True)
+    self.log_path = self.directory / "server.log"
+    command = [sys.executable, "-m", "serving.server", "--port", "0",
+               "--port_file", str(port_file), *args]
+    if rest:
+      command += ["--rest_api_port", str(free_port())]
+    self.log = open(self.log_path, "w")
+    self.process = subprocess.Popen(
+        command, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+                 PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT),
+                                                          os.environ.get("PYTHONPATH")]))))
+    deadline = time.monotonic() + timeout
+    while not port_file.exists():
+      if self.process.poll() is not None or time.monotonic() > deadline:
+        self.stop()
+        raise RuntimeError(f"the server did not start:\n{self.output()[-4000:]}")
+      time.sleep(0.2)
+    grpc_port, rest_port = port_file.read_text().split()
+    self.grpc = f"127.0.0.1:{grpc_port}"
+    self.rest = f"127.0.0.1:{rest_port}" if rest else None
+
+  def output(self) -> str:
+    if not self.log.closed:
+      self.log.flush()
+    return self.log_path.read_text(errors="replace")
+
+  def rss_bytes(self) -> int:
+    """The server's resident memory (Linux)."""
+    with open(f"/proc/{self.process.pid}/status") as f:
+      for line in f:
+        if line.startswith("VmRSS:"):
+          return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS line")
+
+  def stop(self) -> None:
+    if self.process.poll() is None:
+      self.process.terminate()
+      try:
+        self.process.wait(timeout=60)
+      except subprocess.TimeoutExpired:
+        self.process.kill()
+        self.process.wait()
+    if not self.log.closed:
+      self.log.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.stop()
 
 
 def wait_until(condition, timeout: float, what: str, interval: float = 0.2):

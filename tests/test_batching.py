@@ -12,7 +12,7 @@ import pytest
 from servers import wait_until
 from serving import protos
 from serving.batching import Batcher, BatchingOptions
-from serving.registry import ServingError
+from serving.errors import ServingError
 
 
 class FakeSignature:

@@ -615,10 +615,11 @@ def test_local_server_serves_the_models_of_the_generated_config(hf_checkpoint, t
   import tensorflow as tf
   from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc,
                                        predict_pb2, prediction_service_pb2_grpc)
-  from tfhub_models import checkpoints, export
+  import tfhub_models
+  from tfhub_models import export
 
   base = tmp_path / "models"
-  task = checkpoints.load(hf_checkpoint, sequence_length=32)
+  task = tfhub_models.load(hf_checkpoint, sequence_length=32)
   export.export(task, base, "xlmr", options=export.ExportOptions(top_k=3,
                                                                  warmup_batch_sizes=(1,)))
   config = tmp_path / "config"

@@ -1,8 +1,9 @@
-"""Version bookkeeping of the registry with a fake SavedModel loader (no TensorFlow runs):
-config reloads racing polls, failed versions, files completing during a load."""
+"""Version bookkeeping of the registry with a fake loader injected (no TensorFlow runs):
+config reloads racing polls, failed versions, files completing during a load, warmup."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 
@@ -11,30 +12,24 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import registry
+from serving.errors import ServingError
 
 AVAILABLE, END = 30, 50
 
 
 class FakeServable:
-  """Stands in for `registry.Servable`: 'loads' in `delay` seconds, fails when told to."""
-  failing: set = set()
-  delay = 0.0
-  during_load = None
-  opened: list = []
+  """What the registry uses of a `Servable`: warmup and lifetime."""
 
-  def __init__(self, name, version, path):
+  def __init__(self, name, version, path, warmup_error=None):
     self.name, self.version, self.path = name, version, path
-    time.sleep(FakeServable.delay)
-    broken = (path / "corrupt").exists()  # what the loader read
-    if FakeServable.during_load:  # files changing while it loads
-      FakeServable.during_load(self)
-    if broken:
-      raise ValueError(f"corrupt {name}/{version}")
-    self.batcher, self.closed, self.uses_xla = None, False, False
-    FakeServable.opened.append(self)
+    self.warmup_error = warmup_error
+    self.closed, self.warmed_up = False, False
 
-  def warmup(self, run):
-    return 0
+  def warmup(self):
+    if self.warmup_error:
+      raise self.warmup_error
+    self.warmed_up = True
+    return 1
 
   def acquire(self):
     pass
@@ -46,11 +41,32 @@ class FakeServable:
     self.closed = True
 
 
+class FakeLoader:
+  """The registry's loader: 'loads' in `delay` seconds, fails on a version directory that
+  holds a `corrupt` file, calls `during_load(version)` while loading (files changing
+  meanwhile), and keeps every servable it returned in `opened`."""
+
+  def __init__(self):
+    self.delay = 0.0
+    self.during_load = None
+    self.warmup_error = None
+    self.opened = []
+
+  def __call__(self, name, version, path):
+    time.sleep(self.delay)
+    broken = (path / "corrupt").exists()  # what the loader read
+    if self.during_load:
+      self.during_load(version)
+    if broken:
+      raise ValueError(f"corrupt {name}/{version}")
+    servable = FakeServable(name, version, path, self.warmup_error)
+    self.opened.append(servable)
+    return servable
+
+
 @pytest.fixture
-def fake(monkeypatch):
-  monkeypatch.setattr(registry, "Servable", FakeServable)
-  FakeServable.delay, FakeServable.during_load, FakeServable.opened = 0.0, None, []
-  return FakeServable
+def fake():
+  return FakeLoader()
 
 
 def version(base, name, number, corrupt=False):
@@ -77,7 +93,7 @@ def spec(name):
 def test_a_config_reload_during_a_poll_leaks_no_loaded_model(fake, tmp_path):
   version(tmp_path, "a", 1)
   version(tmp_path, "b", 1)
-  r = registry.Registry(warmup=False)
+  r = registry.Registry(fake, warmup=False)
   r.set_config(config(("a", tmp_path / "a", "")))
   fake.delay = 0.5
   poll = threading.Thread(target=r.poll)
@@ -92,7 +108,7 @@ def test_a_config_reload_during_a_poll_leaks_no_loaded_model(fake, tmp_path):
 
 def test_a_failing_new_version_keeps_the_previous_one_serving(fake, tmp_path):
   version(tmp_path, "m", 1)
-  r = registry.Registry(warmup=False)
+  r = registry.Registry(fake, warmup=False)
   r.set_config(config(("m", tmp_path / "m", "model_version_policy { specific { versions: 1 } }")))
   r.poll()
   r.set_config(config(("m", tmp_path / "m", "model_version_policy { specific { versions: 2 } }")))
@@ -105,7 +121,6 @@ def test_a_failing_new_version_keeps_the_previous_one_serving(fake, tmp_path):
 
   # latest: the only newer version is corrupt and the old one's files are gone.
   r.set_config(config(("m", tmp_path / "m", "")))
-  import shutil
   shutil.rmtree(tmp_path / "m" / "1")
   for _ in range(2):
     r.poll()
@@ -118,13 +133,13 @@ def test_a_failing_new_version_keeps_the_previous_one_serving(fake, tmp_path):
 def test_files_completed_during_a_failing_load_are_tried_again(fake, tmp_path):
   path = version(tmp_path, "m", 1, corrupt=True)
 
-  def complete_the_copy(servable):  # the copy finishes while the loader fails on it
+  def complete_the_copy(version):  # the copy finishes while the loader fails on it
     (path / "corrupt").unlink()
     (path / "variables.data").write_text("the rest of the copy")
     fake.during_load = None
 
   fake.during_load = complete_the_copy
-  r = registry.Registry(warmup=False)
+  r = registry.Registry(fake, warmup=False)
   r.set_config(config(("m", tmp_path / "m", "")))
   r.poll()
   assert r.available() == {"m": []}
@@ -135,8 +150,8 @@ def test_files_completed_during_a_failing_load_are_tried_again(fake, tmp_path):
 def test_a_failed_version_is_not_reloaded_while_its_files_stay_the_same(fake, tmp_path):
   version(tmp_path, "m", 1, corrupt=True)
   attempts = []
-  fake.during_load = lambda servable: attempts.append(servable.version)
-  r = registry.Registry(warmup=False)
+  fake.during_load = lambda version: attempts.append(version)
+  r = registry.Registry(fake, warmup=False)
   r.set_config(config(("m", tmp_path / "m", "")))
   for _ in range(3):
     r.poll()
@@ -148,7 +163,7 @@ def test_a_failed_version_is_not_reloaded_while_its_files_stay_the_same(fake, tm
 def test_version_directories_are_ascii_numbers_zero_included(fake, tmp_path):
   for name in ("0", "²", "v2", "1a"):
     (tmp_path / "m" / name).mkdir(parents=True)
-  r = registry.Registry(warmup=False)
+  r = registry.Registry(fake, warmup=False)
   r.set_config(config(("m", tmp_path / "m", "model_version_policy { all {} }")))
   r.poll()
   assert r.available() == {"m": [0]}
@@ -156,13 +171,42 @@ def test_version_directories_are_ascii_numbers_zero_included(fake, tmp_path):
 
 def test_a_missing_base_path_is_reported_and_unloads_nothing(fake, tmp_path):
   version(tmp_path, "m", 1)
-  r = registry.Registry(warmup=False)
+  r = registry.Registry(fake, warmup=False)
   r.set_config(config(("m", tmp_path / "m", ""), ("ghost", tmp_path / "ghost", "")))
   r.poll()
-  import shutil
   shutil.rmtree(tmp_path / "m")
   r.poll()
   assert r.available() == {"m": [1], "ghost": []}
   assert "does not exist" in r.problem("ghost") and "does not exist" in r.problem("m")
-  with pytest.raises(registry.ServingError, match="does not exist"):
+  with pytest.raises(ServingError, match="does not exist"):
     r.status(spec("ghost"))
+
+
+def test_the_loaders_servable_is_warmed_up_and_a_failing_warmup_fails_the_load(fake, tmp_path):
+  version(tmp_path, "m", 1)
+  r = registry.Registry(fake)
+  r.set_config(config(("m", tmp_path / "m", "")))
+  r.poll()
+  assert r.available() == {"m": [1]} and fake.opened[0].warmed_up
+  with r.acquire(spec("m")) as servable:
+    assert servable is fake.opened[0]
+
+  version(tmp_path, "m", 2)
+  fake.warmup_error = ValueError("warmup request 1 names input texts")
+  r.poll()
+  assert r.available() == {"m": [1]}  # version 1 keeps serving
+  assert fake.opened[1].closed  # the version that failed its warmup is freed
+  status = {s.version: s for s in r.status(spec("m")).model_version_status}
+  assert status[2].state == END and "texts" in status[2].status.error_message
+
+
+def test_version_policies_pick_among_the_versions_on_disk(fake, tmp_path):
+  for number in (1, 2, 3):
+    version(tmp_path, "m", number)
+  r = registry.Registry(fake, warmup=False)
+  for policy, served in (("", [3]), ("model_version_policy { latest { num_versions: 2 } }", [2, 3]),
+                         ("model_version_policy { all {} }", [1, 2, 3]),
+                         ("model_version_policy { specific { versions: 1 versions: 9 } }", [1])):
+    r.set_config(config(("m", tmp_path / "m", policy)))
+    r.poll()
+    assert r.available() == {"m": served}, policy

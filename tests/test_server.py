@@ -35,11 +35,11 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 from tensorflow_serving.config import model_server_config_pb2
 
 from conftest import ROOT, write_bart_checkpoint, write_electra_checkpoint, write_hf_checkpoint
-from servers import assert_same_fillers
-from serving.process import ServerProcess
+from servers import ServerProcess, assert_same_fillers
 from serving import client as serving_client
 from serving.client import ServingClient
-from tfhub_models import checkpoints, export
+import tfhub_models
+from tfhub_models import export
 
 AVAILABLE, END = 30, 50
 NO_XLA = dict(jit_compile=False, warmup_batch_sizes=(1,))
@@ -60,17 +60,17 @@ def models(tmp_path_factory, sp_file, vocab_size, wordpiece_dir, bpe_dir):
   work = tmp_path_factory.mktemp("checkpoints")
   tasks = {}
   for version, seed in ((1, 1), (2, 2)):
-    task = checkpoints.load(write_hf_checkpoint(work / f"xlmr{seed}", sp_file, vocab_size,
+    task = tfhub_models.load(write_hf_checkpoint(work / f"xlmr{seed}", sp_file, vocab_size,
                                                 seed=seed), sequence_length=32)
     export.export(task, base, "xlmr", version, export.ExportOptions(top_k=3, **NO_XLA))
     tasks[("xlmr", version)] = task
   write_corrupt_version(base / "xlmr" / "3")
   vocab = len((wordpiece_dir / "vocab.txt").read_text().splitlines())
-  electra = checkpoints.load(write_electra_checkpoint(work / "electra", wordpiece_dir, vocab,
+  electra = tfhub_models.load(write_electra_checkpoint(work / "electra", wordpiece_dir, vocab,
                                                       "discriminator"), sequence_length=32)
   export.export(electra, base, "electra", 1, export.ExportOptions(**NO_XLA))
   tasks["electra"] = electra
-  bart = checkpoints.load(write_bart_checkpoint(work / "bart", bpe_dir, generation=dict(min_length=6)),
+  bart = tfhub_models.load(write_bart_checkpoint(work / "bart", bpe_dir, generation=dict(min_length=6)),
                           sequence_length=32)
   bart.compile(sampler="greedy")  # deterministic, so in-process answers are comparable
   export.export(bart, base, "bart", 1, export.ExportOptions(max_new_tokens=8, **NO_XLA))

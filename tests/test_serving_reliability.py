@@ -22,12 +22,12 @@ from google.protobuf import text_format
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from conftest import write_hf_checkpoint
-from servers import assert_same_fillers, wait_until
-from serving.process import ServerProcess
+from servers import ServerProcess, assert_same_fillers, wait_until
 from serving import client as serving_client
 from serving import protos
 from serving.client import ServingClient
-from tfhub_models import checkpoints, export
+import tfhub_models
+from tfhub_models import export
 
 TEXTS = ["Hello <mask> world.", "<mask> is <mask>."]
 AVAILABLE, END = 30, 50
@@ -40,7 +40,7 @@ def exports(tmp_path_factory, sp_file, vocab_size):
   work = tmp_path_factory.mktemp("hf")
   answers = {}
   for version in (1, 2):
-    task = checkpoints.load(write_hf_checkpoint(work / str(version), sp_file, vocab_size,
+    task = tfhub_models.load(write_hf_checkpoint(work / str(version), sp_file, vocab_size,
                                                 seed=10 + version), sequence_length=32)
     export.export(task, staging, "xlmr", version, export.ExportOptions(
         top_k=3, jit_compile=False, warmup_batch_sizes=(1,)))

@@ -1,0 +1,50 @@
+"""What a `ModelServerConfig` may say, and which versions a version policy serves.
+
+Shared by the registry (which serves the config) and
+scripts/make_serving_config.py (which writes one), so both apply TF Serving's
+rules the same way.  Protos in, plain values out; nothing here reads files.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from tensorflow_serving.config import model_server_config_pb2
+
+
+def check_config(config: model_server_config_pb2.ModelServerConfig) -> None:
+  """Rejects configs TF Serving would reject, naming the problem; raises ValueError."""
+  if config.WhichOneof("config") == "custom_model_config":
+    raise ValueError("custom_model_config is not supported; use model_config_list")
+  names = set()
+  for model in config.model_config_list.config:
+    if not model.name:
+      raise ValueError("a model config has no name")
+    if model.name in names:
+      raise ValueError(f"model {model.name} is configured twice")
+    names.add(model.name)
+    if not model.base_path:
+      raise ValueError(f"model {model.name} has no base_path")
+    if model.model_platform not in ("", "tensorflow"):
+      raise ValueError(f"model {model.name}: model_platform {model.model_platform!r} is not "
+                       "supported (only tensorflow)")
+    policy = model.model_version_policy
+    if policy.WhichOneof("policy_choice") == "specific" and not policy.specific.versions:
+      raise ValueError(f"model {model.name}: a specific version policy lists no versions")
+    if policy.WhichOneof("policy_choice") == "latest" and policy.latest.num_versions < 0:
+      raise ValueError(f"model {model.name}: latest.num_versions must be positive")
+    for label, version in model.version_labels.items():
+      if version <= 0:
+        raise ValueError(f"model {model.name}: label {label} points to version {version}")
+
+
+def wanted_versions(policy, on_disk: Iterable[int]) -> set[int]:
+  """The versions a `ServableVersionPolicy` serves among `on_disk` (latest 1 when unset)."""
+  on_disk = sorted(set(on_disk))
+  kind = policy.WhichOneof("policy_choice")
+  if kind == "all":
+    return set(on_disk)
+  if kind == "specific":
+    return set(policy.specific.versions) & set(on_disk)
+  count = policy.latest.num_versions if kind == "latest" and policy.latest.num_versions else 1
+  return set(on_disk[-count:])

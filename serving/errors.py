@@ -1,0 +1,50 @@
+"""Errors answered with the gRPC status code TF Serving would use, and their HTTP status.
+
+Every layer raises `ServingError`; the gRPC front end aborts with its code, the
+REST front end answers `{"error": message}` with `http_status(code)`.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+# TF Serving's mapping of gRPC codes to HTTP statuses (REST answers).
+_HTTP_STATUS = {
+    grpc.StatusCode.OK: 200, grpc.StatusCode.CANCELLED: 499, grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403, grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400, grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400, grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500, grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500, grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+# TensorFlow's error codes (tf.errors.OpError.error_code) are gRPC's numbers.
+_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class ServingError(Exception):
+  """An error answered with the gRPC status code TF Serving would use."""
+
+  def __init__(self, code: grpc.StatusCode, message: str):
+    super().__init__(message)
+    self.code = code
+    self.message = message
+
+
+def not_found(message: str) -> ServingError:
+  return ServingError(grpc.StatusCode.NOT_FOUND, message)
+
+
+def invalid(message: str) -> ServingError:
+  return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def http_status(code: grpc.StatusCode) -> int:
+  """The HTTP status TF Serving's REST API answers for a gRPC code."""
+  return _HTTP_STATUS.get(code, 500)
+
+
+def code_of(number: int) -> grpc.StatusCode:
+  """The gRPC code of a TensorFlow error code (INTERNAL for an unknown one)."""
+  return _BY_NUMBER.get(number, grpc.StatusCode.INTERNAL)

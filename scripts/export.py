@@ -109,6 +109,8 @@ def build_task(args):
   family = models.family_of(args.preset).FAMILY
   if task is not None and task not in family.tasks:
     raise CheckpointError(f"{family.name} has no {task} task")
+  if args.vocabulary and not os.path.isfile(args.vocabulary):
+    raise CheckpointError(f"--vocabulary: No such file: {args.vocabulary}")
   try:
     model = demo.random_model(args.preset, task, vocabulary_file=args.vocabulary,
                               dtype=args.dtype, sequence_length=args.sequence_length)

@@ -335,6 +335,33 @@ def test_generation_with_early_endings_matches_transformers(early_ending_checkpo
     np.testing.assert_allclose(our_scores, their_scores.numpy(), atol=1e-4)
 
 
+def test_several_end_ids_in_the_generation_config_match_transformers(tmp_path, bpe_dir):
+  """generation_config.json may list several eos ids: any of them ends a row (and
+  min_length holds them all back), as upstream."""
+  import json
+  directory = write_bart_checkpoint(tmp_path, bpe_dir, seed=5,
+                                    generation=dict(min_length=3, max_length=16,
+                                                    no_repeat_ngram_size=1))
+  task = tfhub_models.load(directory)
+  task.compile("greedy")
+  before, _ = generate_with_transformers(directory, TEXTS, task, num_beams=1)
+  # An ordinary id a row generates after min_length becomes an end id too.
+  row, stop = next((r, int(t)) for r in range(len(before)) for t in before[r][4:]
+                   if t > 4 and list(before[r]).index(t) >= 4)
+  config = json.loads((directory / "generation_config.json").read_text())
+  config["eos_token_id"] = [2, stop]
+  (directory / "generation_config.json").write_text(json.dumps(config))
+  task = tfhub_models.load(directory)
+  assert task.backbone.config.generation.eos_token_ids == (2, stop)
+  task.compile("greedy")
+  theirs, _ = generate_with_transformers(directory, TEXTS, task, num_beams=1)
+  ours, _ = generate_with_ours(task, TEXTS, 16)
+  end = list(before[row]).index(stop)
+  assert list(theirs[row][:end + 1]) == list(before[row][:end + 1])   # that row ends there
+  assert (theirs[row][end + 1:] == 1).all()
+  assert_same_sequences(ours, theirs)
+
+
 def test_max_length_is_bounded_by_the_positions(hf_bart_checkpoint):
   task = tfhub_models.load(hf_bart_checkpoint)
   with pytest.raises(ValueError, match="must be in 2..64"):

@@ -127,3 +127,25 @@ def test_electra_backbone_takes_both_vocabulary_names():
   assert ElectraBackbone(vocabulary_size=50, **sizes).config.vocabulary_size == 50
   with pytest.raises(ValueError, match="vocab_size 50 and vocabulary_size 60 differ"):
     ElectraBackbone(vocab_size=50, vocabulary_size=60, **sizes)
+
+
+def test_sequence_lengths_are_checked_before_the_weights_are_read(hf_checkpoint, tmp_path):
+  for task in (None, "backbone"):
+    with pytest.raises(CheckpointError, match=r"sequence length 2 is outside 3\.\.128"):
+      tfhub_models.load(hf_checkpoint, task, sequence_length=2)
+    with pytest.raises(CheckpointError, match=r"sequence length 1000 is outside 3\.\.128"):
+      tfhub_models.load(hf_checkpoint, task, sequence_length=1000)
+  broken = tmp_path / "broken"
+  shutil.copytree(hf_checkpoint, broken)
+  (broken / "model.safetensors").write_bytes(b"not safetensors")
+  with pytest.raises(CheckpointError, match="sequence length 2 is outside"):
+    tfhub_models.load(broken, sequence_length=2)
+
+
+def test_a_pair_needs_room_for_its_special_tokens(hf_checkpoint):
+  from tfhub_models.preprocessing import XLMRobertaPreprocessor
+  tokenizer = tfhub_models.load(hf_checkpoint).tokenizer
+  preprocessor = XLMRobertaPreprocessor(tokenizer, 3)
+  assert preprocessor(tf.constant(["a b c"]))["token_ids"].shape == (1, 3)
+  with pytest.raises(ValueError, match="sequence_length 3 leaves no room for a pair's 4"):
+    preprocessor(tf.constant(["a"]), tf.constant(["b"]))

@@ -125,7 +125,9 @@ def random_model(preset: str, task: str | None = None, *, config=None,
   config = dataclasses.replace(config or family.PRESETS[preset],
                                vocabulary_size=tokenizer.vocabulary_size)
   task = task or getattr(family, "PRESET_TASKS", {}).get(preset, family.FAMILY.tasks[0])
-  return family.build(config, tokenizer, task, dtype=dtype, sequence_length=sequence_length)
+  # A length past the model's positions is the model's longest (the CLI's behaviour).
+  length = min(sequence_length or config.max_sequence_length, config.max_sequence_length)
+  return family.build(config, tokenizer, task, dtype=dtype, sequence_length=length)
 
 
 def tiny_xlm_roberta(**options):

@@ -195,7 +195,7 @@ class GenerationConfig:
   forced_bos_token_id: int | None = None
   forced_eos_token_id: int | None = None
   decoder_start_token_id: int = 2
-  eos_token_id: int = 2
+  eos_token_id: int | tuple = 2         # one id, or several (any of them ends a row)
   pad_token_id: int = 1
   do_sample: bool = False
   top_k: int = 50
@@ -211,7 +211,15 @@ class GenerationConfig:
     # Upstream's early_stopping is True, False (a heuristic) or "never".
     early = values.get("early_stopping", False)
     values["early_stopping"] = "never" if early == "never" else early is True
+    if isinstance(values.get("eos_token_id"), (list, tuple)):
+      values["eos_token_id"] = tuple(int(i) for i in values["eos_token_id"])
     return cls(**values)
+
+  @property
+  def eos_token_ids(self) -> tuple:
+    """The ids that end a row (and that min_length holds back)."""
+    eos = self.eos_token_id
+    return tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
 
   def sampler(self) -> Sampler:
     """The sampler these settings describe (upstream's choice rules)."""
@@ -247,7 +255,8 @@ def process_logits(logits, ids, length, max_length, config: GenerationConfig):
   if config.no_repeat_ngram_size > 0:
     logits = no_repeat_ngram(logits, ids, length, config.no_repeat_ngram_size)
   if config.min_length > 0:
-    eos = tf.range(logits.shape[-1]) == config.eos_token_id
+    eos = tf.reduce_any(tf.range(logits.shape[-1])[:, None]
+                        == tf.constant(config.eos_token_ids)[None, :], axis=1)      # [V]
     logits = tf.where(eos[None, :] & (length < config.min_length), NEG_INF, logits)
   if config.forced_bos_token_id is not None:
     logits = force_token(logits, config.forced_bos_token_id, tf.equal(length, 1))

@@ -146,8 +146,8 @@ class _SegmentPreprocessor(tf.Module):
     super().__init__(name=name)
     self.tokenizer = tokenizer
     self.sequence_length = int(sequence_length)
-    self.bucket_lengths = bucket_lengths_for(self.sequence_length,
-                                             bucket_lengths or default_buckets)
+    self.bucket_lengths = bucket_lengths_for(
+        self.sequence_length, default_buckets if bucket_lengths is None else bucket_lengths)
     # How segments are packed: start a end [middle] b end (see `pack`).
     self.start_id, self.end_id, self.middle_ids = start_id, end_id, tuple(middle)
     self.second_segment_id = second_segment_id
@@ -161,6 +161,9 @@ class _SegmentPreprocessor(tf.Module):
     if text_pair is None:
       segments = [truncate(first, self.sequence_length - special_count(1))]
     else:
+      if self.sequence_length < special_count(2, self.middle_ids):
+        raise ValueError(f"sequence_length {self.sequence_length} leaves no room for a pair's "
+                         f"{special_count(2, self.middle_ids)} special tokens")
       text_pair = tf.convert_to_tensor(text_pair, tf.string)
       tf.debugging.assert_equal(tf.shape(text_pair), tf.shape(tf.convert_to_tensor(text)),
                                 message="text_pair must have the same shape as text")

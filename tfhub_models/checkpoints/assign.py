@@ -71,11 +71,12 @@ def assign_strict(assignments: list, source: dict, *, ignored: Callable[[str], b
     variable.assign(tf.cast(value.astype(np.float32), dtype))
 
 
-def require_tied(weights: dict, copy: str, original: str, where) -> None:
+def require_tied(weights: dict, copy: str, original: str, where, *,
+                 what: str = "decoders") -> None:
   """A tied copy in a checkpoint must equal the original (untied ones are not supported)."""
   if copy in weights and original in weights and not np.array_equal(weights[copy],
                                                                      weights[original]):
-    raise CheckpointError(f"{where}: {copy} differs from {original}; untied weights are not "
+    raise CheckpointError(f"{where}: {copy} differs from {original}; untied {what} are not "
                           "supported")
 
 

@@ -40,9 +40,7 @@ def config_fields(checkpoint: Checkpoint) -> dict:
                 max_sequence_length=int(c.get("max_position_embeddings", 1024)),
                 scale_embedding=bool(c.get("scale_embedding", False)),
                 activation=str(c.get("activation_function", "gelu")),
-                pad_token_id=int(c.get("pad_token_id", 1)),
-                bos_token_id=int(c.get("bos_token_id", 0)),
-                eos_token_id=int(c.get("eos_token_id", 2)), generation=generation)
+                generation=generation)   # token ids too: generation_config.json's win
   except (KeyError, TypeError, ValueError) as e:
     raise CheckpointError(f"{checkpoint.directory}/config.json: {e}") from None
 
@@ -87,7 +85,7 @@ def assign(module, checkpoint: Checkpoint, task: str) -> None:
              for k, v in checkpoint.weights().items()}
   tied = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight")
   for copy in tied:
-    a.require_tied(weights, copy, "shared.weight", checkpoint.directory)
+    a.require_tied(weights, copy, "shared.weight", checkpoint.directory, what="embeddings")
     if copy in weights and "shared.weight" not in weights:
       weights["shared.weight"] = weights[copy]
   if "final_logits_bias" not in weights:  # upstream treats it as optional (zeros)

@@ -21,12 +21,9 @@ def config_fields(checkpoint: Checkpoint) -> dict:
   try:
     if checkpoint.format == "keras_hub":
       c = c["config"]
-      hidden = int(c["hidden_dim"])
-      return dict(vocabulary_size=int(c.get("vocab_size", c.get("vocabulary_size"))),
-                  num_layers=int(c["num_layers"]), num_heads=int(c["num_heads"]),
-                  hidden_dim=hidden, embedding_dim=int(c.get("embedding_dim", hidden)),
-                  intermediate_dim=int(c["intermediate_dim"]),
-                  dropout=float(c.get("dropout", 0.1)),
+      return dict(a.keras_hub_sizes(dict(c, vocabulary_size=c.get("vocab_size",
+                                                                c.get("vocabulary_size")))),
+                  embedding_dim=int(c.get("embedding_dim", c["hidden_dim"])),
                   max_sequence_length=int(c.get("max_sequence_length", 512)),
                   num_segments=int(c.get("num_segments", 2)),
                   # Fixed in keras-hub's ElectraBackbone, not in its config.

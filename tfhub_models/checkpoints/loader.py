@@ -6,8 +6,9 @@ that read its files (`checkpoints/<family>.py`) and build its modules
 (`models/<family>.py`).  `load` runs them in one order, each file read once:
 
   source -> Checkpoint (directory, hub handle or preset; weights only if wanted)
-         -> family (detected) -> task (asked for, or the checkpoint's own)
-         -> config -> tokenizer (checked against the config) -> modules -> weights
+         -> family (detected) -> config -> tokenizer (checked against the config)
+         -> sequence length (checked) -> task (asked for, or the checkpoint's own)
+         -> modules -> weights
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import dataclasses
 from typing import Callable
 
 from tfhub_models.checkpoints.sources import Checkpoint, CheckpointError, open_checkpoint
+from tfhub_models.preprocessing import check_sequence_length
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,9 +88,15 @@ def load(source, families, *, task: str | None = None, dtype="float32",
   family = detect(checkpoint, families)
   if task is not None and task not in family.tasks:
     raise CheckpointError(f"unknown task {task!r} for {family.name} ({', '.join(family.tasks)})")
-  task = family.task(checkpoint, task, load_weights)
   config = family.config(checkpoint)
   tokenizer = family.tokenizer(checkpoint, config)
+  sequence_length = sequence_length or config.max_sequence_length
+  try:
+    check_sequence_length(sequence_length, config.max_sequence_length)
+  except ValueError as e:
+    raise CheckpointError(str(e)) from None
+  # Checked before the task, which may read the weights to find the checkpoint's own.
+  task = family.task(checkpoint, task, load_weights)
   options = family.options(checkpoint, task, load_weights)
   try:
     module = family.build(config, tokenizer, task, dtype=dtype, sequence_length=sequence_length,

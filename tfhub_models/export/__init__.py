@@ -17,11 +17,6 @@ from tfhub_models.export.versioned import next_version, write_atomically
 from tfhub_models.export.warmup import WARMUP_FILE, write_warmup
 
 
-def serving_module(task, options: ExportOptions = ExportOptions()) -> ServingModule:
-  """The serving module of a task module (TypeError if it has no export)."""
-  return ServingModule(task, options)
-
-
 def export(task, base: str | os.PathLike, name: str, version: int | None = None,
            options: ExportOptions = ExportOptions()) -> pathlib.Path:
   """Writes the serving SavedModel of `task` to BASE/NAME/VERSION atomically."""
@@ -35,4 +30,4 @@ def export(task, base: str | os.PathLike, name: str, version: int | None = None,
 
 
 __all__ = ["ExportOptions", "ServingModule", "WARMUP_FILE", "export", "next_version",
-           "serving_module", "write_atomically", "write_warmup"]
+           "write_atomically", "write_warmup"]

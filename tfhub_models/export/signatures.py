@@ -8,7 +8,7 @@ and the parts its task calls for (`PARTS`, keyed by the task's name):
   fill_mask                 FillMask (serving_default, logits) + Tokenize
   replaced_token_detection  ReplacedTokens (serving_default)
   embedding                 Embedding (serving_default)
-  generate                  Generate (serving_default, generate_ids, detokenize) + Tokenize
+  generate                  Generate (serving_default, generate_ids) + Tokenize + Detokenize
   + Embedding ("embedding") for a task whose `extra_signatures` has it (ELECTRA)
 """
 
@@ -317,8 +317,29 @@ class ReplacedTokens(tf.Module):
                        pair=self.pair)
 
 
+class Detokenize(tf.Module):
+  """detokenize: token_ids int32 [B, T] -> text string [B], special tokens dropped."""
+
+  def __init__(self, task, options: ExportOptions):
+    super().__init__(name="detokenize")
+    del options
+    self.task = task
+
+  @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="token_ids")])
+  def detokenize(self, token_ids):
+    return {"text": self.task.tokenizer.detokenize(token_ids)}
+
+  def signatures(self) -> dict:
+    return {"detokenize": self.detokenize.get_concrete_function()}
+
+  def warmup(self, model_name: str, batch_sizes) -> list:
+    del batch_sizes
+    ids = [[self.task.tokenizer.bos_token_id, self.task.tokenizer.eos_token_id]]
+    return [predict_log(model_name, "detokenize", {"token_ids": np.array(ids, np.int32)})]
+
+
 class Generate(tf.Module):
-  """BART: serving_default (text -> generated text), generate_ids, detokenize.
+  """BART: serving_default (text -> generated text) and generate_ids.
 
   The whole generation (encoder, decoding loop, sampler) is one function,
   compiled with XLA unless jit_compile is off; the sampler is the task's
@@ -369,14 +390,9 @@ class Generate(tf.Module):
     ids, _ = self._core({"token_ids": token_ids, "padding_mask": padding_mask})
     return {"generated_ids": ids}
 
-  @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="token_ids")])
-  def detokenize(self, token_ids):
-    """text string [B] of ids int32 [B, T], special tokens dropped."""
-    return {"text": self.task.tokenizer.detokenize(token_ids)}
-
   def signatures(self) -> dict:
     return {name: getattr(self, name).get_concrete_function()
-            for name in ("serving_default", "generate_ids", "detokenize")}
+            for name in ("serving_default", "generate_ids")}
 
   def warmup(self, model_name: str, batch_sizes: Sequence[int]) -> list:
     preprocessor = self.task.preprocessor
@@ -389,8 +405,6 @@ class Generate(tf.Module):
       logs.append(predict_log(model_name, "generate_ids", {
           "encoder_token_ids": inputs["token_ids"].numpy(),
           "encoder_padding_mask": inputs["padding_mask"].numpy()}))
-    logs.append(predict_log(model_name, "detokenize",
-                            {"token_ids": np.array([[0, 2]], np.int32)}))
     return logs
 
 
@@ -402,7 +416,8 @@ PARTS = {
         Embedding(task, options, names=("serving_default", "embedding")
                   if "embedding" in getattr(task, "extra_signatures", ()) else
                   ("serving_default",))],
-    "generate": lambda task, options: [Generate(task, options), Tokenize(task, options)],
+    "generate": lambda task, options: [Generate(task, options), Tokenize(task, options),
+                                       Detokenize(task, options)],
 }
 
 

@@ -42,9 +42,6 @@ class BartConfig:
   scale_embedding: bool = False
   activation: str = "gelu"
   layer_norm_epsilon: float = 1e-5
-  pad_token_id: int = 1
-  bos_token_id: int = 0
-  eos_token_id: int = 2
   generation: GenerationConfig = GenerationConfig()
 
   @property
@@ -320,7 +317,7 @@ class BartSeq2SeqLM(tf.Module):
       num_return_sequences for beam search, else 1.
     """
     settings = self.backbone.config.generation
-    stops = [settings.eos_token_id] if stop_token_ids is None else list(stop_token_ids)
+    stops = settings.eos_token_ids if stop_token_ids is None else list(stop_token_ids)
     encoded = self.backbone.encode(token_ids, padding_mask)
     state = self.backbone.init_decoder_state(encoded, padding_mask, max_length)
     start = tf.fill([tf.shape(token_ids)[0]], settings.decoder_start_token_id)

@@ -156,7 +156,7 @@ class _SegmentPreprocessor(tf.Module):
     """Special tokens added to `num_segments` (1 or 2) segments."""
     return special_count(num_segments, self.middle_ids)
 
-  def _pack(self, text, text_pair) -> dict:
+  def _pack(self, text, text_pair, *, segment_ids: bool) -> dict:
     first = self.tokenizer.tokenize(text)
     if text_pair is None:
       segments = [truncate(first, self.sequence_length - special_count(1))]
@@ -170,9 +170,10 @@ class _SegmentPreprocessor(tf.Module):
       segments = truncate_longest_first(
           first, self.tokenizer.tokenize(text_pair),
           self.sequence_length - special_count(2, self.middle_ids))
-    ids, segment_ids = pack(segments, self.start_id, self.end_id, middle=self.middle_ids,
-                            second_segment_id=self.second_segment_id)
-    return pad_to_bucket(ids, self.tokenizer.pad_token_id, self.bucket_lengths, segment_ids)
+    ids, segments = pack(segments, self.start_id, self.end_id, middle=self.middle_ids,
+                         second_segment_id=self.second_segment_id)
+    return pad_to_bucket(ids, self.tokenizer.pad_token_id, self.bucket_lengths,
+                         segments if segment_ids else None)
 
 
 class XLMRobertaPreprocessor(_SegmentPreprocessor):
@@ -191,8 +192,7 @@ class XLMRobertaPreprocessor(_SegmentPreprocessor):
 
   def __call__(self, text: tf.Tensor, text_pair: tf.Tensor | None = None) -> dict:
     """string [B] (and [B]) -> {"token_ids", "padding_mask"}: int32 [B, L], L a bucket."""
-    packed = self._pack(text, text_pair)
-    return {"token_ids": packed["token_ids"], "padding_mask": packed["padding_mask"]}
+    return self._pack(text, text_pair, segment_ids=False)
 
 
 class BertPreprocessor(_SegmentPreprocessor):
@@ -210,7 +210,7 @@ class BertPreprocessor(_SegmentPreprocessor):
 
   def __call__(self, text: tf.Tensor, text_pair: tf.Tensor | None = None) -> dict:
     """string [B] (and [B]) -> {"token_ids", "segment_ids", "padding_mask"}: int32 [B, L]."""
-    return self._pack(text, text_pair)
+    return self._pack(text, text_pair, segment_ids=True)
 
 
 class BartPreprocessor(_SegmentPreprocessor):
@@ -224,5 +224,4 @@ class BartPreprocessor(_SegmentPreprocessor):
 
   def __call__(self, text: tf.Tensor) -> dict:
     """string [B] -> {"token_ids", "padding_mask"}: int32 [B, L], L a bucket length."""
-    packed = self._pack(text, None)
-    return {"token_ids": packed["token_ids"], "padding_mask": packed["padding_mask"]}
+    return self._pack(text, None, segment_ids=False)

@@ -15,6 +15,7 @@ and the parts its task calls for (`PARTS`, keyed by the task's name):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Sequence
 
 import numpy as np
@@ -45,21 +46,31 @@ def _text_spec(name: str) -> tf.TensorSpec:
   return tf.TensorSpec([None], tf.string, name=name)
 
 
+def _signature(input_signature):
+  """A serving signature's tf.function.  No AutoGraph: the code has no Python
+  control flow on tensors, and converting the whole call tree is most of the
+  time an export takes to trace."""
+  return functools.partial(tf.function, input_signature=input_signature, autograph=False)
+
+
 def _text_signature(fn, pair: bool):
   """A tf.function of `text` (and `text_pair`) [B] strings calling fn(text, text_pair)."""
   if pair:
-    return tf.function(lambda text, text_pair: fn(text, text_pair),
-                       input_signature=[_text_spec("text"), _text_spec("text_pair")])
-  return tf.function(lambda text: fn(text, None), input_signature=[_text_spec("text")])
+    return _signature([_text_spec("text"), _text_spec("text_pair")])(
+        lambda text, text_pair: fn(text, text_pair))
+  return _signature([_text_spec("text")])(lambda text: fn(text, None))
 
 
-class Compiled(tf.Module):
+class Compiled:
   """A numeric core on int inputs [B, ...], compiled with XLA (or not), whose batch
-  is padded to a power of two under XLA so that a bounded set of shapes compiles."""
+  is padded to a power of two under XLA so that a bounded set of shapes compiles.
+
+  Not a tf.Module: the signatures that call it carry its graph, and its variables
+  belong to the task.
+  """
 
   def __init__(self, fn: Callable, jit_compile: bool, pad_values: dict, *,
-               rows_per_input: int = 1, name: str | None = None):
-    super().__init__(name=name)
+               rows_per_input: int = 1):
     self.jit_compile = jit_compile
     self.pad_values = dict(pad_values)
     self.rows_per_input = rows_per_input
@@ -113,7 +124,7 @@ class Tokenize(tf.Module):
     del options
     self.task = task
 
-  @tf.function(input_signature=[_text_spec("text")])
+  @_signature([_text_spec("text")])
   def tokenize(self, text):
     inputs = self.task.preprocessor(text)
     return {"token_ids": inputs["token_ids"], "padding_mask": inputs["padding_mask"]}
@@ -206,7 +217,7 @@ class FillMask(tf.Module):
       return mask_positions
     return pad_columns(mask_positions, round_up(tf.shape(mask_positions)[1], POWERS_OF_TWO), 0)
 
-  @tf.function(input_signature=[_text_spec("text")])
+  @_signature([_text_spec("text")])
   def serving_default(self, text):
     """Top-k fillers of every mask token in each text.
 
@@ -232,7 +243,7 @@ class FillMask(tf.Module):
         "num_masks": num_masks,
     }
 
-  @tf.function(input_signature=[
+  @_signature([
       tf.TensorSpec([None, None], tf.int32, name="token_ids"),
       tf.TensorSpec([None, None], tf.int32, name="padding_mask"),
       tf.TensorSpec([None, None], tf.int32, name="mask_positions"),
@@ -325,7 +336,7 @@ class Detokenize(tf.Module):
     del options
     self.task = task
 
-  @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="token_ids")])
+  @_signature([tf.TensorSpec([None, None], tf.int32, name="token_ids")])
   def detokenize(self, token_ids):
     return {"text": self.task.tokenizer.detokenize(token_ids)}
 
@@ -364,7 +375,7 @@ class Generate(tf.Module):
         options.jit_compile, {"token_ids": task.tokenizer.pad_token_id},
         rows_per_input=task.sampler.sequences_per_input)
 
-  @tf.function(input_signature=[_text_spec("text")])
+  @_signature([_text_spec("text")])
   def serving_default(self, text):
     """generated_text string [B·R], generated_ids int32 [B·R, T] (the decoder start
     id first, padding after the end), scores float32 [B·R] (what the sampler ranked
@@ -375,7 +386,7 @@ class Generate(tf.Module):
     return {"generated_text": self.task.tokenizer.detokenize(ids), "generated_ids": ids,
             "scores": scores}
 
-  @tf.function(input_signature=[
+  @_signature([
       tf.TensorSpec([None, None], tf.int32, name="encoder_token_ids"),
       tf.TensorSpec([None, None], tf.int32, name="encoder_padding_mask")])
   def generate_ids(self, encoder_token_ids, encoder_padding_mask):

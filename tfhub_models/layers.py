@@ -34,6 +34,37 @@ def as_dtype(dtype: str | tf.DType) -> tf.DType:
   return DTYPES[dtype]
 
 
+class Module(tf.Module):
+  """A tf.Module with a `trainable` switch (Keras' name and meaning).
+
+  `module.trainable = False` freezes the module and every module inside it:
+  their variables leave `trainable_variables` of it and of every module that
+  contains it, so training leaves them unchanged.  A variable shared with a
+  trainable module (a tied embedding) is frozen too when any owner is frozen.
+  """
+
+  _trainable = True
+
+  @property
+  def trainable(self) -> bool:
+    return self._trainable
+
+  @trainable.setter
+  def trainable(self, value: bool) -> None:
+    if not isinstance(value, bool):
+      raise TypeError(f"trainable must be True or False, got {value!r}")
+    self._trainable = value
+
+  @property
+  def trainable_variables(self) -> tuple:
+    """Trainable variables of this module and its submodules, frozen ones left out."""
+    if not self._trainable:
+      return ()
+    frozen = {v.ref() for m in self.submodules
+              if isinstance(m, Module) and not m.trainable for v in m.variables}
+    return tuple(v for v in super().trainable_variables if v.ref() not in frozen)
+
+
 def _init(shape, dtype, stddev=0.02):
   return tf.cast(tf.random.truncated_normal(shape, stddev=stddev), dtype)
 
@@ -68,7 +99,7 @@ def dropout(x: tf.Tensor, rate: float, training: bool) -> tf.Tensor:
   return tf.nn.dropout(x, rate=rate)
 
 
-class Dense(tf.Module):
+class Dense(Module):
   """y = x @ kernel + bias; kernel float [in_dim, out_dim]."""
 
   def __init__(self, in_dim: int, out_dim: int, *, use_bias: bool = True,
@@ -86,7 +117,7 @@ class Dense(tf.Module):
     return y + self.bias if self.bias is not None else y
 
 
-class Embedding(tf.Module):
+class Embedding(Module):
   """A lookup table float [vocab_size, dim]."""
 
   def __init__(self, vocab_size: int, dim: int, *, dtype="float32", name: str | None = None):
@@ -104,7 +135,7 @@ class Embedding(tf.Module):
     return tf.einsum("...d,vd->...v", x, self.embeddings)
 
 
-class LayerNorm(tf.Module):
+class LayerNorm(Module):
   """Layer normalisation over the last axis, computed in float32."""
 
   def __init__(self, dim: int, *, epsilon: float = 1e-5, dtype="float32", name: str | None = None):
@@ -135,7 +166,7 @@ def attention_bias(mask: tf.Tensor) -> tf.Tensor:
   return tf.where(tf.cast(mask, tf.bool), 0.0, LARGE_NEGATIVE)
 
 
-class MultiHeadAttention(tf.Module):
+class MultiHeadAttention(Module):
   """Multi-head scaled dot-product attention with separate q/k/v projections.
 
   Called as self-attention, cross-attention (keys/values from another
@@ -236,7 +267,7 @@ def write_cache(buffer: tf.Tensor, update: tf.Tensor, index: tf.Tensor) -> tf.Te
   return tf.where(inside[None, :, None, None], gathered, buffer)
 
 
-class FeedForward(tf.Module):
+class FeedForward(Module):
   """Dense(D -> I), activation, dropout, Dense(I -> D)."""
 
   def __init__(self, hidden_dim: int, intermediate_dim: int, *, activation_name: str = "gelu",
@@ -253,7 +284,7 @@ class FeedForward(tf.Module):
     return self.output(dropout(self.activation(self.intermediate(x)), self.dropout, training))
 
 
-class TransformerEncoderLayer(tf.Module):
+class TransformerEncoderLayer(Module):
   """Post-norm encoder layer (BERT/RoBERTa/BART):
 
   x = LN(x + Dropout(SelfAttention(x)));  x = LN(x + Dropout(FFN(x))).
@@ -292,7 +323,7 @@ class TransformerEncoderLayer(tf.Module):
     return self.feedforward_layer_norm(x + dropout(fed, self.dropout, training))
 
 
-class MaskedLMHead(tf.Module):
+class MaskedLMHead(Module):
   """Dense (D -> E), exact GELU, layer norm, then the tied embedding decoder plus a bias.
 
   XLM-RoBERTa's `lm_head` (E = D) and ELECTRA's generator head (E = the

@@ -225,3 +225,72 @@ class BartPreprocessor(_SegmentPreprocessor):
   def __call__(self, text: tf.Tensor) -> dict:
     """string [B] -> {"token_ids", "padding_mask"}: int32 [B, L], L a bucket length."""
     return self._pack(text, None, segment_ids=False)
+
+
+class MaskedLMMasker:
+  """Dynamic masking of packed ids for masked-LM training, with keras-hub's
+  `MaskedLMMaskGenerator` semantics, by tensorflow-text's `mask_language_model`.
+
+  Of each row's selectable ids (not in `unselectable_ids`: the specials),
+  ceil(mask_selection_rate · n), at most mask_selection_length, are chosen;
+  of those, mask_token_rate become the mask token, random_token_rate a random
+  id, the rest stay.  Random draws come from TensorFlow's stateful RNG (the
+  global seed), as upstream's do.
+  """
+
+  def __init__(self, vocabulary_size: int, mask_token_id: int, unselectable_ids, *,
+               mask_selection_rate: float = 0.15, mask_selection_length: int = 96,
+               mask_token_rate: float = 0.8, random_token_rate: float = 0.1):
+    if not 0.0 < mask_selection_rate <= 1.0:
+      raise ValueError(f"mask_selection_rate must be in (0, 1], got {mask_selection_rate}")
+    if mask_selection_length < 1:
+      raise ValueError(f"mask_selection_length must be >= 1, got {mask_selection_length}")
+    if mask_token_rate < 0 or random_token_rate < 0 or mask_token_rate + random_token_rate > 1:
+      raise ValueError("mask_token_rate and random_token_rate must be >= 0 with a sum <= 1, got "
+                       f"{mask_token_rate} and {random_token_rate}")
+    self.vocabulary_size, self.mask_token_id = int(vocabulary_size), int(mask_token_id)
+    self.unselectable_ids = tuple(sorted({int(i) for i in unselectable_ids}))
+    self.mask_selection_rate = float(mask_selection_rate)
+    self.mask_selection_length = int(mask_selection_length)
+    self.mask_token_rate, self.random_token_rate = float(mask_token_rate), float(random_token_rate)
+
+  def mask_slots(self, length) -> tf.Tensor:
+    """M for rows padded to `length`: the most ids a row of that length can have chosen."""
+    most = tf.math.ceil(tf.cast(length, tf.float32) * self.mask_selection_rate)
+    return tf.minimum(tf.cast(most, tf.int32), self.mask_selection_length)
+
+  def __call__(self, inputs: dict) -> tuple:
+    """Masks a packed batch.
+
+    Args:
+      inputs: {"token_ids", "padding_mask": int32 [B, L], ...}.
+
+    Returns:
+      (inputs with masked "token_ids" and "mask_positions" int32 [B, M],
+       labels int32 [B, M] (the original ids), weights float32 [B, M] (1 at a
+      chosen id, 0 in padding slots)); M = mask_slots(L).  InvalidArgumentError
+      naming the problem when a row has nothing to mask.
+    """
+    token_ids, padding_mask = inputs["token_ids"], inputs["padding_mask"]
+    lengths = tf.reduce_sum(tf.cast(padding_mask, tf.int32), axis=1)
+    ragged = tf.RaggedTensor.from_tensor(token_ids, lengths=lengths)
+    selector = tf_text.RandomItemSelector(
+        max_selections_per_batch=self.mask_selection_length,
+        selection_rate=self.mask_selection_rate, unselectable_ids=list(self.unselectable_ids))
+    chooser = tf_text.MaskValuesChooser(self.vocabulary_size, self.mask_token_id,
+                                        mask_token_rate=self.mask_token_rate,
+                                        random_token_rate=self.random_token_rate)
+    masked, positions, labels = tf_text.mask_language_model(ragged, selector, chooser)
+    slots = self.mask_slots(tf.shape(token_ids)[1])
+    check = tf.debugging.assert_positive(
+        positions.row_lengths(),
+        message="a text has nothing to mask (only special tokens, or empty)")
+    with tf.control_dependencies([check]):
+      shape = tf.stack([tf.shape(token_ids, out_type=tf.int64)[0], tf.cast(slots, tf.int64)])
+      masked_ids = masked.to_tensor(0, shape=tf.shape(token_ids, out_type=tf.int64))
+      out = dict(inputs)
+      out["token_ids"] = tf.where(tf.cast(padding_mask, tf.bool), tf.cast(masked_ids, tf.int32),
+                                  token_ids)
+      out["mask_positions"] = tf.cast(positions.to_tensor(0, shape=shape), tf.int32)
+      weights = tf.ones_like(positions, tf.float32).to_tensor(0.0, shape=shape)
+      return out, tf.cast(labels.to_tensor(0, shape=shape), tf.int32), weights

@@ -3,7 +3,8 @@ mask finding and the fill-mask answers.
 
 A fill-mask task is any module with `preprocessor`, `tokenizer`,
 `backbone.config.vocabulary_size` and `__call__({"token_ids", "padding_mask",
-"mask_positions"}) -> logits [B, M, V]`.
+"mask_positions"}) -> logits [B, M, V]`; `masked_lm_prepare` is its training
+input (see tfhub_models.training).
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ from typing import Sequence
 
 import tensorflow as tf
 
+from tfhub_models import training
 from tfhub_models.checkpoints import loader
-from tfhub_models.preprocessing import check_sequence_length
+from tfhub_models.preprocessing import MaskedLMMasker, check_sequence_length
 
 
 def check_compatible(backbone, preprocessor, *, exact_vocabulary: bool = True) -> None:
-  """ValueError unless the preprocessor's ids and lengths fit the backbone."""
+  """ValueError unless the preprocessor's ids and lengths fit the backbone (None: a
+  task that takes preprocessed inputs)."""
+  if preprocessor is None:
+    return
   config = backbone.config
   ids = preprocessor.tokenizer.vocabulary_size
   if (ids != config.vocabulary_size) if exact_vocabulary else (ids > config.vocabulary_size):
@@ -26,9 +31,85 @@ def check_compatible(backbone, preprocessor, *, exact_vocabulary: bool = True) -
   check_sequence_length(preprocessor.sequence_length, config.max_sequence_length)
 
 
-def load_preset(family: loader.Family, task: str, preset, load_weights: bool, **options):
-  """`from_preset` of every task and backbone class: the family's loader, one task."""
-  return loader.load(preset, family, task=task, load_weights=load_weights, **options)
+def load_preset(family: loader.Family, task: str, preset, load_weights: bool,
+                preprocessor="auto", **overrides):
+  """`from_preset` of every task and backbone class: the family's loader, one task.
+
+  preprocessor: "auto" (the checkpoint's tokenizer), None (the task takes
+  preprocessed integer inputs), or a preprocessor to use instead.
+  overrides: dtype, sequence_length (the loader's options).
+  """
+  module = loader.load(preset, family, task=task, load_weights=load_weights, **overrides)
+  if isinstance(preprocessor, str) and preprocessor == "auto":
+    return module
+  if not hasattr(module, "preprocessor"):
+    raise ValueError(f"a {type(module).__name__} has no preprocessor to replace")
+  check_compatible(module.backbone, preprocessor,
+                   exact_vocabulary=getattr(module, "exact_vocabulary", True))
+  module.preprocessor = preprocessor
+  if hasattr(module, "masker"):
+    module.masker = masker_for(module.backbone, preprocessor)
+  return module
+
+
+def require_preprocessor(task, what: str) -> None:
+  """ValueError when a task built with preprocessor=None is given raw text."""
+  if task.preprocessor is None:
+    raise ValueError(f"{type(task).__name__} has no preprocessor (built with preprocessor=None): "
+                     f"{what} needs one; pass preprocessed integer inputs instead")
+
+
+def masker_for(backbone, preprocessor) -> MaskedLMMasker | None:
+  """The default dynamic masking of a masked-LM task (keras-hub's rates), or None
+  without a preprocessor.  Specials (start, end, pad) are never chosen."""
+  if preprocessor is None:
+    return None
+  return MaskedLMMasker(backbone.config.vocabulary_size, preprocessor.tokenizer.mask_token_id,
+                        [preprocessor.start_id, preprocessor.end_id, *preprocessor.middle_ids,
+                         preprocessor.tokenizer.pad_token_id])
+
+
+MASKED_LM_INPUTS = ("token_ids", "padding_mask", "mask_positions")
+
+
+def masked_lm_prepare(task, x, y, sample_weight, mode: str):
+  """Training inputs of a masked LM (see training.Trainable.prepare).
+
+  Raw strings [B] are packed and masked on the fly (`task.masker`), or for
+  predict answered at their literal mask tokens; preprocessed inputs are
+  {"token_ids", "padding_mask", "mask_positions"} with labels y int [B, M] and
+  sample_weight [B, M] (default 1).
+
+  Returns:
+    (inputs, labels int32 [B, M], weights float32 [B, M]).
+  """
+  vocabulary = task.backbone.config.vocabulary_size
+  if isinstance(x, dict):
+    missing = [k for k in MASKED_LM_INPUTS if k not in x]
+    if missing:
+      raise training.TrainingError(f"preprocessed masked-LM inputs need {', '.join(missing)} "
+                                   f"(got {', '.join(sorted(x))})")
+    inputs = {k: tf.cast(v, tf.int32) for k, v in x.items()}
+    if mode == "predict" or y is None:
+      return inputs, None if y is None else tf.cast(y, tf.int32), sample_weight
+    labels = tf.cast(y, tf.int32)
+    weights = (tf.ones(tf.shape(labels), tf.float32) if sample_weight is None
+               else tf.cast(sample_weight, tf.float32))
+    checks = [tf.debugging.assert_equal(tf.shape(labels), tf.shape(inputs["mask_positions"]),
+                                        message="y must have the shape of mask_positions [B, M]"),
+              tf.debugging.assert_equal(tf.shape(weights), tf.shape(labels),
+                                        message="sample_weight must have the shape of y [B, M]"),
+              training.check_labels(labels, weights, vocabulary, "vocabulary")]
+    with tf.control_dependencies(checks):
+      return inputs, tf.identity(labels), tf.identity(weights)
+  require_preprocessor(task, "raw text")
+  if y is not None or sample_weight is not None:
+    raise training.TrainingError("raw strings are masked on the fly: pass no y or sample_weight")
+  packed = task.preprocessor(x)
+  if mode == "predict":
+    positions, _ = find_masks(packed["token_ids"], task.tokenizer.mask_token_id)
+    return dict(packed, mask_positions=positions), None, None
+  return task.masker(packed)
 
 
 def find_masks(token_ids: tf.Tensor, mask_token_id: int):
@@ -73,6 +154,7 @@ def fill_mask(task, texts: Sequence[str], top_k: int = 5) -> list:
   Returns:
     One list per text, one list per mask, of {"token_id", "token", "score"}.
   """
+  require_preprocessor(task, "fill_mask")
   inputs = task.preprocessor(tf.constant(list(texts), tf.string))
   out = top_k_fillers(task, inputs["token_ids"], inputs["padding_mask"],
                       min(top_k, task.backbone.config.vocabulary_size))

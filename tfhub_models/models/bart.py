@@ -18,11 +18,11 @@ from typing import NamedTuple, Sequence
 
 import tensorflow as tf
 
-from tfhub_models import generation, layers, tasks
+from tfhub_models import generation, layers, tasks, training
 from tfhub_models.checkpoints import bart as files
 from tfhub_models.checkpoints import loader
 from tfhub_models.generation import GenerationConfig
-from tfhub_models.preprocessing import BartPreprocessor
+from tfhub_models.preprocessing import BartPreprocessor, pack, pad_to_bucket, truncate
 from tfhub_models.tokenizers import ByteLevelBPETokenizer
 
 POSITION_OFFSET = files.POSITION_OFFSET   # upstream's learned positions start at row 2
@@ -65,7 +65,7 @@ PRESET_HANDLES = {"bart_base_en": ("hf://facebook/bart-base",),
                   "bart_large_en_cnn": ("hf://facebook/bart-large-cnn",)}
 
 
-class DecoderLayer(tf.Module):
+class DecoderLayer(layers.Module):
   """Post-norm decoder layer: causal self-attention, cross-attention, feed-forward."""
 
   def __init__(self, config: BartConfig, *, dtype="float32", name: str | None = None):
@@ -131,7 +131,7 @@ class DecoderState(NamedTuple):
     return tf.nest.map_structure(lambda x: tf.gather(x, rows), self)
 
 
-class BartBackbone(tf.Module):
+class BartBackbone(layers.Module):
   """Shared embeddings, encoder, decoder, and the tied LM head with its bias."""
 
   presets = PRESETS
@@ -174,8 +174,9 @@ class BartBackbone(tf.Module):
           for i in range(c.num_layers)]
       self.decoder_layers = [DecoderLayer(c, dtype=dtype, name=f"decoder_layer_{i}")
                              for i in range(c.decoder_layers)]
+      # A buffer upstream, not a parameter: training leaves it as loaded.
       self.final_logits_bias = tf.Variable(tf.zeros([c.vocabulary_size], self.dtype),
-                                           name="final_logits_bias")
+                                           trainable=False, name="final_logits_bias")
 
   @classmethod
   def from_preset(cls, preset: str, load_weights: bool = True, *,
@@ -253,6 +254,10 @@ class BartBackbone(tf.Module):
             state._replace(self_caches=tuple(caches)))
 
 
+PREPROCESSED_INPUTS = ("encoder_token_ids", "encoder_padding_mask", "decoder_token_ids",
+                       "decoder_padding_mask")
+
+
 class _FunctionCache:
   """`generate`'s compiled functions, kept out of tf.Module tracking so that a task
   that has generated can still be saved (tf.saved_model cannot save a dict with
@@ -262,11 +267,13 @@ class _FunctionCache:
     self.functions = {}
 
 
-class BartSeq2SeqLM(tf.Module):
+class BartSeq2SeqLM(layers.Module, training.Trainable):
   """Backbone + preprocessor + a compiled generate function."""
 
   task = "generate"
   presets = PRESETS
+  default_learning_rate = 2e-5   # upstream's Seq2SeqLM default
+  exact_vocabulary = False       # the tokenizer may have fewer ids than the embedding rows
 
   def __init__(self, backbone: BartBackbone, preprocessor: BartPreprocessor, *,
                name: str = "bart_seq2seq_lm"):
@@ -279,21 +286,99 @@ class BartSeq2SeqLM(tf.Module):
     self._compiled = _FunctionCache()
 
   @classmethod
-  def from_preset(cls, preset: str, load_weights: bool = True, *, dtype="float32",
-                  sequence_length: int | None = None) -> "BartSeq2SeqLM":
-    """Loads a checkpoint directory, an hf:// handle, or a preset name."""
-    return tasks.load_preset(FAMILY, cls.task, preset, load_weights, dtype=dtype,
-                             sequence_length=sequence_length)
+  def from_preset(cls, preset: str, load_weights: bool = True, preprocessor="auto",
+                  **overrides) -> "BartSeq2SeqLM":
+    """Loads a checkpoint directory, hub handle or preset name.
+
+    preprocessor: "auto" (the checkpoint's), None (preprocessed integer inputs)
+    or one to use instead; overrides: dtype, sequence_length.
+    """
+    return tasks.load_preset(FAMILY, cls.task, preset, load_weights, preprocessor, **overrides)
 
   @property
   def tokenizer(self) -> ByteLevelBPETokenizer:
-    return self.preprocessor.tokenizer
+    return None if self.preprocessor is None else self.preprocessor.tokenizer
 
-  def compile(self, sampler="top_k", *, jit_compile: bool = True) -> None:
-    """Chooses the sampler (a name, dict or generation.Sampler) and XLA or not."""
+  def compile(self, optimizer="auto", loss="auto", metrics="auto", jit_compile: bool = True, *,
+              sampler="top_k") -> None:
+    """Sets up training (see training.Trainable.compile) and generation's sampler
+    (a name, dict or generation.Sampler); jit_compile applies to both.
+
+    `compile("greedy")` / `compile(Sampler(...))`, a sampler as the first argument
+    (this class's earlier signature), still chooses the sampler.
+    """
+    if isinstance(optimizer, generation.Sampler) or isinstance(optimizer, dict) or (
+        isinstance(optimizer, str) and optimizer in generation.SAMPLERS):
+      optimizer, sampler = "auto", optimizer
+    training.Trainable.compile(self, optimizer, loss, metrics, jit_compile)
     self.sampler = generation.get_sampler(sampler)
     self.jit_compile = jit_compile
     self._compiled = _FunctionCache()
+
+  def prepare(self, x, y=None, sample_weight=None, mode: str = "fit"):
+    """Training inputs of one batch (see tfhub_models.training).
+
+    Raw: {"encoder_text": string [B], "decoder_text": string [B]}; the labels are
+    `<s> target </s>` and the decoder input the same shifted right from
+    decoder_start_token_id, both padded to a bucket; the weights are the
+    labels' padding mask.  Preprocessed: {"encoder_token_ids",
+    "encoder_padding_mask", "decoder_token_ids", "decoder_padding_mask"}, y int
+    [B, T] (the next token at each decoder position), sample_weight [B, T]
+    (default: decoder_padding_mask).
+
+    Returns:
+      (inputs, labels int32 [B, T], weights float32 [B, T]).
+    """
+    vocabulary = self.backbone.config.vocabulary_size
+    if not isinstance(x, dict):
+      raise training.TrainingError(
+          "BartSeq2SeqLM trains on {\"encoder_text\", \"decoder_text\"} or on preprocessed "
+          "{\"encoder_token_ids\", \"encoder_padding_mask\", \"decoder_token_ids\", "
+          "\"decoder_padding_mask\"}; generate() takes plain strings")
+    if "encoder_text" in x or "decoder_text" in x:
+      tasks.require_preprocessor(self, "raw text")
+      if "encoder_text" not in x or "decoder_text" not in x:
+        raise training.TrainingError("raw seq2seq inputs need both encoder_text and decoder_text")
+      if y is not None or sample_weight is not None:
+        raise training.TrainingError("raw text pairs carry their own targets: pass no y or "
+                                     "sample_weight")
+      encoded = self.preprocessor(x["encoder_text"])
+      tokenizer = self.tokenizer
+      length = self.preprocessor.sequence_length
+      target = truncate(tokenizer.tokenize(x["decoder_text"]), length - 2)
+      labels, _ = pack([target], tokenizer.bos_token_id, tokenizer.eos_token_id)
+      start = self.backbone.config.generation.decoder_start_token_id
+      shifted = tf.concat([tf.fill([labels.nrows(), 1], start), labels], axis=1)[:, :-1]
+      padded_labels = pad_to_bucket(labels, tokenizer.pad_token_id, self.preprocessor.bucket_lengths)
+      decoder = pad_to_bucket(shifted, tokenizer.pad_token_id, self.preprocessor.bucket_lengths)
+      inputs = {"encoder_token_ids": encoded["token_ids"],
+                "encoder_padding_mask": encoded["padding_mask"],
+                "decoder_token_ids": decoder["token_ids"],
+                "decoder_padding_mask": decoder["padding_mask"]}
+      return (inputs, padded_labels["token_ids"],
+              tf.cast(padded_labels["padding_mask"], tf.float32))
+    missing = [k for k in PREPROCESSED_INPUTS if k not in x]
+    if missing:
+      raise training.TrainingError(f"preprocessed seq2seq inputs need {', '.join(missing)} (got "
+                                   f"{', '.join(sorted(x))})")
+    inputs = {k: tf.cast(x[k], tf.int32) for k in PREPROCESSED_INPUTS}
+    if mode == "predict" or y is None:
+      return inputs, None if y is None else tf.cast(y, tf.int32), sample_weight
+    labels = tf.cast(y, tf.int32)
+    weights = tf.cast(inputs["decoder_padding_mask"] if sample_weight is None else sample_weight,
+                      tf.float32)
+    checks = [tf.debugging.assert_equal(tf.shape(labels), tf.shape(inputs["decoder_token_ids"]),
+                                        message="y must have the shape of decoder_token_ids [B, T]"),
+              tf.debugging.assert_equal(tf.shape(weights), tf.shape(labels),
+                                        message="sample_weight must have the shape of y [B, T]"),
+              training.check_labels(labels, weights, vocabulary, "vocabulary")]
+    with tf.control_dependencies(checks):
+      return inputs, tf.identity(labels), tf.identity(weights)
+
+  def __call__(self, inputs: dict, training: bool = False) -> tf.Tensor:
+    """Teacher-forced logits float32 [B, T, V] of the preprocessed inputs."""
+    decoded = self.backbone(inputs, training=training)["decoder_sequence_output"]
+    return self.backbone.logits(decoded)
 
   def check_max_length(self, max_length: int) -> None:
     """Decoder positions end at max_sequence_length (XLA would clamp silently)."""

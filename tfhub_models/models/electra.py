@@ -12,7 +12,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from tfhub_models import layers, tasks
+from tfhub_models import layers, tasks, training
 from tfhub_models.checkpoints import electra as files
 from tfhub_models.checkpoints import loader
 from tfhub_models.preprocessing import BertPreprocessor
@@ -66,7 +66,7 @@ def _presets_of(task: str) -> dict:
   return {name: config for name, config in PRESETS.items() if PRESET_TASKS[name] == task}
 
 
-class ElectraBackbone(tf.Module):
+class ElectraBackbone(layers.Module):
   """Embeddings (projected when embedding_dim != hidden_dim) and the encoder stack.
 
   `pooled_output` is the hidden state of the first token (`[CLS]`): no public
@@ -156,7 +156,7 @@ class ElectraBackbone(tf.Module):
     return {"sequence_output": x, "pooled_output": pooled}
 
 
-class ElectraDiscriminatorHead(tf.Module):
+class ElectraDiscriminatorHead(layers.Module):
   """Dense, the config's activation, dense to one logit per token."""
 
   def __init__(self, config: ElectraConfig, *, dtype="float32",
@@ -173,7 +173,7 @@ class ElectraDiscriminatorHead(tf.Module):
                    tf.float32)
 
 
-class ElectraEncoder(tf.Module):
+class ElectraEncoder(layers.Module):
   """The backbone with its preprocessor: text -> sequence and pooled outputs."""
 
   task = "embedding"
@@ -189,16 +189,20 @@ class ElectraEncoder(tf.Module):
 
   @property
   def tokenizer(self) -> WordPieceTokenizer:
-    return self.preprocessor.tokenizer
+    return None if self.preprocessor is None else self.preprocessor.tokenizer
 
   @classmethod
-  def from_preset(cls, preset: str, load_weights: bool = True, *, dtype="float32",
-                  sequence_length: int | None = None) -> "ElectraEncoder":
-    return tasks.load_preset(FAMILY, cls.task, preset, load_weights, dtype=dtype,
-                             sequence_length=sequence_length)
+  def from_preset(cls, preset: str, load_weights: bool = True, preprocessor="auto",
+                  **overrides) -> "ElectraEncoder":
+    """Loads a checkpoint directory, hub handle or preset name.
+
+    preprocessor: "auto" (the checkpoint's), None (preprocessed integer inputs)
+    or one to use instead; overrides: dtype, sequence_length.
+    """
+    return tasks.load_preset(FAMILY, cls.task, preset, load_weights, preprocessor, **overrides)
 
 
-class ElectraDiscriminator(tf.Module):
+class ElectraDiscriminator(layers.Module):
   """Replaced-token detection (`ElectraForPreTraining`)."""
 
   task = "replaced_token_detection"
@@ -216,13 +220,17 @@ class ElectraDiscriminator(tf.Module):
 
   @property
   def tokenizer(self) -> WordPieceTokenizer:
-    return self.preprocessor.tokenizer
+    return None if self.preprocessor is None else self.preprocessor.tokenizer
 
   @classmethod
-  def from_preset(cls, preset: str, load_weights: bool = True, *, dtype="float32",
-                  sequence_length: int | None = None) -> "ElectraDiscriminator":
-    return tasks.load_preset(FAMILY, cls.task, preset, load_weights, dtype=dtype,
-                             sequence_length=sequence_length)
+  def from_preset(cls, preset: str, load_weights: bool = True, preprocessor="auto",
+                  **overrides) -> "ElectraDiscriminator":
+    """Loads a checkpoint directory, hub handle or preset name.
+
+    preprocessor: "auto" (the checkpoint's), None (preprocessed integer inputs)
+    or one to use instead; overrides: dtype, sequence_length.
+    """
+    return tasks.load_preset(FAMILY, cls.task, preset, load_weights, preprocessor, **overrides)
 
   def __call__(self, inputs: dict, training: bool = False) -> tf.Tensor:
     """Replaced-token logits float32 [B, L] of {"token_ids", "segment_ids",
@@ -240,7 +248,7 @@ class ElectraDiscriminator(tf.Module):
             for b, n in enumerate(lengths)]
 
 
-class ElectraMaskedLM(tf.Module):
+class ElectraMaskedLM(layers.Module, training.Trainable):
   """The generator (`ElectraForMaskedLM`) as a fill-mask task with `[MASK]`."""
 
   task = "fill_mask"
@@ -253,6 +261,8 @@ class ElectraMaskedLM(tf.Module):
     tasks.check_compatible(backbone, preprocessor)
     self.backbone = backbone
     self.preprocessor = preprocessor
+    # Dynamic masking for fit on raw strings (keras-hub's rates); replace to change them.
+    self.masker = tasks.masker_for(backbone, preprocessor)
     self.head = head or layers.MaskedLMHead(
         backbone.config.hidden_dim, backbone.token_embedding,
         layer_norm_epsilon=backbone.config.layer_norm_epsilon, dtype=backbone.dtype.name,
@@ -260,19 +270,27 @@ class ElectraMaskedLM(tf.Module):
 
   @property
   def tokenizer(self) -> WordPieceTokenizer:
-    return self.preprocessor.tokenizer
+    return None if self.preprocessor is None else self.preprocessor.tokenizer
 
   @classmethod
-  def from_preset(cls, preset: str, load_weights: bool = True, *, dtype="float32",
-                  sequence_length: int | None = None) -> "ElectraMaskedLM":
-    return tasks.load_preset(FAMILY, cls.task, preset, load_weights, dtype=dtype,
-                             sequence_length=sequence_length)
+  def from_preset(cls, preset: str, load_weights: bool = True, preprocessor="auto",
+                  **overrides) -> "ElectraMaskedLM":
+    """Loads a checkpoint directory, hub handle or preset name.
+
+    preprocessor: "auto" (the checkpoint's), None (preprocessed integer inputs)
+    or one to use instead; overrides: dtype, sequence_length.
+    """
+    return tasks.load_preset(FAMILY, cls.task, preset, load_weights, preprocessor, **overrides)
 
   def __call__(self, inputs: dict, training: bool = False) -> tf.Tensor:
     """Logits float32 [B, M, V] at "mask_positions" int32 [B, M] (one segment)."""
     outputs = self.backbone({"token_ids": inputs["token_ids"],
                              "padding_mask": inputs["padding_mask"]}, training=training)
     return self.head(outputs["sequence_output"], inputs["mask_positions"])
+
+  def prepare(self, x, y=None, sample_weight=None, mode: str = "fit"):
+    """Training inputs of one batch; see tasks.masked_lm_prepare."""
+    return tasks.masked_lm_prepare(self, x, y, sample_weight, mode)
 
   def top_k(self, token_ids, padding_mask, top_k: int) -> dict:
     return tasks.top_k_fillers(self, token_ids, padding_mask, top_k)

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from tfhub_models import layers, tasks
+from tfhub_models import layers, tasks, training
 from tfhub_models.checkpoints import loader
 from tfhub_models.checkpoints import xlm_roberta as files
 from tfhub_models.preprocessing import XLMRobertaPreprocessor
@@ -55,7 +55,7 @@ PRESET_HANDLES = {
 }
 
 
-class XLMRobertaBackbone(tf.Module):
+class XLMRobertaBackbone(layers.Module):
   """Token + position (+ type) embeddings, layer norm, post-norm encoder stack."""
 
   presets = PRESETS
@@ -124,7 +124,7 @@ class XLMRobertaBackbone(tf.Module):
     return {"sequence_output": x, "pooled_output": x[:, 0]}
 
 
-class XLMRobertaMaskedLM(tf.Module):
+class XLMRobertaMaskedLM(layers.Module, training.Trainable):
   """The fill-mask task: preprocessor, backbone and masked-LM head.
 
   Answers the most likely fillers of each `<mask>`.
@@ -139,6 +139,8 @@ class XLMRobertaMaskedLM(tf.Module):
     tasks.check_compatible(backbone, preprocessor)
     self.backbone = backbone
     self.preprocessor = preprocessor
+    # Dynamic masking for fit on raw strings (keras-hub's rates); replace to change them.
+    self.masker = tasks.masker_for(backbone, preprocessor)
     self.head = head or layers.MaskedLMHead(
         backbone.config.hidden_dim, backbone.token_embedding,
         layer_norm_epsilon=backbone.config.layer_norm_epsilon, dtype=backbone.dtype.name,
@@ -146,14 +148,17 @@ class XLMRobertaMaskedLM(tf.Module):
 
   @property
   def tokenizer(self) -> XLMRobertaTokenizer:
-    return self.preprocessor.tokenizer
+    return None if self.preprocessor is None else self.preprocessor.tokenizer
 
   @classmethod
-  def from_preset(cls, preset: str, load_weights: bool = True, *, dtype="float32",
-                  sequence_length: int | None = None) -> "XLMRobertaMaskedLM":
-    """Loads a checkpoint directory, an hf:// or kaggle:// handle, or a preset name."""
-    return tasks.load_preset(FAMILY, cls.task, preset, load_weights, dtype=dtype,
-                             sequence_length=sequence_length)
+  def from_preset(cls, preset: str, load_weights: bool = True, preprocessor="auto",
+                  **overrides) -> "XLMRobertaMaskedLM":
+    """Loads a checkpoint directory, hub handle or preset name.
+
+    preprocessor: "auto" (the checkpoint's), None (preprocessed integer inputs)
+    or one to use instead; overrides: dtype, sequence_length.
+    """
+    return tasks.load_preset(FAMILY, cls.task, preset, load_weights, preprocessor, **overrides)
 
   def __call__(self, inputs: dict, training: bool = False) -> tf.Tensor:
     """Logits at the mask positions.
@@ -167,6 +172,10 @@ class XLMRobertaMaskedLM(tf.Module):
     outputs = self.backbone(inputs, training=training)
     return self.head(outputs["sequence_output"], inputs["mask_positions"])
 
+  def prepare(self, x, y=None, sample_weight=None, mode: str = "fit"):
+    """Training inputs of one batch; see tasks.masked_lm_prepare."""
+    return tasks.masked_lm_prepare(self, x, y, sample_weight, mode)
+
   def top_k(self, token_ids, padding_mask, top_k: int) -> dict:
     """Top-k fillers of every mask; see tasks.top_k_fillers."""
     return tasks.top_k_fillers(self, token_ids, padding_mask, top_k)
@@ -176,7 +185,7 @@ class XLMRobertaMaskedLM(tf.Module):
     return tasks.fill_mask(self, texts, top_k)
 
 
-class XLMRobertaEncoder(tf.Module):
+class XLMRobertaEncoder(layers.Module):
   """The backbone with its preprocessor (no head): for embedding and TF Hub exports."""
 
   task = "embedding"
@@ -191,13 +200,17 @@ class XLMRobertaEncoder(tf.Module):
 
   @property
   def tokenizer(self) -> XLMRobertaTokenizer:
-    return self.preprocessor.tokenizer
+    return None if self.preprocessor is None else self.preprocessor.tokenizer
 
   @classmethod
-  def from_preset(cls, preset: str, load_weights: bool = True, *, dtype="float32",
-                  sequence_length: int | None = None) -> "XLMRobertaEncoder":
-    return tasks.load_preset(FAMILY, cls.task, preset, load_weights, dtype=dtype,
-                             sequence_length=sequence_length)
+  def from_preset(cls, preset: str, load_weights: bool = True, preprocessor="auto",
+                  **overrides) -> "XLMRobertaEncoder":
+    """Loads a checkpoint directory, hub handle or preset name.
+
+    preprocessor: "auto" (the checkpoint's), None (preprocessed integer inputs)
+    or one to use instead; overrides: dtype, sequence_length.
+    """
+    return tasks.load_preset(FAMILY, cls.task, preset, load_weights, preprocessor, **overrides)
 
 
 def build(config: XLMRobertaConfig, tokenizer: XLMRobertaTokenizer, task: str = "fill_mask", *,

@@ -1,0 +1,613 @@
+"""compile / fit / evaluate / predict for every task, without Keras.
+
+A task trains through `Trainable`, mixed into its class.  The task supplies:
+
+  prepare(x, y, sample_weight, mode) -> (inputs, labels, weights)
+      One batch of what the user passed (raw strings, a dict of strings, or
+      preprocessed integer arrays) as model inputs, labels [B, ...] and
+      weights [B, ...] (float32; 0 = not counted).  Graph mode, not XLA:
+      tokenizing and dynamic masking happen here.  mode is "fit", "evaluate"
+      or "predict" (labels and weights may then be None).
+  __call__(inputs, training) -> logits float32 [B, ..., C].
+  default_learning_rate: what compile(optimizer="auto") uses (upstream's).
+
+and this module does the rest, in one direction:
+
+  user data -> batches (fixed order per epoch and seed) -> tf.data map(prepare)
+            -> step (tf.GradientTape; XLA when jit_compile): forward(training=True),
+               loss = sum(weight · cross-entropy) / sum(weight), gradients of
+               task.trainable_variables, optimizer.apply
+            -> history; checkpoints of model, optimizer and data position
+
+An epoch's `loss` is the mean of its steps' losses, each computed before that
+step's update; `accuracy` is the weighted share of argmax hits over the epoch.
+Under a `tf.distribute` strategy scope the global batch is split across
+replicas, each replica's loss is divided by the global weight sum, and the
+optimizer sums the replicas' gradients, so the update equals one device's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from tfhub_models import optimizers
+
+DEFAULT_BATCH_SIZE = 32
+MODES = ("fit", "evaluate", "predict")
+
+
+class TrainingError(ValueError):
+  """Bad training input, or a run that cannot go on (a NaN loss)."""
+
+
+def sparse_cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+  """Per-position cross-entropy from logits: labels int [B, ...], logits [B, ..., C]."""
+  return tf.nn.sparse_softmax_cross_entropy_with_logits(
+      labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32))
+
+
+LOSSES = {"auto": sparse_cross_entropy, "sparse_categorical_crossentropy": sparse_cross_entropy}
+
+
+def check_labels(labels: tf.Tensor, weights: tf.Tensor, limit: int, what: str):
+  """An assertion op: every counted label lies in [0, limit)."""
+  counted = tf.cast(weights, tf.float32) > 0
+  bad = counted & ((labels < 0) | (labels >= limit))
+  return tf.debugging.assert_equal(
+      tf.reduce_any(bad), False,
+      message=f"labels outside the {what} (0..{limit - 1}) at weighted positions")
+
+
+class _Compiled:
+  """What compile() settles: a plain object, so tf.Module does not track the
+  optimizer into the model's SavedModel or checkpoints."""
+
+  def __init__(self, optimizer, loss: Callable, metrics: tuple, jit_compile: bool):
+    self.optimizer = optimizer
+    self.loss = loss
+    self.metrics = metrics
+    self.jit_compile = jit_compile
+    self.functions = {}
+
+
+# ---------------------------------------------------------------------------
+# User data -> batches.
+
+def _is_string_list(x) -> bool:
+  return isinstance(x, (list, tuple)) and (not x or isinstance(x[0], (str, bytes)))
+
+
+def _as_array(x, name: str) -> np.ndarray:
+  if isinstance(x, tf.Tensor):
+    x = x.numpy()
+  array = np.asarray(x, dtype=object if _is_string_list(x) else None)
+  if array.ndim == 0:
+    raise TrainingError(f"{name} must have a batch dimension, got a scalar")
+  if array.dtype == object or array.dtype.kind in "SU":
+    array = np.array([s if isinstance(s, bytes) else str(s).encode("utf-8") for s in array.ravel()],
+                     dtype=object).reshape(array.shape)
+  return array
+
+
+def _structure(x, name: str):
+  """Arrays of the user's x: an array, a tuple of arrays (pairs), or a dict of arrays."""
+  if isinstance(x, dict):
+    if not x:
+      raise TrainingError(f"{name} is an empty dict")
+    return {k: _as_array(v, f"{name}[{k!r}]") for k, v in x.items()}
+  if isinstance(x, tuple) and len(x) == 2 and not _is_string_list(x):
+    return tuple(_as_array(v, f"{name}[{i}]") for i, v in enumerate(x))
+  return _as_array(x, name)
+
+
+def _check_rows(data: dict) -> int:
+  """The common row count of every array in data (name -> structure); errors name the problem."""
+  counts = {}
+  for name, structure in data.items():
+    for i, array in enumerate(tf.nest.flatten(structure)):
+      counts[name if len(tf.nest.flatten(structure)) == 1 else f"{name} part {i}"] = len(array)
+      if array.dtype == object:
+        empty = [j for j, s in enumerate(array.ravel()) if not s.strip()]
+        if empty:
+          raise TrainingError(f"{name} has empty strings (rows {empty[:5]})")
+  if len(set(counts.values())) > 1:
+    raise TrainingError("x, y and sample_weight must have the same number of rows, got "
+                        + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+  rows = next(iter(counts.values()))
+  if rows == 0:
+    raise TrainingError("the data set is empty")
+  return rows
+
+
+class Batches:
+  """The batches of one call: user data in a fixed order per epoch, as
+  (x, y, sample_weight) with None where absent."""
+
+  def __init__(self, x, y=None, sample_weight=None, *, batch_size=None):
+    self.dataset = x if isinstance(x, tf.data.Dataset) else None
+    if self.dataset is not None:
+      if y is not None or sample_weight is not None:
+        raise TrainingError("with a tf.data.Dataset, y and sample_weight come from the dataset "
+                            "(elements x, (x, y) or (x, y, sample_weight))")
+      if batch_size is not None:
+        raise TrainingError("a tf.data.Dataset is batched already; do not pass batch_size")
+      cardinality = int(self.dataset.cardinality())
+      if cardinality == 0:
+        raise TrainingError("the dataset is empty")
+      self.steps = cardinality if cardinality > 0 else None
+      return
+    if x is None:
+      raise TrainingError("x is required")
+    self.batch_size = int(batch_size or DEFAULT_BATCH_SIZE)
+    if self.batch_size < 1:
+      raise TrainingError(f"batch_size must be >= 1, got {batch_size}")
+    self.data = {"x": _structure(x, "x")}
+    if y is not None:
+      self.data["y"] = _structure(y, "y")
+    if sample_weight is not None:
+      self.data["sample_weight"] = _structure(sample_weight, "sample_weight")
+    self.rows = _check_rows(self.data)
+    self.steps = math.ceil(self.rows / self.batch_size)
+
+  def epoch(self, order_seed: int | None, epoch: int, skip: int = 0) -> tf.data.Dataset:
+    """One epoch's batches from batch `skip` on (see `stream`)."""
+    return self.stream(order_seed, epoch, epoch + 1, skip)
+
+  def stream(self, order_seed: int | None, first_epoch: int, epochs: int,
+             skip: int = 0) -> tf.data.Dataset:
+    """The batches of epochs first_epoch .. epochs - 1 in one dataset, the first
+    from batch `skip` on, as dicts {"x"[, "y"][, "sample_weight"]}.
+
+    Each epoch's order is shuffled by (order_seed, epoch) unless order_seed is
+    None.  One dataset for the whole run: a tf.data iterator costs about a
+    second to start when preprocessing holds a tokenizer's graph, so fit
+    starts one and counts `steps` batches off it per epoch.  A Dataset of
+    unknown length gives one epoch only (first_epoch + 1 == epochs).
+    """
+    if self.dataset is not None:
+      if self.steps is None and epochs - first_epoch != 1:
+        raise ValueError("a dataset of unknown length streams one epoch at a time")
+      stream = self.dataset.skip(skip)
+      if epochs - first_epoch > 1:
+        stream = stream.concatenate(self.dataset.repeat(epochs - first_epoch - 1))
+      return stream.map(_element_dict)
+    rows, batch_size = self.rows, self.batch_size
+    data = tf.nest.map_structure(tf.constant, self.data)
+
+    def epoch_rows(epoch):
+      order = tf.range(rows, dtype=tf.int64)
+      if order_seed is not None:
+        order = tf.random.experimental.stateless_shuffle(
+            order, seed=tf.stack([tf.constant(order_seed, tf.int64), epoch]))
+      first = tf.where(tf.equal(epoch, first_epoch), tf.constant(skip, tf.int64), 0)
+      return tf.data.Dataset.from_tensor_slices(order).batch(batch_size).skip(first)
+
+    batches = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch_rows)
+    return batches.map(lambda rows: tf.nest.map_structure(lambda a: tf.gather(a, rows), data))
+
+
+def _element_dict(*element) -> dict:
+  """A dataset element x, (x, y) or (x, y, sample_weight) as a batch dict (a pair of
+  texts as x is nested: ((texts, pairs), y))."""
+  if len(element) > 3:
+    raise TrainingError(f"dataset elements are x, (x, y) or (x, y, sample_weight), not "
+                        f"{len(element)} parts")
+  return dict(zip(("x", "y", "sample_weight"), element))
+
+
+# ---------------------------------------------------------------------------
+# The mixin.
+
+class Trainable:
+  """compile, fit, evaluate and predict (keras-hub's names and defaults)."""
+
+  default_learning_rate = 5e-5
+
+  @property
+  def optimizer(self):
+    """The compiled optimizer (None before compile)."""
+    compiled = self.__dict__.get("_training")
+    return compiled.optimizer if compiled is not None else None
+
+  def compile(self, optimizer="auto", loss="auto", metrics="auto", jit_compile: bool = True):
+    """Sets up training.
+
+    Args:
+      optimizer: "auto" (Adam at the task's upstream rate), "adam", "adamw", or
+        a `tfhub_models.optimizers.Adam` / `AdamW`.
+      loss: "auto" / "sparse_categorical_crossentropy", or a function
+        (labels, logits) -> per-position losses, weighted by the sample weights.
+      metrics: "auto" or ["accuracy"] (weighted accuracy), or None.
+      jit_compile: compile each step with XLA.
+    """
+    if callable(loss):
+      loss_fn = loss
+    elif loss in LOSSES:
+      loss_fn = LOSSES[loss]
+    else:
+      raise ValueError(f"unknown loss {loss!r}: use \"auto\", "
+                       "\"sparse_categorical_crossentropy\" or a function (labels, logits)")
+    if metrics in ("auto",):
+      metrics = ("accuracy",)
+    metrics = tuple(metrics or ())
+    unknown = [m for m in metrics if m != "accuracy"]
+    if unknown:
+      raise ValueError(f"unknown metrics {unknown}: only \"accuracy\" is supported")
+    object.__setattr__(self, "_training", _Compiled(
+        optimizers.get(optimizer, self.default_learning_rate), loss_fn, metrics,
+        bool(jit_compile)))
+
+  def _training_state(self) -> _Compiled:
+    compiled = self.__dict__.get("_training")
+    if compiled is None:
+      self.compile()
+      compiled = self.__dict__["_training"]
+    return compiled
+
+  # -- steps -----------------------------------------------------------------
+
+  def _terms(self, inputs, labels, weights, training: bool):
+    """(sum of weighted losses, sum of weights, weighted hits, real tokens): scalars."""
+    compiled = self._training_state()
+    logits = self(inputs, training=training)
+    weights = tf.cast(weights, tf.float32)
+    losses = compiled.loss(labels, logits)
+    hits = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32),
+                            tf.cast(labels, tf.int32)), tf.float32)
+    tokens = tf.add_n([tf.reduce_sum(tf.cast(v, tf.float32)) for k, v in inputs.items()
+                       if k.endswith("padding_mask")])
+    return (tf.reduce_sum(losses * weights), tf.reduce_sum(weights),
+            tf.reduce_sum(hits * weights), tokens)
+
+  def _train_function(self):
+    compiled = self._training_state()
+    variables = list(self.trainable_variables)
+    key = ("train",) + tuple(id(v) for v in variables)   # a new trace after (un)freezing
+    if key in compiled.functions:
+      return compiled.functions[key]
+    if not variables:
+      raise TrainingError(f"{type(self).__name__} has no trainable variables (everything is "
+                          "frozen)")
+    strategy = tf.distribute.get_strategy()
+    with strategy.scope():
+      compiled.optimizer.build(variables)
+
+    if not tf.distribute.has_strategy():
+      def step(inputs, labels, weights):
+        with tf.GradientTape() as tape:
+          loss_sum, weight_sum, hits, tokens = self._terms(inputs, labels, weights, True)
+          loss = tf.math.divide_no_nan(loss_sum, weight_sum)
+        compiled.optimizer.apply(tape.gradient(loss, variables), variables)
+        return loss_sum, weight_sum, hits, tokens
+      function = tf.function(step, jit_compile=compiled.jit_compile, autograph=False)
+    else:
+      def gradients(inputs, labels, weights, global_weight):
+        with tf.GradientTape() as tape:
+          loss_sum, weight_sum, hits, tokens = self._terms(inputs, labels, weights, True)
+          loss = tf.math.divide_no_nan(loss_sum, global_weight)
+        return tape.gradient(loss, variables), (loss_sum, weight_sum, hits, tokens)
+      compiled_gradients = tf.function(gradients, jit_compile=compiled.jit_compile,
+                                       autograph=False)
+
+      def replica_step(inputs, labels, weights):
+        context = tf.distribute.get_replica_context()
+        global_weight = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                           tf.reduce_sum(tf.cast(weights, tf.float32)))
+        grads, terms = compiled_gradients(inputs, labels, weights, global_weight)
+        compiled.optimizer.apply(grads, variables)
+        return terms
+
+      def step(inputs, labels, weights):
+        terms = strategy.run(replica_step, args=(inputs, labels, weights))
+        return tuple(strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None) for t in terms)
+      function = tf.function(step, autograph=False)
+    compiled.functions[key] = function
+    return function
+
+  def _eval_function(self):
+    compiled = self._training_state()
+    if "evaluate" not in compiled.functions:
+      compiled.functions["evaluate"] = tf.function(
+          lambda inputs, labels, weights: self._terms(inputs, labels, weights, False),
+          jit_compile=compiled.jit_compile, autograph=False)
+    return compiled.functions["evaluate"]
+
+  def _predict_function(self):
+    compiled = self._training_state()
+    if "predict" not in compiled.functions:
+      compiled.functions["predict"] = tf.function(
+          lambda inputs: self(inputs, training=False), jit_compile=compiled.jit_compile,
+          autograph=False)
+    return compiled.functions["predict"]
+
+  def _prepared(self, dataset: tf.data.Dataset, mode: str) -> tf.data.Dataset:
+    """Batch dicts -> (inputs, labels, weights), or inputs alone for predict."""
+    def prepare(batch):
+      inputs, labels, weights = self.prepare(batch["x"], batch.get("y"),
+                                             batch.get("sample_weight"), mode)
+      if mode == "predict":
+        return inputs
+      if labels is None:
+        raise TrainingError(f"{type(self).__name__}.{mode} needs labels y for preprocessed "
+                            "inputs")
+      if weights is None:
+        weights = tf.ones(tf.shape(labels), tf.float32)
+      return inputs, labels, tf.cast(weights, tf.float32)
+    # Not converted by AutoGraph, so a TrainingError raised while tracing
+    # reaches the caller as itself.
+    prepared = dataset.map(tf.autograph.experimental.do_not_convert(prepare)).prefetch(2)
+    if mode == "fit" and tf.distribute.has_strategy():
+      prepared = tf.distribute.get_strategy().experimental_distribute_dataset(prepared)
+    return prepared
+
+  def _epochs(self, batches: Batches, mode: str, order_seed, first_epoch: int, epochs: int,
+              skip: int = 0, *, repeat: bool = False):
+    """(epoch, iterator of prepared batches) for each epoch, all taken from one
+    tf.data iterator where the number of batches per epoch is known (with
+    repeat, the same batches every epoch: validation)."""
+    if batches.steps is None:            # a Dataset of unknown length: one pipeline an epoch
+      def each_epoch():
+        for epoch in range(first_epoch, epochs):
+          yield epoch, _guarded(self._prepared(
+              batches.epoch(None, epoch, skip if epoch == first_epoch else 0), mode))
+      return each_epoch()
+    # Built here, not when first iterated: bad input is named before the first step.
+    if repeat:
+      prepared = self._prepared(batches.epoch(order_seed, 0).repeat(), mode)
+    else:
+      prepared = self._prepared(batches.stream(order_seed, first_epoch, epochs, skip), mode)
+    stream = _guarded(prepared)
+
+    def counted():
+      for epoch in range(first_epoch, epochs):
+        yield epoch, itertools.islice(stream, batches.steps - (skip if epoch == first_epoch
+                                                               else 0))
+    return counted()
+
+  # -- public API ------------------------------------------------------------
+
+  def fit(self, x=None, y=None, sample_weight=None, batch_size=None, epochs: int = 1,
+          validation_data=None, shuffle: bool = True, seed: int | None = None,
+          checkpoint_dir: str | None = None, verbose="auto", *, checkpoint_every: int = 100,
+          keep_checkpoints: int = 3) -> dict:
+    """Trains the task; returns the history {"loss": [...], "accuracy": [...],
+    "val_loss": [...], "val_accuracy": [...]} (per epoch).
+
+    Args:
+      x: raw strings (list / string tensor), what the task's preprocessing takes
+        as a dict (e.g. {"encoder_text", "decoder_text"}), preprocessed integer
+        arrays (a dict), or a tf.data.Dataset of batches x / (x, y) / (x, y, w).
+      y, sample_weight: labels and weights of preprocessed inputs.
+      batch_size: rows per step (default 32; not with a Dataset).
+      epochs: passes over the data.
+      validation_data: x, (x, y) or (x, y, sample_weight), or a Dataset,
+        evaluated after each epoch.
+      shuffle: a new order each epoch (from `seed`); False takes batches in order.
+      seed: the order's seed (None: drawn once and kept in the checkpoint).
+      checkpoint_dir: saves model, optimizer and data position every
+        `checkpoint_every` steps and at each epoch's end (the last
+        `keep_checkpoints` kept); calling fit again with it resumes there.
+      verbose: "auto" (a progress bar on a terminal, a line per epoch
+        otherwise), 0, 1 (bar) or 2 (a line per epoch).
+    """
+    if int(epochs) < 1:
+      raise TrainingError(f"epochs must be >= 1, got {epochs}")
+    compiled = self._training_state()
+    batches = Batches(x, y, sample_weight, batch_size=batch_size)
+    validation = (_validation_batches(validation_data, batch_size)
+                  if validation_data is not None else None)
+    train = self._train_function()
+    optimizer = compiled.optimizer
+    order_seed = None
+    if shuffle and batches.dataset is None:
+      order_seed = int(seed) if seed is not None else int(np.random.default_rng().integers(2**31))
+    position = tf.Variable([0, 0, -1 if order_seed is None else order_seed], dtype=tf.int64,
+                           trainable=False)
+    history = {"loss": [], "accuracy": []}
+    manager = None
+    if checkpoint_dir is not None:
+      checkpoint = tf.train.Checkpoint(model=self, optimizer=optimizer, position=position)
+      manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=keep_checkpoints)
+      if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        history = _read_history(checkpoint_dir) or history
+        saved_seed = int(position[2])
+        order_seed = None if saved_seed < 0 else saved_seed
+    mode = _verbosity(verbose)
+    start_epoch, start_skip = int(position[0]), int(position[1])
+    validation_epochs = None if validation is None else self._epochs(
+        validation, "evaluate", None, start_epoch, int(epochs), repeat=True)
+    for epoch, dataset in self._epochs(batches, "fit", order_seed, start_epoch, int(epochs),
+                                       start_skip):
+      skip = start_skip if epoch == start_epoch else 0
+      bar = _progress(mode, batches.steps, skip, f"epoch {epoch + 1}/{epochs}")
+      losses, weight_total, hits_total = _read_partial(checkpoint_dir, epoch, skip)
+      step = skip
+      started, tokens_seen = time.perf_counter(), 0.0
+      for inputs, labels, weights in dataset:
+        loss_sum, weight_sum, hits, tokens = (float(t) for t in train(inputs, labels, weights))
+        loss = loss_sum / weight_sum if weight_sum else 0.0
+        step += 1
+        if not math.isfinite(loss):
+          raise TrainingError(
+              f"the loss is {loss} at step {step} of epoch {epoch + 1} (update "
+              f"{int(optimizer.iterations) + 1}); training stopped, the weights are those "
+              f"before that step" + (f" and {manager.latest_checkpoint} is the last good "
+                                     "checkpoint" if manager and manager.latest_checkpoint else ""))
+        losses.append(loss)
+        weight_total += weight_sum
+        hits_total += hits
+        tokens_seen += tokens
+        if bar is not None:
+          elapsed = max(time.perf_counter() - started, 1e-9)
+          bar.set_postfix(loss=f"{np.mean(losses):.4f}",
+                          lr=f"{float(optimizer.current_learning_rate()):.3g}",
+                          tokens_per_s=f"{tokens_seen / elapsed:.0f}")
+          bar.update(1)
+        if manager is not None and step % checkpoint_every == 0:
+          position.assign([epoch, step, position[2]])
+          _save(manager, checkpoint_dir, history, epoch, (losses, weight_total, hits_total))
+      if bar is not None:
+        bar.close()
+      if not losses:
+        raise TrainingError("the data set is empty")
+      history["loss"].append(float(np.mean(losses)))
+      if "accuracy" in compiled.metrics:
+        history["accuracy"].append(hits_total / weight_total if weight_total else 0.0)
+      if validation_epochs is not None:
+        scores = self._evaluate_batches(next(validation_epochs)[1])
+        history.setdefault("val_loss", []).append(scores["loss"])
+        if "accuracy" in scores:
+          history.setdefault("val_accuracy", []).append(scores["accuracy"])
+      if manager is not None:
+        position.assign([epoch + 1, 0, position[2]])
+        _save(manager, checkpoint_dir, history, epoch + 1, ([], 0.0, 0.0))
+      if mode == 2:
+        print(f"epoch {epoch + 1}/{epochs}: " + ", ".join(
+            f"{k} {v[-1]:.4f}" for k, v in history.items() if v), file=sys.stderr)
+    if "accuracy" not in compiled.metrics:
+      history.pop("accuracy", None)
+    return history
+
+  def _evaluate_batches(self, prepared) -> dict:
+    """Scores of prepared (inputs, labels, weights) batches."""
+    evaluate = self._eval_function()
+    loss_total = weight_total = hits_total = 0.0
+    for inputs, labels, weights in prepared:
+      loss_sum, weight_sum, hits, _ = (float(t) for t in evaluate(inputs, labels, weights))
+      loss_total, weight_total, hits_total = (loss_total + loss_sum, weight_total + weight_sum,
+                                              hits_total + hits)
+    scores = {"loss": loss_total / weight_total if weight_total else 0.0}
+    if "accuracy" in self._training_state().metrics:
+      scores["accuracy"] = hits_total / weight_total if weight_total else 0.0
+    return scores
+
+  def evaluate(self, x=None, y=None, sample_weight=None, batch_size=None) -> dict:
+    """{"loss": sum(weight · loss) / sum(weight) over all batches, "accuracy"}, dropout off."""
+    batches = Batches(x, y, sample_weight, batch_size=batch_size)
+    return self._evaluate_batches(_guarded(self._prepared(batches.epoch(None, 0), "evaluate")))
+
+  def predict(self, x, batch_size=None) -> np.ndarray:
+    """Logits of every batch, concatenated (padded with 0 to the longest along axis 1)."""
+    batches = Batches(x, batch_size=batch_size)
+    predict = self._predict_function()
+    parts = [predict(inputs).numpy()
+             for inputs in _guarded(self._prepared(batches.epoch(None, 0), "predict"))]
+    if not parts:
+      raise TrainingError("the data set is empty")
+    if parts[0].ndim >= 3:
+      longest = max(p.shape[1] for p in parts)
+      parts = [np.pad(p, [(0, 0), (0, longest - p.shape[1])] + [(0, 0)] * (p.ndim - 2))
+               for p in parts]
+    return np.concatenate(parts, axis=0)
+
+
+def _validation_batches(data, batch_size) -> Batches:
+  if isinstance(data, tf.data.Dataset):
+    return Batches(data)
+  if isinstance(data, tuple) and len(data) == 1:
+    data = data[0]                       # (x,): x alone
+  if isinstance(data, tuple) and len(data) in (2, 3) and not _is_string_list(data):
+    # (x, y) or (x, y, w); a pair of text lists (texts, pairs) is x itself only
+    # when its parts are strings and there is no third part.
+    if not (len(data) == 2 and _looks_like_texts(data[0]) and _looks_like_texts(data[1])):
+      return Batches(*data, batch_size=batch_size)
+  return Batches(data, batch_size=batch_size)
+
+
+def _looks_like_texts(x) -> bool:
+  return _is_string_list(x) or (isinstance(x, np.ndarray) and x.dtype.kind in "OSU")
+
+
+def _guarded(dataset):
+  """Iterates a prepared dataset; an assertion from preprocessing is a TrainingError."""
+  iterator = iter(dataset)
+  while True:
+    try:
+      element = next(iterator)
+    except StopIteration:
+      return
+    except tf.errors.InvalidArgumentError as e:
+      raise TrainingError(e.message.split("\n")[0].strip()) from None
+    yield element
+
+
+def _verbosity(verbose) -> int:
+  if verbose == "auto":
+    return 1 if sys.stderr.isatty() else 2
+  if verbose not in (0, 1, 2):
+    raise ValueError(f"verbose must be \"auto\", 0, 1 or 2, got {verbose!r}")
+  return int(verbose)
+
+
+def _progress(mode: int, steps, done: int, description: str):
+  if mode != 1:
+    return None
+  from tqdm.auto import tqdm
+  return tqdm(total=steps, initial=done, desc=description, unit="step", leave=True)
+
+
+# ---------------------------------------------------------------------------
+# Checkpoint side files: the history so far and the current epoch's step losses.
+
+_HISTORY = "history.json"
+
+
+def _write_json_atomically(path: str, value) -> None:
+  directory = os.path.dirname(path)
+  fd, temporary = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(value, f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(temporary, path)
+  except BaseException:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+    raise
+
+
+def _save(manager, directory: str, history: dict, epoch: int, partial: tuple) -> None:
+  """A checkpoint, then the side file: history, and the current epoch's step
+  losses, weight and hit sums so far (a resumed epoch reports the whole epoch)."""
+  manager.save()
+  losses, weights, hits = partial
+  _write_json_atomically(os.path.join(directory, _HISTORY),
+                         {"history": history, "epoch": epoch, "losses": losses,
+                          "weights": weights, "hits": hits})
+
+
+def _read_side_file(directory: str | None) -> dict | None:
+  path = None if directory is None else os.path.join(directory, _HISTORY)
+  if path is None or not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _read_history(directory: str) -> dict | None:
+  saved = _read_side_file(directory)
+  return None if saved is None else saved["history"]
+
+
+def _read_partial(directory: str | None, epoch: int, skip: int) -> tuple:
+  """(step losses, weight sum, hit sum) of a resumed epoch's first `skip` steps."""
+  saved = _read_side_file(directory) if skip else None
+  if saved is None or saved.get("epoch") != epoch or len(saved["losses"]) != skip:
+    return [], 0.0, 0.0
+  return list(saved["losses"]), float(saved["weights"]), float(saved["hits"])
+
+
+__all__ = ["Trainable", "TrainingError", "Batches", "check_labels", "sparse_cross_entropy",
+           "DEFAULT_BATCH_SIZE", "MODES"]

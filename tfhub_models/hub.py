@@ -123,6 +123,9 @@ def _parts(model):
   if not hasattr(model, "backbone") or not hasattr(model, "preprocessor"):
     raise TypeError(f"--format hub needs a model with a backbone and a preprocessor, "
                     f"not a {type(model).__name__}")
+  if model.preprocessor is None:
+    raise ValueError(f"--format hub needs a preprocessor; this {type(model).__name__} was built "
+                     "with preprocessor=None")
   return model.backbone, model.preprocessor
 
 

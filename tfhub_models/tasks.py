@@ -52,6 +52,15 @@ def load_preset(family: loader.Family, task: str, preset, load_weights: bool,
   return module
 
 
+def save_preset(family: loader.Family, task, directory, *, overwrite: bool = False):
+  """`save_to_preset` of every task: a Hugging Face checkpoint directory that
+  transformers' AutoModelFor* / AutoTokenizer and our from_preset load,
+  written atomically (a hidden sibling, then a rename).  Returns its path."""
+  from tfhub_models.checkpoints import save
+  require_preprocessor(task, "save_to_preset (a preset carries its tokenizer's files)")
+  return save.write(family.save(task, task.task), task.tokenizer, directory, overwrite=overwrite)
+
+
 def require_preprocessor(task, what: str) -> None:
   """ValueError when a task built with preprocessor=None is given raw text."""
   if task.preprocessor is None:

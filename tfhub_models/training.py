@@ -33,14 +33,13 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 
-from tfhub_models import optimizers
+from tfhub_models import atomic, optimizers
 
 DEFAULT_BATCH_SIZE = 32
 MODES = ("fit", "evaluate", "predict")
@@ -563,27 +562,12 @@ def _progress(mode: int, steps, done: int, description: str):
 _HISTORY = "history.json"
 
 
-def _write_json_atomically(path: str, value) -> None:
-  directory = os.path.dirname(path)
-  fd, temporary = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(value, f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-    raise
-
-
 def _save(manager, directory: str, history: dict, epoch: int, partial: tuple) -> None:
   """A checkpoint, then the side file: history, and the current epoch's step
   losses, weight and hit sums so far (a resumed epoch reports the whole epoch)."""
   manager.save()
   losses, weights, hits = partial
-  _write_json_atomically(os.path.join(directory, _HISTORY),
+  atomic.write_json(os.path.join(directory, _HISTORY),
                          {"history": history, "epoch": epoch, "losses": losses,
                           "weights": weights, "hits": hits})
 

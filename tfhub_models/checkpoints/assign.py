@@ -25,6 +25,19 @@ def same(array: np.ndarray) -> np.ndarray:
   return array
 
 
+def flatten(array: np.ndarray) -> np.ndarray:
+  """[1, V] -> [V] (BART's final_logits_bias)."""
+  return array.reshape(-1)
+
+
+def as_row(array: np.ndarray) -> np.ndarray:
+  return array.reshape(1, -1)
+
+
+# The inverse of each Hugging Face transform: variable value -> checkpoint array.
+INVERSE = {id(same): same, id(transpose): transpose, id(flatten): as_row}
+
+
 def heads_to_dense(array: np.ndarray) -> np.ndarray:
   """keras-hub EinsumDense kernels [D, N, H] / biases [N, H] -> [D, D] / [D]."""
   return array.reshape(array.shape[0], -1) if array.ndim == 3 else array.reshape(-1)

@@ -5,9 +5,12 @@ keys and tokenizer files.  Duck-typed on `tfhub_models.models.bart`'s modules.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from tfhub_models.checkpoints import assign as a
+from tfhub_models.checkpoints import save
 from tfhub_models.checkpoints.sources import Checkpoint, CheckpointError
 from tfhub_models.tokenizers import ByteLevelBPETokenizer
 
@@ -76,7 +79,6 @@ def task(checkpoint: Checkpoint, requested: str | None, load_weights: bool) -> s
 
 def assign(module, checkpoint: Checkpoint, task: str) -> None:
   """Every variable of the backbone (the generation task has no other)."""
-  del task
   if checkpoint.format == "keras_hub":
     _assign_keras_hub(a.backbone_of(module), checkpoint)
     return
@@ -90,12 +92,22 @@ def assign(module, checkpoint: Checkpoint, task: str) -> None:
       weights["shared.weight"] = weights[copy]
   if "final_logits_bias" not in weights:  # upstream treats it as optional (zeros)
     weights["final_logits_bias"] = np.zeros([1, b.config.vocabulary_size], np.float32)
+  out = hf_assignments(module, task)
+  a.assign_strict(out, weights, ignored=lambda k: k in tied or k.endswith("position_ids"),
+                  where=str(checkpoint.directory), dtype=b.dtype)
+
+
+def hf_assignments(module, task: str) -> list:
+  """[(Hugging Face key without "model.", variable, transform)] of the backbone's
+  variables: loading reads them, saving writes them back."""
+  del task
+  b = a.backbone_of(module)
   out = [("shared.weight", b.token_embedding.embeddings, a.same),
          ("encoder.embed_positions.weight", b.encoder_position_embedding.embeddings, a.same),
          ("decoder.embed_positions.weight", b.decoder_position_embedding.embeddings, a.same),
          *a.hf_norm("encoder.layernorm_embedding", b.encoder_embeddings_layer_norm),
          *a.hf_norm("decoder.layernorm_embedding", b.decoder_embeddings_layer_norm),
-         ("final_logits_bias", b.final_logits_bias, lambda x: x.reshape(-1))]
+         ("final_logits_bias", b.final_logits_bias, a.flatten)]
   for i, layer in enumerate(b.encoder_layers):
     p = f"encoder.layers.{i}."
     out += [*a.hf_attention(p + "self_attn", layer.self_attention),
@@ -112,8 +124,50 @@ def assign(module, checkpoint: Checkpoint, task: str) -> None:
             *a.hf_dense(p + "fc1", layer.feedforward.intermediate),
             *a.hf_dense(p + "fc2", layer.feedforward.output),
             *a.hf_norm(p + "final_layer_norm", layer.feedforward_layer_norm)]
-  a.assign_strict(out, weights, ignored=lambda k: k in tied or k.endswith("position_ids"),
-                  where=str(checkpoint.directory), dtype=b.dtype)
+  return out
+
+
+def hf_files(module, task: str) -> save.PresetFiles:
+  """config.json, weights, tokenizer_config.json and generation_config.json of a
+  BartForConditionalGeneration, as transformers saves them."""
+  b = a.backbone_of(module)
+  c, g = b.config, b.config.generation
+  tokenizer = module.tokenizer
+  generation = {k: v for k, v in dataclasses.asdict(g).items()
+                if k not in ("num_return_sequences",)}
+  generation["early_stopping"] = g.early_stopping
+  if isinstance(g.eos_token_id, tuple):
+    generation["eos_token_id"] = list(g.eos_token_id)
+  generation["bos_token_id"] = tokenizer.bos_token_id
+  config = {
+      "architectures": ["BartForConditionalGeneration"], "model_type": "bart",
+      "vocab_size": c.vocabulary_size, "d_model": c.hidden_dim,
+      "encoder_layers": c.num_layers, "decoder_layers": b.config.num_decoder_layers or c.num_layers,
+      "encoder_attention_heads": c.num_heads, "decoder_attention_heads": c.num_heads,
+      "encoder_ffn_dim": c.intermediate_dim, "decoder_ffn_dim": c.intermediate_dim,
+      "activation_function": c.activation, "dropout": c.dropout,
+      # Our layers apply `dropout` only, as upstream does with these at 0.
+      "attention_dropout": 0.0, "activation_dropout": 0.0,
+      "max_position_embeddings": c.max_sequence_length, "scale_embedding": c.scale_embedding,
+      "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
+      "eos_token_id": tokenizer.eos_token_id, "decoder_start_token_id": g.decoder_start_token_id,
+      "forced_eos_token_id": g.forced_eos_token_id, "is_encoder_decoder": True,
+      "tie_word_embeddings": True, "init_std": 0.02, "torch_dtype": "float32"}
+  tokenizer_config = {
+      "tokenizer_class": "BartTokenizer", "bos_token": tokenizer.bos_token,
+      "eos_token": tokenizer.eos_token, "sep_token": tokenizer.eos_token,
+      "cls_token": tokenizer.bos_token, "unk_token": tokenizer.unk_token,
+      "pad_token": tokenizer.pad_token,
+      # As loaded: a tokenizer.json may have said that <mask> takes the space before it.
+      "mask_token": {"content": tokenizer.mask_token,
+                     "lstrip": tokenizer.mask_token in tokenizer.lstrip,
+                     "rstrip": tokenizer.mask_token in tokenizer.rstrip,
+                     "normalized": False, "single_word": False, "special": True,
+                     "__type": "AddedToken"},
+      "add_prefix_space": False, "model_max_length": c.max_sequence_length}
+  return save.PresetFiles(config, save.state(hf_assignments(module, task), "model.",
+                                             ("final_logits_bias",)),
+                          tokenizer_config, generation)
 
 
 def _assign_keras_hub(b, checkpoint: Checkpoint) -> None:

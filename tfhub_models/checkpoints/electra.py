@@ -7,6 +7,7 @@ keys and tokenizer files.  Duck-typed on the modules of
 from __future__ import annotations
 
 from tfhub_models.checkpoints import assign as a
+from tfhub_models.checkpoints import save
 from tfhub_models.checkpoints.sources import Checkpoint, CheckpointError
 from tfhub_models.tokenizers import WordPieceTokenizer
 
@@ -118,6 +119,20 @@ def assign(module, checkpoint: Checkpoint, task: str) -> None:
   weights = _weights(checkpoint)
   a.require_tied(weights, "generator_lm_head.weight", "embeddings.word_embeddings.weight",
                  checkpoint.directory)
+  unused_heads = tuple(h for t, h in _HEADS.items() if t != task)
+
+  def ignored(key: str) -> bool:
+    # Tied copies, buffers, and the head of another task than the one built.
+    return (key.endswith("position_ids") or key.endswith("token_type_ids")
+            or key == "generator_lm_head.weight" or key.startswith(unused_heads))
+
+  a.assign_strict(hf_assignments(module, task), weights, ignored=ignored,
+                  where=str(checkpoint.directory), dtype=a.backbone_of(module).dtype)
+
+
+def hf_assignments(module, task: str) -> list:
+  """[(Hugging Face key without the model prefix, variable, transform)] of every
+  variable of `module`: loading reads them, saving writes them back."""
   b = a.backbone_of(module)
   out = [
       ("embeddings.word_embeddings.weight", b.token_embedding.embeddings, a.same),
@@ -136,14 +151,44 @@ def assign(module, checkpoint: Checkpoint, task: str) -> None:
     out += [*a.hf_dense("generator_predictions.dense", module.head.dense),
             *a.hf_norm("generator_predictions.LayerNorm", module.head.layer_norm),
             ("generator_lm_head.bias", module.head.bias, a.same)]
-  unused_heads = tuple(h for t, h in _HEADS.items() if t != task)
+  return out
 
-  def ignored(key: str) -> bool:
-    # Tied copies, buffers, and the head of another task than the one built.
-    return (key.endswith("position_ids") or key.endswith("token_type_ids")
-            or key == "generator_lm_head.weight" or key.startswith(unused_heads))
 
-  a.assign_strict(out, weights, ignored=ignored, where=str(checkpoint.directory), dtype=b.dtype)
+# Hugging Face class of each task's saved preset (the model sits under "electra.").
+_ARCHITECTURES = {"fill_mask": "ElectraForMaskedLM",
+                  "replaced_token_detection": "ElectraForPreTraining",
+                  "embedding": "ElectraModel", "backbone": "ElectraModel"}
+
+
+def hf_files(module, task: str) -> save.PresetFiles:
+  """config.json, weights and tokenizer_config.json of `module` as transformers saves them."""
+  b = a.backbone_of(module)
+  c = b.config
+  if b.pooler is not None:
+    raise ValueError("a pooler (keras-hub's pooled_dense) has no place in a Hugging Face "
+                     "ELECTRA checkpoint")
+  architecture = _ARCHITECTURES[task]
+  prefix = "" if architecture == "ElectraModel" else "electra."
+  config = {
+      "architectures": [architecture], "model_type": "electra",
+      "vocab_size": c.vocabulary_size, "embedding_size": c.embedding_dim,
+      "hidden_size": c.hidden_dim, "num_hidden_layers": c.num_layers,
+      "num_attention_heads": c.num_heads, "intermediate_size": c.intermediate_dim,
+      "hidden_act": c.hidden_activation, "hidden_dropout_prob": c.dropout,
+      "attention_probs_dropout_prob": c.dropout, "max_position_embeddings": c.max_sequence_length,
+      "type_vocab_size": c.num_segments, "layer_norm_eps": c.layer_norm_epsilon,
+      "pad_token_id": c.pad_token_id, "position_embedding_type": "absolute",
+      "initializer_range": 0.02, "torch_dtype": "float32"}
+  tokenizer = module.tokenizer
+  tokenizer_config = {
+      "tokenizer_class": "ElectraTokenizer", "do_lower_case": tokenizer.lowercase,
+      "strip_accents": tokenizer.strip_accents, "tokenize_chinese_chars": tokenizer.split_cjk,
+      "unk_token": tokenizer.unk_token, "cls_token": tokenizer.cls_token,
+      "sep_token": tokenizer.sep_token, "pad_token": tokenizer.pad_token,
+      "mask_token": tokenizer.mask_token, "model_max_length": c.max_sequence_length}
+  heads = ("discriminator_predictions.", "generator_")
+  return save.PresetFiles(config, save.state(hf_assignments(module, task), prefix, heads),
+                          tokenizer_config)
 
 
 def _assign_keras_hub(module, checkpoint: Checkpoint) -> None:

@@ -33,6 +33,8 @@ class Family:
       (e.g. a pooler).
     build(config, tokenizer, task, *, dtype, sequence_length, **options) -> a module.
     assign(module, checkpoint, task) -> None: the weights, strictly.
+    save(module, task) -> checkpoints.save.PresetFiles: the module as a Hugging
+      Face checkpoint (`save_to_preset`).
   """
   name: str
   hf_model_types: tuple
@@ -44,6 +46,7 @@ class Family:
   build: Callable
   assign: Callable
   options: Callable = lambda checkpoint, task, load_weights: {}
+  save: Callable | None = None
   handles: dict = dataclasses.field(default_factory=dict)   # preset name -> hub handles
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfhub_models.checkpoints import assign as a
+from tfhub_models.checkpoints import save
 from tfhub_models.checkpoints.sources import Checkpoint, CheckpointError
 from tfhub_models.tokenizers import XLMRobertaTokenizer
 
@@ -102,6 +103,16 @@ def assign(module, checkpoint: Checkpoint, task: str) -> None:
   a.require_tied(weights, "lm_head.decoder.weight", "embeddings.word_embeddings.weight",
                  checkpoint.directory)
   b = a.backbone_of(module)
+  heads = () if task in HEAD_TASKS else ("lm_head.",)
+  a.assign_strict(hf_assignments(module, task), weights,
+                  ignored=lambda k: _ignored_hf(k) or k.startswith(heads),
+                  where=str(checkpoint.directory), dtype=b.dtype)
+
+
+def hf_assignments(module, task: str) -> list:
+  """[(Hugging Face key without the model prefix, variable, transform)] of every
+  variable of `module`: loading reads them, saving writes them back."""
+  b = a.backbone_of(module)
   assignments = [
       ("embeddings.word_embeddings.weight", b.token_embedding.embeddings, a.same),
       ("embeddings.position_embeddings.weight", b.position_embedding.embeddings, a.same),
@@ -112,10 +123,37 @@ def assign(module, checkpoint: Checkpoint, task: str) -> None:
     h = module.head
     assignments += [*a.hf_dense("lm_head.dense", h.dense),
                     *a.hf_norm("lm_head.layer_norm", h.layer_norm), ("lm_head.bias", h.bias, a.same)]
-  heads = () if task in HEAD_TASKS else ("lm_head.",)
-  a.assign_strict(assignments, weights,
-                  ignored=lambda k: _ignored_hf(k) or k.startswith(heads),
-                  where=str(checkpoint.directory), dtype=b.dtype)
+  return assignments
+
+
+# Hugging Face class and weight-name prefix of each task's saved preset.
+_ARCHITECTURES = {"fill_mask": ("XLMRobertaForMaskedLM", "roberta."),
+                  "backbone": ("XLMRobertaModel", ""), "embedding": ("XLMRobertaModel", "")}
+
+
+def hf_files(module, task: str) -> save.PresetFiles:
+  """config.json, weights and tokenizer_config.json of `module` as transformers saves them."""
+  architecture, prefix = _ARCHITECTURES[task]
+  c = a.backbone_of(module).config
+  config = {
+      "architectures": [architecture], "model_type": "xlm-roberta",
+      "vocab_size": c.vocabulary_size, "hidden_size": c.hidden_dim,
+      "num_hidden_layers": c.num_layers, "num_attention_heads": c.num_heads,
+      "intermediate_size": c.intermediate_dim, "hidden_act": c.hidden_activation,
+      "hidden_dropout_prob": c.dropout, "attention_probs_dropout_prob": c.dropout,
+      "max_position_embeddings": c.num_positions, "type_vocab_size": c.type_vocabulary_size,
+      "layer_norm_eps": c.layer_norm_epsilon, "pad_token_id": c.pad_token_id,
+      "bos_token_id": 0, "eos_token_id": 2, "position_embedding_type": "absolute",
+      "initializer_range": 0.02, "torch_dtype": "float32"}
+  tokenizer_config = {
+      "tokenizer_class": "XLMRobertaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
+      "sep_token": "</s>", "cls_token": "<s>", "unk_token": "<unk>", "pad_token": "<pad>",
+      # Upstream's <mask> takes the space before it.
+      "mask_token": {"content": "<mask>", "lstrip": True, "rstrip": False, "normalized": False,
+                     "single_word": False, "special": True, "__type": "AddedToken"},
+      "model_max_length": c.max_sequence_length}
+  return save.PresetFiles(config, save.state(hf_assignments(module, task), prefix, ("lm_head.",)),
+                          tokenizer_config)
 
 
 def _assign_keras_hub(module, checkpoint: Checkpoint, task: str) -> None:

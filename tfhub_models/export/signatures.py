@@ -441,6 +441,10 @@ class ServingModule(tf.Module):
       raise TypeError(f"cannot export a {type(task).__name__} for serving (exports take a "
                       f"task module: {', '.join(PARTS)}; XLM-RoBERTa fill-mask exports need "
                       "the masked-LM head)")
+    if getattr(task, "preprocessor", None) is None:
+      raise ValueError(f"cannot export a {type(task).__name__} without a preprocessor (built "
+                       "with preprocessor=None): serving signatures take raw text; load it "
+                       "with preprocessor=\"auto\" or set task.preprocessor")
     super().__init__(name=f"{name}_serving")
     self.task = task
     self.parts = PARTS[name](task, options)

@@ -14,25 +14,14 @@ import shutil
 import tempfile
 from typing import Callable
 
+from tfhub_models.atomic import fsync_tree
+
 
 def next_version(model_dir: pathlib.Path) -> int:
   """One more than the largest numeric version directory (1 if none)."""
   versions = [int(p.name) for p in model_dir.iterdir()
               if p.is_dir() and p.name.isdigit()] if model_dir.exists() else []
   return max(versions, default=0) + 1
-
-
-def fsync_tree(directory: pathlib.Path) -> None:
-  """Flushes every file and directory below `directory` to disk (before the rename)."""
-  for root, _, files in os.walk(directory):
-    for name in files:
-      with open(os.path.join(root, name), "rb") as f:
-        os.fsync(f.fileno())
-    handle = os.open(root, os.O_RDONLY)
-    try:
-      os.fsync(handle)
-    finally:
-      os.close(handle)
 
 
 def write_atomically(base: str | os.PathLike, name: str, version: int | None,

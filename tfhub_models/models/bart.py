@@ -375,6 +375,12 @@ class BartSeq2SeqLM(layers.Module, training.Trainable):
     with tf.control_dependencies(checks):
       return inputs, tf.identity(labels), tf.identity(weights)
 
+  def save_to_preset(self, preset_dir, overwrite: bool = False):
+    """Writes a Hugging Face checkpoint directory (config.json, model.safetensors,
+    the tokenizer's files) that transformers and `from_preset` load; atomic, and
+    a non-empty preset_dir is refused unless overwrite.  Returns its path."""
+    return tasks.save_preset(FAMILY, self, preset_dir, overwrite=overwrite)
+
   def __call__(self, inputs: dict, training: bool = False) -> tf.Tensor:
     """Teacher-forced logits float32 [B, T, V] of the preprocessed inputs."""
     decoded = self.backbone(inputs, training=training)["decoder_sequence_output"]
@@ -464,6 +470,7 @@ def _config(checkpoint) -> BartConfig:
 FAMILY = loader.Family(
     name="BART", hf_model_types=("bart",), keras_hub_classes=("BartBackbone",), tasks=files.TASKS,
     config=_config, tokenizer=files.tokenizer, task=files.task, build=build, assign=files.assign,
+    save=files.hf_files,
     handles=PRESET_HANDLES)
 
 __all__ = ["BartConfig", "BartBackbone", "BartSeq2SeqLM", "DecoderLayer", "DecoderState",

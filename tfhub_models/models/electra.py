@@ -232,6 +232,12 @@ class ElectraDiscriminator(layers.Module):
     """
     return tasks.load_preset(FAMILY, cls.task, preset, load_weights, preprocessor, **overrides)
 
+  def save_to_preset(self, preset_dir, overwrite: bool = False):
+    """Writes a Hugging Face checkpoint directory (config.json, model.safetensors,
+    the tokenizer's files) that transformers and `from_preset` load; atomic, and
+    a non-empty preset_dir is refused unless overwrite.  Returns its path."""
+    return tasks.save_preset(FAMILY, self, preset_dir, overwrite=overwrite)
+
   def __call__(self, inputs: dict, training: bool = False) -> tf.Tensor:
     """Replaced-token logits float32 [B, L] of {"token_ids", "segment_ids",
     "padding_mask"} (int32 [B, L])."""
@@ -282,6 +288,12 @@ class ElectraMaskedLM(layers.Module, training.Trainable):
     """
     return tasks.load_preset(FAMILY, cls.task, preset, load_weights, preprocessor, **overrides)
 
+  def save_to_preset(self, preset_dir, overwrite: bool = False):
+    """Writes a Hugging Face checkpoint directory (config.json, model.safetensors,
+    the tokenizer's files) that transformers and `from_preset` load; atomic, and
+    a non-empty preset_dir is refused unless overwrite.  Returns its path."""
+    return tasks.save_preset(FAMILY, self, preset_dir, overwrite=overwrite)
+
   def __call__(self, inputs: dict, training: bool = False) -> tf.Tensor:
     """Logits float32 [B, M, V] at "mask_positions" int32 [B, M] (one segment)."""
     outputs = self.backbone({"token_ids": inputs["token_ids"],
@@ -322,6 +334,7 @@ FAMILY = loader.Family(
     name="ELECTRA", hf_model_types=("electra",), keras_hub_classes=("ElectraBackbone",),
     tasks=files.TASKS, config=lambda checkpoint: ElectraConfig(**files.config_fields(checkpoint)),
     tokenizer=files.tokenizer, task=files.task, build=build, assign=files.assign,
+    save=files.hf_files,
     options=files.options, handles=PRESET_HANDLES)
 
 __all__ = ["ElectraConfig", "ElectraBackbone", "ElectraDiscriminatorHead", "ElectraEncoder",

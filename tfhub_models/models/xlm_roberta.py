@@ -160,6 +160,12 @@ class XLMRobertaMaskedLM(layers.Module, training.Trainable):
     """
     return tasks.load_preset(FAMILY, cls.task, preset, load_weights, preprocessor, **overrides)
 
+  def save_to_preset(self, preset_dir, overwrite: bool = False):
+    """Writes a Hugging Face checkpoint directory (config.json, model.safetensors,
+    the tokenizer's files) that transformers and `from_preset` load; atomic, and
+    a non-empty preset_dir is refused unless overwrite.  Returns its path."""
+    return tasks.save_preset(FAMILY, self, preset_dir, overwrite=overwrite)
+
   def __call__(self, inputs: dict, training: bool = False) -> tf.Tensor:
     """Logits at the mask positions.
 
@@ -232,6 +238,7 @@ FAMILY = loader.Family(
     keras_hub_classes=("XLMRobertaBackbone",), tasks=files.TASKS,
     config=lambda checkpoint: XLMRobertaConfig(**files.config_fields(checkpoint)),
     tokenizer=files.tokenizer, task=files.task, build=build, assign=files.assign,
+    save=files.hf_files,
     handles=PRESET_HANDLES)
 
 __all__ = ["XLMRobertaConfig", "XLMRobertaBackbone", "XLMRobertaMaskedLM", "XLMRobertaEncoder",

@@ -1,0 +1,174 @@
+"""save_to_preset: Hugging Face directories that transformers, our loader and the
+export path all read back with the same outputs, written atomically."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import ROOT, write_bart_checkpoint, write_electra_checkpoint, write_hf_checkpoint
+from tfhub_models import BartSeq2SeqLM, ElectraMaskedLM, XLMRobertaMaskedLM
+
+TEXTS = ["the cat sat on the <mask>.", "a <mask> ran in the park"]
+
+
+def _perturb(task, seed: int) -> None:
+  """Moves every variable, as a fine-tuning run would, so the saved weights are
+  ours and not the checkpoint's."""
+  rng = np.random.default_rng(seed)
+  for variable in task.variables:
+    variable.assign_add(rng.normal(0, 0.02, variable.shape).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def xlmr_preset(tmp_path_factory, sp_file, vocab_size):
+  source = write_hf_checkpoint(tmp_path_factory.mktemp("preset_src"), sp_file, vocab_size, seed=6)
+  task = XLMRobertaMaskedLM.from_preset(str(source))
+  _perturb(task, 0)
+  saved = task.save_to_preset(tmp_path_factory.mktemp("presets") / "xlmr")
+  return task, saved
+
+
+def _masked_lm_logits(task, texts):
+  """Our tokens and logits at every position of `texts` (positions = all)."""
+  packed = task.preprocessor(tf.constant(texts))
+  length = packed["token_ids"].shape[1]
+  positions = tf.tile(tf.range(length)[None, :], [len(texts), 1])
+  logits = task(dict(packed, mask_positions=positions))
+  return packed["token_ids"].numpy(), packed["padding_mask"].numpy(), logits.numpy()
+
+
+def _compare_with_transformers(task, directory, architecture):
+  import torch
+  import transformers
+  model = getattr(transformers, architecture).from_pretrained(str(directory)).eval()
+  assert type(model).__name__ == json.loads((directory / "config.json").read_text())[
+      "architectures"][0]
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory))
+  ids, mask, ours = _masked_lm_logits(task, TEXTS)
+  theirs_ids = tokenizer(TEXTS, padding="max_length", max_length=ids.shape[1])["input_ids"]
+  np.testing.assert_array_equal(np.asarray(theirs_ids), ids)
+  with torch.no_grad():
+    theirs = model(input_ids=torch.tensor(ids, dtype=torch.long),
+                   attention_mask=torch.tensor(mask)).logits.numpy()
+  real = mask.astype(bool)
+  np.testing.assert_allclose(ours[real], theirs[real], rtol=1e-5, atol=1e-5)
+
+
+def test_masked_lm_preset_loads_in_transformers_and_back(xlmr_preset):
+  task, saved = xlmr_preset
+  assert sorted(os.listdir(saved)) == ["config.json", "model.safetensors",
+                                       "sentencepiece.bpe.model", "tokenizer_config.json"]
+  _compare_with_transformers(task, saved, "AutoModelForMaskedLM")
+  again = XLMRobertaMaskedLM.from_preset(str(saved))
+  for mine, loaded in zip(task.variables, again.variables):
+    np.testing.assert_array_equal(mine.numpy(), loaded.numpy(), err_msg=mine.name)
+  # Tied weights stay one tensor in the file, as transformers writes them.
+  from safetensors.numpy import load_file
+  keys = set(load_file(str(saved / "model.safetensors")))
+  assert "lm_head.decoder.weight" not in keys and "roberta.embeddings.word_embeddings.weight" in keys
+
+
+def test_saved_preset_exports_and_passes_check_serving(xlmr_preset, tmp_path):
+  _, saved = xlmr_preset
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  done = subprocess.run([sys.executable, "scripts/export.py", "--checkpoint", str(saved),
+                         "--output", str(tmp_path), "--name", "tuned", "--sequence-length", "32",
+                         "--warmup-batch-sizes", "1"],
+                        capture_output=True, text=True, cwd=ROOT, timeout=900, env=env)
+  assert done.returncode == 0, done.stderr[-3000:]
+  version = done.stdout.strip().splitlines()[-1]
+  checked = subprocess.run([sys.executable, "scripts/check_serving.py", version],
+                           capture_output=True, text=True, cwd=ROOT, timeout=900, env=env)
+  assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]
+
+
+def test_electra_generator_preset(tmp_path, wordpiece_dir, wordpiece_vocab):
+  source = write_electra_checkpoint(tmp_path / "src", wordpiece_dir, len(wordpiece_vocab),
+                                    "generator", seed=2)
+  task = ElectraMaskedLM.from_preset(str(source))
+  _perturb(task, 1)
+  saved = task.save_to_preset(tmp_path / "saved")
+  _compare_with_transformers(task, saved, "AutoModelForMaskedLM")
+  again = ElectraMaskedLM.from_preset(str(saved))
+  for mine, loaded in zip(task.variables, again.variables):
+    np.testing.assert_array_equal(mine.numpy(), loaded.numpy(), err_msg=mine.name)
+
+
+def test_bart_preset_keeps_weights_generation_and_tokenizer(tmp_path, bpe_dir):
+  import torch
+  import transformers
+  from conftest import CNN_STYLE
+  source = write_bart_checkpoint(tmp_path / "src", bpe_dir, seed=5, generation=CNN_STYLE)
+  task = BartSeq2SeqLM.from_preset(str(source))
+  _perturb(task, 2)
+  saved = task.save_to_preset(tmp_path / "saved")
+  assert (saved / "generation_config.json").exists()
+  model = transformers.AutoModelForSeq2SeqLM.from_pretrained(str(saved)).eval()
+  assert model.generation_config.num_beams == 4 and model.generation_config.min_length == 6
+  assert model.generation_config.no_repeat_ngram_size == 3
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(saved))
+  texts = ["hello world", "the cat <mask> on the mat"]
+  encoded = task.preprocessor(tf.constant(texts))
+  ids = encoded["token_ids"].numpy()
+  np.testing.assert_array_equal(
+      np.asarray(tokenizer(texts, padding="max_length", max_length=ids.shape[1])["input_ids"]),
+      ids)
+  decoder = np.array([[2, 0, 100, 200, 300], [2, 0, 50, 1, 1]], np.int32)
+  inputs = {"encoder_token_ids": ids, "encoder_padding_mask": encoded["padding_mask"].numpy(),
+            "decoder_token_ids": decoder, "decoder_padding_mask": (decoder != 1).astype(np.int32)}
+  ours = task(inputs).numpy()
+  with torch.no_grad():
+    theirs = model(input_ids=torch.tensor(ids, dtype=torch.long),
+                   attention_mask=torch.tensor(inputs["encoder_padding_mask"]),
+                   decoder_input_ids=torch.tensor(decoder, dtype=torch.long),
+                   decoder_attention_mask=torch.tensor(inputs["decoder_padding_mask"])).logits
+  real = inputs["decoder_padding_mask"].astype(bool)
+  np.testing.assert_allclose(ours[real], theirs.numpy()[real], rtol=1e-5, atol=1e-5)
+  again = BartSeq2SeqLM.from_preset(str(saved))
+  assert again.backbone.config.generation == task.backbone.config.generation
+  for mine, loaded in zip(task.variables, again.variables):
+    np.testing.assert_array_equal(mine.numpy(), loaded.numpy(), err_msg=mine.name)
+
+
+def test_save_refuses_a_full_directory_and_is_atomic(xlmr_preset, tmp_path, monkeypatch):
+  task, _ = xlmr_preset
+  target = tmp_path / "out"
+  target.mkdir()
+  (target / "notes.txt").write_text("mine")
+  with pytest.raises(FileExistsError, match="not empty"):
+    task.save_to_preset(target)
+  assert os.listdir(target) == ["notes.txt"]
+
+  def broken(directory):
+    (directory / "sentencepiece.bpe.model").write_bytes(b"half")
+    raise OSError(28, "No space left on device")
+  monkeypatch.setattr(task.tokenizer, "save_assets", broken)
+  with pytest.raises(OSError, match="No space"):
+    task.save_to_preset(target, overwrite=True)
+  assert os.listdir(target) == ["notes.txt"]               # the old directory, untouched
+  assert sorted(os.listdir(tmp_path)) == ["out"]           # no hidden staging left behind
+  monkeypatch.undo()
+  task.save_to_preset(target, overwrite=True)
+  assert "notes.txt" not in os.listdir(target) and (target / "model.safetensors").exists()
+  assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_save_needs_the_tokenizer(xlmr_preset, tmp_path):
+  task, _ = xlmr_preset
+  bare = XLMRobertaMaskedLM(task.backbone, None)
+  with pytest.raises(ValueError, match="no preprocessor"):
+    bare.save_to_preset(tmp_path / "bare")
+  assert not (tmp_path / "bare").exists()
+
+
+def test_export_refuses_a_task_without_preprocessor(xlmr_preset, tmp_path):
+  from tfhub_models import export
+  task, _ = xlmr_preset
+  with pytest.raises(ValueError, match="without a preprocessor"):
+    export.export(XLMRobertaMaskedLM(task.backbone, None), tmp_path, "bare")
+  assert not (tmp_path / "bare" / "1").exists()

@@ -315,6 +315,11 @@ def test_bad_training_input_is_named(raw_lm, vocab_size):
     raw_lm.fit(["fine", "  "], verbose=0)
   with pytest.raises(training.TrainingError, match="nothing to mask"):
     raw_lm.fit(["<pad>", "fine text"], verbose=0)
+  # A bad row in the last batch is found before the first step.
+  steps_before = int(raw_lm.optimizer.iterations)
+  with pytest.raises(training.TrainingError, match="nothing to mask"):
+    raw_lm.fit(TEXTS * 2 + ["<pad>"], batch_size=4, verbose=0)
+  assert int(raw_lm.optimizer.iterations) == steps_before
   x, y, w = _masked_lm_batches(vocab_size, 1, 4)
   with pytest.raises(training.TrainingError, match="same number of rows"):
     raw_lm.fit(x, y[:3], verbose=0)

@@ -1,5 +1,6 @@
 """tfhub_models: XLM-RoBERTa, ELECTRA and BART as text-in, text-out TF SavedModels."""
 
+from tfhub_models import optimizers, training
 from tfhub_models.generation import GenerationConfig, Sampler
 from tfhub_models.models import load
 from tfhub_models.models.bart import BartBackbone, BartConfig, BartSeq2SeqLM
@@ -15,5 +16,5 @@ __all__ = ["BartBackbone", "BartConfig", "BartSeq2SeqLM", "GenerationConfig", "S
            "ElectraMaskedLM", "XLMRobertaBackbone", "XLMRobertaConfig", "XLMRobertaEncoder",
            "XLMRobertaMaskedLM", "BertPreprocessor", "WordPieceTokenizer",
            "XLMRobertaPreprocessor", "XLMRobertaTokenizer", "BartPreprocessor",
-           "ByteLevelBPETokenizer", "load"]
+           "ByteLevelBPETokenizer", "load", "optimizers", "training"]
 __version__ = "0.1.0"

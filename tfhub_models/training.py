@@ -28,6 +28,7 @@ optimizer sums the replicas' gradients, so the update equals one device's.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -349,6 +350,18 @@ class Trainable:
       prepared = tf.distribute.get_strategy().experimental_distribute_dataset(prepared)
     return prepared
 
+  def _check_data(self, batches: Batches | None) -> None:
+    """Preprocesses in-memory data once, in large batches, so that a bad row (an
+    empty or unmaskable text, a label outside the vocabulary) is named before
+    the first step rather than when its batch comes up.  Datasets are checked
+    as they are read."""
+    if batches is None or batches.dataset is not None:
+      return
+    whole = copy.copy(batches)
+    whole.batch_size = max(batches.batch_size, 1024)
+    for _ in _guarded(self._prepared(whole.epoch(None, 0), "evaluate")):
+      pass
+
   def _epochs(self, batches: Batches, mode: str, order_seed, first_epoch: int, epochs: int,
               skip: int = 0, *, repeat: bool = False):
     """(epoch, iterator of prepared batches) for each epoch, all taken from one
@@ -405,6 +418,8 @@ class Trainable:
     batches = Batches(x, y, sample_weight, batch_size=batch_size)
     validation = (_validation_batches(validation_data, batch_size)
                   if validation_data is not None else None)
+    for data in (batches, validation):
+      self._check_data(data)
     train = self._train_function()
     optimizer = compiled.optimizer
     order_seed = None

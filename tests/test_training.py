@@ -397,3 +397,19 @@ def test_mirrored_strategy_equals_one_device(xlmr_dir, vocab_size, tmp_path):
   single_loss, mirrored_loss, worst = map(float, line.split()[1:])
   assert abs(single_loss - mirrored_loss) <= 1e-5 * abs(single_loss)
   assert worst < 1e-5
+
+
+def test_electra_generator_trains_on_raw_strings(tmp_path, wordpiece_dir, wordpiece_vocab):
+  from conftest import write_electra_checkpoint
+  from tfhub_models import ElectraMaskedLM
+  source = write_electra_checkpoint(tmp_path / "generator", wordpiece_dir, len(wordpiece_vocab),
+                                    "generator", seed=3)
+  task = ElectraMaskedLM.from_preset(str(source))
+  task.backbone.trainable = False
+  backbone = [v.numpy().copy() for v in task.backbone.variables]
+  task.compile(optimizer=optimizers.AdamW(1e-2))
+  history = task.fit(TEXTS, batch_size=4, epochs=2, seed=1, verbose=0)
+  assert len(history["loss"]) == 2 and all(np.isfinite(history["loss"]))
+  for before, variable in zip(backbone, task.backbone.variables):
+    np.testing.assert_array_equal(before, variable.numpy(), err_msg=variable.name)
+  assert task.predict(["the [MASK] sat"]).shape == (1, 1, len(wordpiece_vocab))

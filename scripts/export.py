@@ -3,7 +3,7 @@
 
   python scripts/export.py --checkpoint DIR|hf://ORG/NAME|kaggle://... --output BASE
       [--name NAME] [--version N] [--top-k K] [--sequence-length L] [--no-xla]
-      [--task fill_mask|replaced_token_detection|embedding] [--pair] [--format serving|hub]
+      [--task fill_mask|replaced_token_detection|text_classification|embedding] [--pair] [--format serving|hub]
   python scripts/export.py --preset xlm_roberta_base_multi --random-weights --output BASE
 
 Writes BASE/NAME/VERSION atomically and prints its path.  With --format hub it
@@ -47,10 +47,12 @@ def parse_args(argv):
   generation.add_argument("--length-penalty", type=float)
   generation.add_argument("--num-return-sequences", type=int)
   generation.add_argument("--seed", type=int, default=0, help="seed of the samplers (default 0)")
-  parser.add_argument("--task", choices=["fill_mask", "replaced_token_detection", "embedding"],
+  parser.add_argument("--task", choices=["fill_mask", "replaced_token_detection",
+                                         "text_classification", "embedding"],
                       default=None, help="task to export (default: the checkpoint's own)")
   parser.add_argument("--pair", action="store_true",
-                      help="ELECTRA discriminator and embedding exports: also take text_pair")
+                      help="ELECTRA discriminator, text classification and embedding exports: "
+                           "also take text_pair")
   parser.add_argument("--format", choices=["serving", "hub"], default="serving",
                       help="serving: signatures for TF Serving (default); hub: a TF Hub-style "
                            "encoder and preprocessor for fine-tuning")

@@ -32,14 +32,16 @@ def check_compatible(backbone, preprocessor, *, exact_vocabulary: bool = True) -
 
 
 def load_preset(family: loader.Family, task: str, preset, load_weights: bool,
-                preprocessor="auto", **overrides):
+                preprocessor="auto", *, options: dict | None = None, **overrides):
   """`from_preset` of every task and backbone class: the family's loader, one task.
 
   preprocessor: "auto" (the checkpoint's tokenizer), None (the task takes
   preprocessed integer inputs), or a preprocessor to use instead.
+  options: the task's own (a classifier's num_classes, ...).
   overrides: dtype, sequence_length (the loader's options).
   """
-  module = loader.load(preset, family, task=task, load_weights=load_weights, **overrides)
+  module = loader.load(preset, family, task=task, load_weights=load_weights, options=options,
+                       **overrides)
   if isinstance(preprocessor, str) and preprocessor == "auto":
     return module
   if not hasattr(module, "preprocessor"):

@@ -232,13 +232,15 @@ class Trainable:
     """
     if callable(loss):
       loss_fn = loss
+    elif loss == "auto":
+      loss_fn = getattr(self, "default_loss", sparse_cross_entropy)
     elif loss in LOSSES:
       loss_fn = LOSSES[loss]
     else:
       raise ValueError(f"unknown loss {loss!r}: use \"auto\", "
                        "\"sparse_categorical_crossentropy\" or a function (labels, logits)")
-    if metrics in ("auto",):
-      metrics = ("accuracy",)
+    if isinstance(metrics, str) and metrics == "auto":
+      metrics = getattr(self, "default_metrics", ("accuracy",))
     metrics = tuple(metrics or ())
     unknown = [m for m in metrics if m != "accuracy"]
     if unknown:
@@ -262,8 +264,9 @@ class Trainable:
     logits = self(inputs, training=training)
     weights = tf.cast(weights, tf.float32)
     losses = compiled.loss(labels, logits)
-    hits = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32),
-                            tf.cast(labels, tf.int32)), tf.float32)
+    hits = (self.hits(labels, logits) if hasattr(self, "hits") else
+            tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32),
+                             tf.cast(labels, tf.int32)), tf.float32))
     tokens = tf.add_n([tf.reduce_sum(tf.cast(v, tf.float32)) for k, v in inputs.items()
                        if k.endswith("padding_mask")])
     return (tf.reduce_sum(losses * weights), tf.reduce_sum(weights),

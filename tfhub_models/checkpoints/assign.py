@@ -197,3 +197,54 @@ def shift_positions(offset: int):
     table[offset:] = array
     return table
   return transform
+
+
+# ---------------------------------------------------------------------------
+# Sequence classification heads (`*ForSequenceClassification`: classifier.dense,
+# classifier.out_proj), shared by XLM-RoBERTa and ELECTRA.
+
+CLASSIFIER_PREFIX = "classifier."
+
+
+def hf_classifier(head) -> list:
+  return [*hf_dense("classifier.dense", head.dense), *hf_dense("classifier.out_proj", head.out_proj)]
+
+
+def hf_classifier_options(config: dict, weights: dict | None) -> dict:
+  """num_classes, labels and problem_type of a classifier checkpoint's config.json,
+  as upstream reads them: id2label (default LABEL_i), num_labels, and
+  problem_type (default: regression for one label, else single-label)."""
+  id2label = config.get("id2label") or {}
+  num_classes = int(config.get("num_labels") or len(id2label) or 2)
+  if weights is not None and "classifier.out_proj.weight" in weights:
+    rows = int(np.asarray(weights["classifier.out_proj.weight"]).shape[0])
+    if id2label and rows != len(id2label):
+      raise CheckpointError(f"the classifier has {rows} outputs but config.json's id2label names "
+                            f"{len(id2label)} labels")
+    num_classes = rows
+  labels = None
+  if id2label:
+    labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}")))
+              for i in range(num_classes)]
+  problem_type = config.get("problem_type") or (
+      "regression" if num_classes == 1 else "single_label_classification")
+  return {"num_classes": num_classes, "labels": labels, "problem_type": problem_type}
+
+
+def hf_classifier_config(module) -> dict:
+  """config.json fields of a classifier module."""
+  return {"id2label": {str(i): name for i, name in enumerate(module.labels)},
+          "label2id": {name: i for i, name in enumerate(module.labels)},
+          "num_labels": module.num_classes, "problem_type": module.problem_type}
+
+
+def assign_classifier_or_fresh(assignments: list, module, weights: dict, options: dict | None,
+                               where) -> list:
+  """The classifier's assignments, unless the head is new (num_classes asked for);
+  a checkpoint without a classifier needs num_classes."""
+  if (options or {}).get("fresh_head"):
+    return assignments
+  if not any(k.startswith(CLASSIFIER_PREFIX) for k in weights):
+    raise CheckpointError(f"{where}: no classifier head (classifier.*) in the weights; pass "
+                          "num_classes=N for a new head to fine-tune")
+  return assignments + hf_classifier(module.head)

@@ -77,7 +77,7 @@ def task(checkpoint: Checkpoint, requested: str | None, load_weights: bool) -> s
   return requested or "generate"
 
 
-def assign(module, checkpoint: Checkpoint, task: str) -> None:
+def assign(module, checkpoint: Checkpoint, task: str, options: dict | None = None) -> None:
   """Every variable of the backbone (the generation task has no other)."""
   if checkpoint.format == "keras_hub":
     _assign_keras_hub(a.backbone_of(module), checkpoint)

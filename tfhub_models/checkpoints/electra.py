@@ -11,7 +11,7 @@ from tfhub_models.checkpoints import save
 from tfhub_models.checkpoints.sources import Checkpoint, CheckpointError
 from tfhub_models.tokenizers import WordPieceTokenizer
 
-TASKS = ("replaced_token_detection", "fill_mask", "embedding", "backbone")
+TASKS = ("replaced_token_detection", "fill_mask", "text_classification", "embedding", "backbone")
 # The weights of each task's head, by their Hugging Face prefix.
 _HEADS = {"replaced_token_detection": "discriminator_predictions.", "fill_mask": "generator_"}
 
@@ -85,7 +85,10 @@ def task(checkpoint: Checkpoint, requested: str | None, load_weights: bool) -> s
   fill_mask (a generator) or embedding (a bare model)."""
   keys = _keys(checkpoint) if load_weights and checkpoint.format == "hf" else set()
   architectures = checkpoint.config.get("architectures") or []
-  if "ElectraForPreTraining" in architectures or any(
+  if "ElectraForSequenceClassification" in architectures or any(
+      k.startswith(a.CLASSIFIER_PREFIX) for k in keys):
+    own = "text_classification"
+  elif "ElectraForPreTraining" in architectures or any(
       k.startswith("discriminator_predictions.") for k in keys):
     own = "replaced_token_detection"
   elif "ElectraForMaskedLM" in architectures or any(k.startswith("generator_") for k in keys):
@@ -105,15 +108,21 @@ def options(checkpoint: Checkpoint, task: str, load_weights: bool) -> dict:
   """A pooler when the checkpoint has one: keras-hub's ElectraBackbone always
   (`pooled_dense`), a Hugging Face checkpoint when it has pooler weights (no
   public one has)."""
-  del task
   if checkpoint.format == "keras_hub":
     return {"pooler": True}
-  return {"pooler": load_weights and any(k.startswith("pooler.") for k in _keys(checkpoint))}
+  out = {"pooler": load_weights and any(k.startswith("pooler.") for k in _keys(checkpoint))}
+  if task == "text_classification":
+    out.update(a.hf_classifier_options(checkpoint.config,
+                                       _weights(checkpoint) if load_weights else None))
+  return out
 
 
-def assign(module, checkpoint: Checkpoint, task: str) -> None:
+def assign(module, checkpoint: Checkpoint, task: str, options: dict | None = None) -> None:
   """Every variable of `module` (backbone, encoder, discriminator or generator)."""
   if checkpoint.format == "keras_hub":
+    if task == "text_classification" and not (options or {}).get("fresh_head"):
+      raise CheckpointError(f"{checkpoint.directory}: a keras-hub backbone preset has no "
+                            "classifier head; pass num_classes=N for a new head to fine-tune")
     _assign_keras_hub(module, checkpoint)
     return
   weights = _weights(checkpoint)
@@ -126,11 +135,16 @@ def assign(module, checkpoint: Checkpoint, task: str) -> None:
     return (key.endswith("position_ids") or key.endswith("token_type_ids")
             or key == "generator_lm_head.weight" or key.startswith(unused_heads))
 
-  a.assign_strict(hf_assignments(module, task), weights, ignored=ignored,
+  assignments = hf_assignments(module, task, with_classifier=False)
+  if task == "text_classification":
+    assignments = a.assign_classifier_or_fresh(assignments, module, weights, options,
+                                               checkpoint.directory)
+    unused_heads += (a.CLASSIFIER_PREFIX,)   # a fresh head leaves the checkpoint's unused
+  a.assign_strict(assignments, weights, ignored=ignored,
                   where=str(checkpoint.directory), dtype=a.backbone_of(module).dtype)
 
 
-def hf_assignments(module, task: str) -> list:
+def hf_assignments(module, task: str, with_classifier: bool = True) -> list:
   """[(Hugging Face key without the model prefix, variable, transform)] of every
   variable of `module`: loading reads them, saving writes them back."""
   b = a.backbone_of(module)
@@ -151,11 +165,14 @@ def hf_assignments(module, task: str) -> list:
     out += [*a.hf_dense("generator_predictions.dense", module.head.dense),
             *a.hf_norm("generator_predictions.LayerNorm", module.head.layer_norm),
             ("generator_lm_head.bias", module.head.bias, a.same)]
+  elif task == "text_classification" and with_classifier:
+    out += a.hf_classifier(module.head)
   return out
 
 
 # Hugging Face class of each task's saved preset (the model sits under "electra.").
 _ARCHITECTURES = {"fill_mask": "ElectraForMaskedLM",
+                  "text_classification": "ElectraForSequenceClassification",
                   "replaced_token_detection": "ElectraForPreTraining",
                   "embedding": "ElectraModel", "backbone": "ElectraModel"}
 
@@ -179,6 +196,8 @@ def hf_files(module, task: str) -> save.PresetFiles:
       "type_vocab_size": c.num_segments, "layer_norm_eps": c.layer_norm_epsilon,
       "pad_token_id": c.pad_token_id, "position_embedding_type": "absolute",
       "initializer_range": 0.02, "torch_dtype": "float32"}
+  if task == "text_classification":
+    config.update(a.hf_classifier_config(module))
   tokenizer = module.tokenizer
   tokenizer_config = {
       "tokenizer_class": "ElectraTokenizer", "do_lower_case": tokenizer.lowercase,
@@ -186,7 +205,7 @@ def hf_files(module, task: str) -> save.PresetFiles:
       "unk_token": tokenizer.unk_token, "cls_token": tokenizer.cls_token,
       "sep_token": tokenizer.sep_token, "pad_token": tokenizer.pad_token,
       "mask_token": tokenizer.mask_token, "model_max_length": c.max_sequence_length}
-  heads = ("discriminator_predictions.", "generator_")
+  heads = ("discriminator_predictions.", "generator_", a.CLASSIFIER_PREFIX)
   return save.PresetFiles(config, save.state(hf_assignments(module, task), prefix, heads),
                           tokenizer_config)
 

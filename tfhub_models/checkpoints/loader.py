@@ -30,9 +30,9 @@ class Family:
     task(checkpoint, requested, load_weights) -> the task to build: `requested`
       checked, or the checkpoint's own when None.
     options(checkpoint, task, load_weights) -> extra keyword arguments of `build`
-      (e.g. a pooler).
+      (e.g. a pooler, a classifier's labels).
     build(config, tokenizer, task, *, dtype, sequence_length, **options) -> a module.
-    assign(module, checkpoint, task) -> None: the weights, strictly.
+    assign(module, checkpoint, task, options) -> None: the weights, strictly.
     save(module, task) -> checkpoints.save.PresetFiles: the module as a Hugging
       Face checkpoint (`save_to_preset`).
   """
@@ -73,7 +73,8 @@ def detect(checkpoint: Checkpoint, families) -> Family:
 
 
 def load(source, families, *, task: str | None = None, dtype="float32",
-         sequence_length: int | None = None, load_weights: bool = True):
+         sequence_length: int | None = None, load_weights: bool = True,
+         options: dict | None = None):
   """Loads a checkpoint directory, hub handle or preset name as a module.
 
   Args:
@@ -84,6 +85,8 @@ def load(source, families, *, task: str | None = None, dtype="float32",
     sequence_length: the longest input, specials included (None: the model's).
     load_weights: False builds the modules with random weights and reads (or
       downloads) no weight file.
+    options: the task's keyword arguments (e.g. num_classes), over the ones the
+      family reads from the checkpoint; `build` and `assign` both see them.
   """
   families = (families,) if isinstance(families, Family) else tuple(families)
   handles = {name: h for family in families for name, h in family.handles.items()}
@@ -100,13 +103,13 @@ def load(source, families, *, task: str | None = None, dtype="float32",
     raise CheckpointError(str(e)) from None
   # Checked before the task, which may read the weights to find the checkpoint's own.
   task = family.task(checkpoint, task, load_weights)
-  options = family.options(checkpoint, task, load_weights)
+  options = {**family.options(checkpoint, task, load_weights), **(options or {})}
   try:
     module = family.build(config, tokenizer, task, dtype=dtype, sequence_length=sequence_length,
                           **options)
   except ValueError as e:
     raise CheckpointError(f"{checkpoint.directory}: {e}") from None
   if load_weights:
-    family.assign(module, checkpoint, task)
+    family.assign(module, checkpoint, task, options)
     checkpoint.release_weights()
   return module

@@ -14,7 +14,7 @@ from tfhub_models.checkpoints import save
 from tfhub_models.checkpoints.sources import Checkpoint, CheckpointError
 from tfhub_models.tokenizers import XLMRobertaTokenizer
 
-TASKS = ("fill_mask", "backbone", "embedding")
+TASKS = ("fill_mask", "text_classification", "backbone", "embedding")
 HEAD_TASKS = ("fill_mask",)
 
 
@@ -63,15 +63,21 @@ def _hf_weights(checkpoint: Checkpoint) -> dict:
 
 
 def task(checkpoint: Checkpoint, requested: str | None, load_weights: bool) -> str:
-  """fill_mask when the checkpoint has the masked-LM head, else backbone."""
+  """text_classification for a classifier, fill_mask when the checkpoint has the
+  masked-LM head, else backbone."""
+  architectures = checkpoint.config.get("architectures") or []
   if checkpoint.format == "keras_hub":
     has_head = checkpoint.exists("task.weights.h5")
+    classifier = False
   elif load_weights:   # the weights are read once, here, and assigned later
-    has_head = any(k.startswith("lm_head.") for k in _hf_weights(checkpoint))
+    keys = _hf_weights(checkpoint)
+    has_head = any(k.startswith("lm_head.") for k in keys)
+    classifier = any(k.startswith(a.CLASSIFIER_PREFIX) for k in keys)
   else:
-    has_head = "XLMRobertaForMaskedLM" in (checkpoint.config.get("architectures") or [])
+    has_head = "XLMRobertaForMaskedLM" in architectures
+    classifier = "XLMRobertaForSequenceClassification" in architectures
   if requested is None:
-    return "fill_mask" if has_head else "backbone"
+    return "text_classification" if classifier else "fill_mask" if has_head else "backbone"
   if requested in HEAD_TASKS and load_weights and not has_head:
     if checkpoint.format == "keras_hub":
       raise CheckpointError(
@@ -83,14 +89,27 @@ def task(checkpoint: Checkpoint, requested: str | None, load_weights: bool) -> s
   return requested
 
 
+def options(checkpoint: Checkpoint, task: str, load_weights: bool) -> dict:
+  """A classifier's num_classes, labels and problem_type from config.json."""
+  if task != "text_classification":
+    return {}
+  if checkpoint.format == "keras_hub":
+    return {}
+  return a.hf_classifier_options(checkpoint.config,
+                                 _hf_weights(checkpoint) if load_weights else None)
+
+
 def _ignored_hf(key: str) -> bool:
   return (key.startswith("pooler.") or key.endswith("position_ids")
           or key in ("lm_head.decoder.weight", "lm_head.decoder.bias"))
 
 
-def assign(module, checkpoint: Checkpoint, task: str) -> None:
+def assign(module, checkpoint: Checkpoint, task: str, options: dict | None = None) -> None:
   """Every variable of `module` (a backbone, encoder or masked LM) from the checkpoint."""
   if checkpoint.format == "keras_hub":
+    if task == "text_classification" and not (options or {}).get("fresh_head"):
+      raise CheckpointError(f"{checkpoint.directory}: a keras-hub backbone preset has no "
+                            "classifier head; pass num_classes=N for a new head to fine-tune")
     _assign_keras_hub(module, checkpoint, task)
     return
   weights = _hf_weights(checkpoint)
@@ -104,12 +123,17 @@ def assign(module, checkpoint: Checkpoint, task: str) -> None:
                  checkpoint.directory)
   b = a.backbone_of(module)
   heads = () if task in HEAD_TASKS else ("lm_head.",)
-  a.assign_strict(hf_assignments(module, task), weights,
+  assignments = hf_assignments(module, task, with_classifier=False)
+  if task == "text_classification":
+    assignments = a.assign_classifier_or_fresh(assignments, module, weights, options,
+                                               checkpoint.directory)
+    heads += (a.CLASSIFIER_PREFIX,)   # a fresh head leaves the checkpoint's unused
+  a.assign_strict(assignments, weights,
                   ignored=lambda k: _ignored_hf(k) or k.startswith(heads),
                   where=str(checkpoint.directory), dtype=b.dtype)
 
 
-def hf_assignments(module, task: str) -> list:
+def hf_assignments(module, task: str, with_classifier: bool = True) -> list:
   """[(Hugging Face key without the model prefix, variable, transform)] of every
   variable of `module`: loading reads them, saving writes them back."""
   b = a.backbone_of(module)
@@ -123,11 +147,14 @@ def hf_assignments(module, task: str) -> list:
     h = module.head
     assignments += [*a.hf_dense("lm_head.dense", h.dense),
                     *a.hf_norm("lm_head.layer_norm", h.layer_norm), ("lm_head.bias", h.bias, a.same)]
+  if task == "text_classification" and with_classifier:
+    assignments += a.hf_classifier(module.head)
   return assignments
 
 
 # Hugging Face class and weight-name prefix of each task's saved preset.
 _ARCHITECTURES = {"fill_mask": ("XLMRobertaForMaskedLM", "roberta."),
+                  "text_classification": ("XLMRobertaForSequenceClassification", "roberta."),
                   "backbone": ("XLMRobertaModel", ""), "embedding": ("XLMRobertaModel", "")}
 
 
@@ -145,6 +172,8 @@ def hf_files(module, task: str) -> save.PresetFiles:
       "layer_norm_eps": c.layer_norm_epsilon, "pad_token_id": c.pad_token_id,
       "bos_token_id": 0, "eos_token_id": 2, "position_embedding_type": "absolute",
       "initializer_range": 0.02, "torch_dtype": "float32"}
+  if task == "text_classification":
+    config.update(a.hf_classifier_config(module))
   tokenizer_config = {
       "tokenizer_class": "XLMRobertaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
       "sep_token": "</s>", "cls_token": "<s>", "unk_token": "<unk>", "pad_token": "<pad>",
@@ -152,7 +181,8 @@ def hf_files(module, task: str) -> save.PresetFiles:
       "mask_token": {"content": "<mask>", "lstrip": True, "rstrip": False, "normalized": False,
                      "single_word": False, "special": True, "__type": "AddedToken"},
       "model_max_length": c.max_sequence_length}
-  return save.PresetFiles(config, save.state(hf_assignments(module, task), prefix, ("lm_head.",)),
+  return save.PresetFiles(config, save.state(hf_assignments(module, task), prefix,
+                                             ("lm_head.", a.CLASSIFIER_PREFIX)),
                           tokenizer_config)
 
 

@@ -7,6 +7,7 @@ and the parts its task calls for (`PARTS`, keyed by the task's name):
 
   fill_mask                 FillMask (serving_default, logits) + Tokenize
   replaced_token_detection  ReplacedTokens (serving_default)
+  text_classification       TextClassification (serving_default)
   embedding                 Embedding (serving_default)
   generate                  Generate (serving_default, generate_ids) + Tokenize + Detokenize
   + Embedding ("embedding") for a task whose `extra_signatures` has it (ELECTRA)
@@ -328,6 +329,42 @@ class ReplacedTokens(tf.Module):
                        pair=self.pair)
 
 
+class TextClassification(tf.Module):
+  """Text classifiers: serving_default, the top label and scores of each text."""
+
+  def __init__(self, task, options: ExportOptions):
+    super().__init__(name="text_classification")
+    self.task = task
+    self.pair = options.pair
+    self.top_k = max(1, min(int(options.top_k), task.num_classes))   # capped, not refused
+    self.labels = tf.constant(list(task.labels))
+    self._core = Compiled(self._numeric, options.jit_compile,
+                          {"token_ids": task.tokenizer.pad_token_id})
+    self.serving_default = _text_signature(self._classify, self.pair)
+
+  def _numeric(self, inputs):
+    logits = self.task(inputs)                                           # [B, C]
+    scores, ids = tf.math.top_k(self.task.scores(logits), k=self.top_k)  # [B, K]
+    return logits, scores, ids
+
+  def _classify(self, text, text_pair):
+    """label string [B] (the top class's name), score float32 [B] (its probability:
+    softmax, sigmoid for multi-label, the raw value for regression),
+    top_k_labels string [B, K], top_k_scores float32 [B, K] (descending), logits
+    float32 [B, C]."""
+    logits, scores, ids = self._core(self.task.preprocessor(text, text_pair))
+    names = tf.gather(self.labels, ids)
+    return {"label": names[:, 0], "score": scores[:, 0], "top_k_labels": names,
+            "top_k_scores": scores, "logits": logits}
+
+  def signatures(self) -> dict:
+    return {"serving_default": self.serving_default.get_concrete_function()}
+
+  def warmup(self, model_name: str, batch_sizes) -> list:
+    return text_warmup(self.task.preprocessor, model_name, "serving_default", batch_sizes,
+                       pair=self.pair)
+
+
 class Detokenize(tf.Module):
   """detokenize: token_ids int32 [B, T] -> text string [B], special tokens dropped."""
 
@@ -423,6 +460,7 @@ class Generate(tf.Module):
 PARTS = {
     "fill_mask": lambda task, options: [FillMask(task, options), Tokenize(task, options)],
     "replaced_token_detection": lambda task, options: [ReplacedTokens(task, options)],
+    "text_classification": lambda task, options: [TextClassification(task, options)],
     "embedding": lambda task, options: [
         Embedding(task, options, names=("serving_default", "embedding")
                   if "embedding" in getattr(task, "extra_signatures", ()) else

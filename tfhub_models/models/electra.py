@@ -12,7 +12,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from tfhub_models import layers, tasks, training
+from tfhub_models import classification, layers, tasks, training
 from tfhub_models.checkpoints import electra as files
 from tfhub_models.checkpoints import loader
 from tfhub_models.preprocessing import BertPreprocessor
@@ -312,11 +312,27 @@ class ElectraMaskedLM(layers.Module, training.Trainable):
     return tasks.fill_mask(self, texts, top_k)
 
 
+class ElectraTextClassifier(classification.TextClassifier):
+  """`ElectraForSequenceClassification`: dense + GELU + out_proj on `[CLS]`."""
+
+  presets = PRESETS
+
+  def __init__(self, backbone: ElectraBackbone, preprocessor: BertPreprocessor,
+               num_classes: int, *, labels=None, problem_type: str = "single_label_classification",
+               head: classification.ClassificationHead | None = None,
+               name: str = "electra_text_classifier"):
+    super().__init__(backbone, preprocessor, num_classes, labels=labels,
+                     problem_type=problem_type, activation="gelu", head=head, name=name)
+
+
 def build(config: ElectraConfig, tokenizer: WordPieceTokenizer,
           task: str = "replaced_token_detection", *, dtype="float32",
-          sequence_length: int | None = None, pooler: bool = False):
-  """The module of `task` (replaced_token_detection, fill_mask, embedding, backbone)
-  with random weights."""
+          sequence_length: int | None = None, pooler: bool = False, num_classes: int = 2,
+          labels=None, problem_type: str = "single_label_classification",
+          fresh_head: bool = False):
+  """The module of `task` (replaced_token_detection, fill_mask, text_classification,
+  embedding, backbone) with random weights."""
+  del fresh_head   # the loader's concern (assign)
   backbone = ElectraBackbone(config, pooler=pooler, dtype=dtype)
   if task == "backbone":
     return backbone
@@ -327,6 +343,9 @@ def build(config: ElectraConfig, tokenizer: WordPieceTokenizer,
     return ElectraMaskedLM(backbone, preprocessor)
   if task == "embedding":
     return ElectraEncoder(backbone, preprocessor)
+  if task == "text_classification":
+    return ElectraTextClassifier(backbone, preprocessor, num_classes, labels=labels,
+                                 problem_type=problem_type)
   raise ValueError(f"unknown ELECTRA task {task!r} ({', '.join(files.TASKS)})")
 
 
@@ -336,6 +355,8 @@ FAMILY = loader.Family(
     tokenizer=files.tokenizer, task=files.task, build=build, assign=files.assign,
     save=files.hf_files,
     options=files.options, handles=PRESET_HANDLES)
+ElectraTextClassifier.family = FAMILY
 
 __all__ = ["ElectraConfig", "ElectraBackbone", "ElectraDiscriminatorHead", "ElectraEncoder",
+           "ElectraTextClassifier",
            "ElectraDiscriminator", "ElectraMaskedLM", "PRESETS", "PRESET_TASKS", "FAMILY", "build"]

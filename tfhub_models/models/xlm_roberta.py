@@ -11,7 +11,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from tfhub_models import layers, tasks, training
+from tfhub_models import classification, layers, tasks, training
 from tfhub_models.checkpoints import loader
 from tfhub_models.checkpoints import xlm_roberta as files
 from tfhub_models.preprocessing import XLMRobertaPreprocessor
@@ -219,9 +219,25 @@ class XLMRobertaEncoder(layers.Module):
     return tasks.load_preset(FAMILY, cls.task, preset, load_weights, preprocessor, **overrides)
 
 
+class XLMRobertaTextClassifier(classification.TextClassifier):
+  """`XLMRobertaForSequenceClassification`: dense + tanh + out_proj on `<s>`."""
+
+  presets = PRESETS
+
+  def __init__(self, backbone: XLMRobertaBackbone, preprocessor: XLMRobertaPreprocessor,
+               num_classes: int, *, labels=None, problem_type: str = "single_label_classification",
+               head: classification.ClassificationHead | None = None,
+               name: str = "xlm_roberta_text_classifier"):
+    super().__init__(backbone, preprocessor, num_classes, labels=labels,
+                     problem_type=problem_type, activation="tanh", head=head, name=name)
+
+
 def build(config: XLMRobertaConfig, tokenizer: XLMRobertaTokenizer, task: str = "fill_mask", *,
-          dtype="float32", sequence_length: int | None = None):
-  """The module of `task` (fill_mask, embedding, backbone) with random weights."""
+          dtype="float32", sequence_length: int | None = None, num_classes: int = 2, labels=None,
+          problem_type: str = "single_label_classification", fresh_head: bool = False):
+  """The module of `task` (fill_mask, text_classification, embedding, backbone) with
+  random weights."""
+  del fresh_head   # the loader's concern (assign)
   backbone = XLMRobertaBackbone(config, dtype=dtype)
   if task == "backbone":
     return backbone
@@ -230,6 +246,9 @@ def build(config: XLMRobertaConfig, tokenizer: XLMRobertaTokenizer, task: str = 
     return XLMRobertaMaskedLM(backbone, preprocessor)
   if task == "embedding":
     return XLMRobertaEncoder(backbone, preprocessor)
+  if task == "text_classification":
+    return XLMRobertaTextClassifier(backbone, preprocessor, num_classes, labels=labels,
+                                    problem_type=problem_type)
   raise ValueError(f"unknown XLM-RoBERTa task {task!r} ({', '.join(files.TASKS)})")
 
 
@@ -238,8 +257,10 @@ FAMILY = loader.Family(
     keras_hub_classes=("XLMRobertaBackbone",), tasks=files.TASKS,
     config=lambda checkpoint: XLMRobertaConfig(**files.config_fields(checkpoint)),
     tokenizer=files.tokenizer, task=files.task, build=build, assign=files.assign,
-    save=files.hf_files,
+    save=files.hf_files, options=files.options,
     handles=PRESET_HANDLES)
+XLMRobertaTextClassifier.family = FAMILY
 
 __all__ = ["XLMRobertaConfig", "XLMRobertaBackbone", "XLMRobertaMaskedLM", "XLMRobertaEncoder",
+           "XLMRobertaTextClassifier",
            "PRESETS", "PRESET_HANDLES", "FAMILY", "build"]

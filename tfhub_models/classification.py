@@ -1,0 +1,218 @@
+"""Sequence classification heads and the text-classification task they make.
+
+`TextClassifier` composes a backbone (dict in, dict out, with
+"sequence_output" [B, L, D]), a preprocessor and a `ClassificationHead` on the
+first token, as Hugging Face's `*ForSequenceClassification`.  The families
+name it (`XLMRobertaTextClassifier`, `ElectraTextClassifier`) and load it;
+this module holds what they share: labels, problem types and their losses,
+the training inputs, and pipeline-shaped answers.
+
+Problem types, as `config.json`'s `problem_type`:
+  single_label_classification: softmax; labels int [B]; cross-entropy.
+  multi_label_classification:  sigmoid; labels float [B, C]; binary cross-entropy.
+  regression:                  the raw value; labels float [B] or [B, C]; squared error.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import tensorflow as tf
+
+from tfhub_models import layers, tasks, training
+
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+
+
+class ClassificationHead(layers.Module):
+  """dropout, dense (D -> D), activation, dropout, dense (D -> C) on the first token.
+
+  XLM-RoBERTa's `classifier` uses tanh, ELECTRA's GELU (exact, whatever the
+  config's hidden_act), as upstream.
+  """
+
+  def __init__(self, hidden_dim: int, num_classes: int, activation: str, *, dropout: float = 0.1,
+               dtype="float32", name: str = "classifier"):
+    super().__init__(name=name)
+    self.activation = layers.activation(activation)
+    self.dropout = dropout
+    with self.name_scope:
+      self.dense = layers.Dense(hidden_dim, hidden_dim, dtype=dtype, name="dense")
+      self.out_proj = layers.Dense(hidden_dim, num_classes, dtype=dtype, name="out_proj")
+
+  def __call__(self, sequence_output: tf.Tensor, training: bool = False) -> tf.Tensor:
+    """[B, L, D] -> float32 logits [B, C]."""
+    x = layers.dropout(sequence_output[:, 0], self.dropout, training)
+    x = layers.dropout(self.activation(self.dense(x)), self.dropout, training)
+    return tf.cast(self.out_proj(x), tf.float32)
+
+
+def label_names(labels, num_classes: int) -> tuple:
+  """Names of the classes: `labels` (a sequence or an {id: name} dict), else LABEL_i."""
+  if labels is None:
+    return tuple(f"LABEL_{i}" for i in range(num_classes))
+  if isinstance(labels, dict):
+    labels = [labels.get(i, labels.get(str(i), f"LABEL_{i}")) for i in range(num_classes)]
+  labels = tuple(str(name) for name in labels)
+  if len(labels) != num_classes:
+    raise ValueError(f"{len(labels)} label names for {num_classes} classes")
+  return labels
+
+
+def _multi_label_loss(labels, logits):
+  return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(
+      labels=tf.cast(labels, tf.float32), logits=logits), axis=-1)
+
+
+def _regression_loss(labels, logits):
+  labels = tf.reshape(tf.cast(labels, tf.float32), tf.shape(logits))
+  return tf.reduce_mean(tf.square(logits - labels), axis=-1)
+
+
+LOSSES = {"single_label_classification": training.sparse_cross_entropy,
+          "multi_label_classification": _multi_label_loss,
+          "regression": _regression_loss}
+
+
+class TextClassifier(layers.Module, training.Trainable):
+  """Text (or a text pair) in, one score per class out.
+
+  Subclasses set `family` (the loader's Family row) and `presets`.
+  """
+
+  task = "text_classification"
+  family = None
+  presets = {}
+
+  def __init__(self, backbone, preprocessor, num_classes: int, *, labels=None,
+               problem_type: str = "single_label_classification", activation: str = "tanh",
+               head: ClassificationHead | None = None, name: str = "text_classifier"):
+    super().__init__(name=name)
+    if int(num_classes) < 1:
+      raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if problem_type not in PROBLEM_TYPES:
+      raise ValueError(f"unknown problem_type {problem_type!r} ({', '.join(PROBLEM_TYPES)})")
+    tasks.check_compatible(backbone, preprocessor)
+    self.backbone = backbone
+    self.preprocessor = preprocessor
+    self.num_classes = int(num_classes)
+    self.labels = label_names(labels, self.num_classes)
+    self.problem_type = problem_type
+    config = backbone.config
+    self.head = head or ClassificationHead(config.hidden_dim, self.num_classes, activation,
+                                           dropout=config.dropout, dtype=backbone.dtype.name)
+
+  @property
+  def tokenizer(self):
+    return None if self.preprocessor is None else self.preprocessor.tokenizer
+
+  @property
+  def default_loss(self):
+    return LOSSES[self.problem_type]
+
+  @property
+  def default_metrics(self) -> tuple:
+    return () if self.problem_type == "regression" else ("accuracy",)
+
+  @classmethod
+  def from_preset(cls, preset: str, load_weights: bool = True, preprocessor="auto", *,
+                  num_classes: int | None = None, labels=None, problem_type: str | None = None,
+                  **overrides):
+    """A classifier checkpoint as it is, or a backbone checkpoint with a new head.
+
+    num_classes: a new, randomly initialised head of this many classes (for
+      fine-tuning); None: the checkpoint's own head (`*ForSequenceClassification`).
+    labels: class names (default: the checkpoint's id2label, else LABEL_i).
+    problem_type: see the module docstring (default: the checkpoint's, else
+      single_label_classification).
+    overrides: dtype, sequence_length.
+    """
+    options = {k: v for k, v in (("num_classes", num_classes), ("labels", labels),
+                                 ("problem_type", problem_type)) if v is not None}
+    if num_classes is not None:
+      options["fresh_head"] = True
+      options.setdefault("labels", None)   # not the checkpoint's names for another head
+    return tasks.load_preset(cls.family, cls.task, preset, load_weights, preprocessor,
+                             options=options, **overrides)
+
+  def save_to_preset(self, preset_dir, overwrite: bool = False):
+    """A Hugging Face `*ForSequenceClassification` directory (see tasks.save_preset)."""
+    return tasks.save_preset(self.family, self, preset_dir, overwrite=overwrite)
+
+  def __call__(self, inputs: dict, training: bool = False) -> tf.Tensor:
+    """Logits float32 [B, C] of {"token_ids", "padding_mask"[, "segment_ids"]} [B, L]."""
+    outputs = self.backbone(inputs, training=training)
+    return self.head(outputs["sequence_output"], training=training)
+
+  def scores(self, logits: tf.Tensor) -> tf.Tensor:
+    """What the pipeline reports: softmax, sigmoid (multi-label) or the raw value."""
+    if self.problem_type == "multi_label_classification":
+      return tf.sigmoid(logits)
+    if self.problem_type == "regression":
+      return logits
+    return tf.nn.softmax(logits, axis=-1)
+
+  def hits(self, labels, logits):
+    """Per-example accuracy terms [B]: argmax = label, or for multi-label the share
+    of classes whose sigmoid is on the label's side of 0.5."""
+    if self.problem_type == "multi_label_classification":
+      predicted = tf.cast(logits > 0, tf.float32)
+      return tf.reduce_mean(tf.cast(tf.equal(predicted, tf.cast(labels, tf.float32)),
+                                    tf.float32), axis=-1)
+    return tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32),
+                            tf.cast(labels, tf.int32)), tf.float32)
+
+  def prepare(self, x, y=None, sample_weight=None, mode: str = "fit"):
+    """Training inputs of one batch (see tfhub_models.training).
+
+    x: texts string [B], a pair (texts, pairs), or preprocessed {"token_ids",
+    "padding_mask"[, "segment_ids"]}; y: labels (see the module docstring);
+    sample_weight [B] (default 1).
+    """
+    if isinstance(x, dict):
+      missing = [k for k in ("token_ids", "padding_mask") if k not in x]
+      if missing:
+        raise training.TrainingError(f"preprocessed inputs need {', '.join(missing)}")
+      inputs = {k: tf.cast(v, tf.int32) for k, v in x.items()}
+    else:
+      tasks.require_preprocessor(self, "raw text")
+      texts, pairs = x if isinstance(x, tuple) else (x, None)
+      inputs = self.preprocessor(texts, pairs) if pairs is not None else self.preprocessor(texts)
+    if mode == "predict" or y is None:
+      return inputs, y, sample_weight
+    if self.problem_type == "single_label_classification":
+      labels = tf.cast(y, tf.int32)
+    else:
+      labels = tf.cast(y, tf.float32)
+    batch = tf.shape(inputs["token_ids"])[:1]
+    weights = (tf.ones(batch, tf.float32) if sample_weight is None
+               else tf.cast(sample_weight, tf.float32))
+    checks = [tf.debugging.assert_equal(tf.shape(weights), batch,
+                                        message="sample_weight must have one value per text")]
+    if self.problem_type == "single_label_classification":
+      checks.append(training.check_labels(labels, weights, self.num_classes, "classes"))
+    elif self.problem_type == "multi_label_classification":
+      checks.append(tf.debugging.assert_equal(
+          tf.shape(labels), tf.stack([batch[0], self.num_classes]),
+          message=f"multi-label y must be [B, {self.num_classes}] (0 or 1 per class)"))
+    with tf.control_dependencies(checks):
+      return inputs, tf.identity(labels), tf.identity(weights)
+
+  def classify(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None,
+               top_k: int | None = 1) -> list:
+    """Pipeline-shaped answers (eager): for each text, [{"label", "score"}] sorted by
+    score, `top_k` of them (None: every class)."""
+    tasks.require_preprocessor(self, "classify")
+    texts = tf.constant(list(texts))
+    inputs = (self.preprocessor(texts) if text_pairs is None
+              else self.preprocessor(texts, tf.constant(list(text_pairs))))
+    scores = self.scores(self(inputs)).numpy()
+    k = self.num_classes if top_k is None else min(int(top_k), self.num_classes)
+    answers = []
+    for row in scores:
+      order = row.argsort()[::-1][:k]
+      answers.append([{"label": self.labels[i], "score": float(row[i])} for i in order])
+    return answers
+
+
+__all__ = ["ClassificationHead", "TextClassifier", "PROBLEM_TYPES", "LOSSES", "label_names"]

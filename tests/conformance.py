@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from tfhub_models import demo, layers
+from tfhub_models import classification, demo, layers
 from tfhub_models.models import bart, electra
 
 B, L, D = 2, 7, 8     # batch, length, hidden size of the layer cases
@@ -107,6 +107,9 @@ CASES = [
          _seeded(lambda: layers.MaskedLMHead(D, layers.Embedding(20, 6), name="head")),
          lambda: {"x": _floats(B, L, D), "positions": np.array([[1, 3], [0, 6]], np.int32)},
          lambda m, i: m(i["x"], i["positions"])),
+    Case("classification_head",
+         _seeded(lambda: classification.ClassificationHead(D, 3, "tanh")),
+         lambda: {"x": _floats(B, L, D)}, lambda m, i: m(i["x"])),
     # Backbones: dict in, dict out.
     Case("xlm_roberta_backbone", _xlmr("backbone"), lambda: _encoder_inputs(_XLMR_VOCABULARY)),
     Case("electra_backbone", _electra("backbone"),
@@ -127,6 +130,12 @@ CASES = [
     Case("electra_masked_lm", _electra("fill_mask"),
          lambda: dict(_encoder_inputs(_ELECTRA_VOCABULARY),
                       mask_positions=np.array([[1, 5], [2, 0]], np.int32))),
+    Case("xlm_roberta_text_classifier", _xlmr("text_classification"),
+         lambda: _encoder_inputs(_XLMR_VOCABULARY)),
+    Case("electra_text_classifier", _electra("text_classification"),
+         lambda: dict(_encoder_inputs(_ELECTRA_VOCABULARY),
+                      segment_ids=np.array([[0, 0, 0, 1, 1, 1, 1], [0, 0, 1, 1, 0, 0, 0]],
+                                           np.int32))),
     # Generation: the whole decoding loop is one function.
     Case("bart_greedy_generation", _bart("greedy"), lambda: _encoder_inputs(_BART_VOCABULARY),
          lambda m, i: m.generate_ids(i["token_ids"], i["padding_mask"], 6)),

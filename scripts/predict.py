@@ -82,6 +82,8 @@ def format_answer(texts, out: dict) -> str:
     return c.format_fill_mask(texts, c.fill_mask_answers(out))
   if "replaced_probability" in out:
     return c.format_replaced(texts, c.replaced_answers(out))
+  if "top_k_labels" in out:
+    return c.format_classifications(texts, c.classification_answers(out))
   if "generated_text" in out:
     return c.format_generations(texts, c.generation_answers(out, len(texts)))
   if "pooled_output" in out:

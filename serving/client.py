@@ -73,6 +73,13 @@ class Embedding:
 
 
 @dataclasses.dataclass(frozen=True)
+class Label:
+  """One class of a text-classification answer (the pipeline's {"label", "score"})."""
+  label: str
+  score: float
+
+
+@dataclasses.dataclass(frozen=True)
 class Generation:
   """One generated sequence."""
   text: str
@@ -192,6 +199,12 @@ class ServingClient:
     """For each text, its tokens with the probability that each was replaced."""
     return replaced_answers(self.predict(self._with_pairs(texts, text_pairs)))
 
+  def classify(self, texts: Sequence[str],
+               text_pairs: Sequence[str] | None = None) -> list[list[Label]]:
+    """For each text (and pair, for a --pair export), its top labels, best first
+    (as many as the export's --top-k, at most every class)."""
+    return classification_answers(self.predict(self._with_pairs(texts, text_pairs)))
+
   def embed(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None,
             signature: str = "serving_default") -> list[Embedding]:
     """Each text's pooled and per-token embeddings (`signature="embedding"` on ELECTRA
@@ -228,6 +241,12 @@ def replaced_answers(out: dict) -> list[list[TokenScore]]:
                                                out["replaced_probability"][b],
                                                out["padding_mask"][b]) if real]
           for b in range(out["tokens"].shape[0])]
+
+
+def classification_answers(out: dict) -> list[list[Label]]:
+  return [[Label(_text(name), float(score))
+           for name, score in zip(out["top_k_labels"][b], out["top_k_scores"][b])]
+          for b in range(out["top_k_labels"].shape[0])]
 
 
 def embedding_answers(out: dict) -> list[Embedding]:
@@ -276,6 +295,17 @@ def format_replaced(texts: Sequence[str], answers: list[list[TokenScore]]) -> st
     for t in tokens:
       flag = "  replaced?" if t.replaced_probability > 0.5 else ""
       lines.append(f"  {t.token:<{width}}  {t.replaced_probability:.4f}{flag}")
+  return "\n".join(lines)
+
+
+def format_classifications(texts: Sequence[str], answers: list[list[Label]]) -> str:
+  """A readable table of `classify` answers: each text, then its labels and scores."""
+  lines = []
+  for text, labels in zip(texts, answers):
+    lines.append(text)
+    width = max((len(a.label) for a in labels), default=5)
+    for rank, a in enumerate(labels, 1):
+      lines.append(f"  {rank:>2}. {a.label:<{width}}  {a.score:.4f}")
   return "\n".join(lines)
 
 

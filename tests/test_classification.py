@@ -209,3 +209,20 @@ def test_classifier_export_answers_as_the_pipeline(xlmr_classifier_dir, tmp_path
   checked = subprocess.run([sys.executable, "scripts/check_serving.py", version],
                            capture_output=True, text=True, cwd=ROOT, timeout=900, env=env)
   assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]
+  # Served locally: the client's classify and predict.py's table.
+  from servers import ServerProcess
+  from serving.client import ServingClient
+  with ServerProcess(tmp_path / "server", "--model_name", "sentiment", "--model_base_path",
+                     str(tmp_path / "sentiment")) as server:
+    with ServingClient(server.grpc, "sentiment") as client:
+      answers = client.classify(TEXTS, pairs)
+    for mine, reference in zip(answers, theirs):
+      assert [a.label for a in mine] == [r["label"] for r in reference]
+      np.testing.assert_allclose([a.score for a in mine], [r["score"] for r in reference],
+                                 rtol=1e-4, atol=1e-5)
+    table = subprocess.run([sys.executable, "scripts/predict.py", "--server", server.grpc,
+                            "--model", "sentiment", "--text-pair", "yes", TEXTS[0]],
+                           capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+  assert table.returncode == 0, table.stderr[-2000:]
+  assert table.stdout.splitlines()[0] == TEXTS[0]
+  assert table.stdout.splitlines()[1].split()[:2] == ["1.", theirs[0][0]["label"]]

@@ -50,6 +50,8 @@ def parse_args(argv):
   parser.add_argument("--task", choices=["fill_mask", "replaced_token_detection",
                                          "text_classification", "embedding"],
                       default=None, help="task to export (default: the checkpoint's own)")
+  parser.add_argument("--normalize", action="store_true",
+                      help="embedding exports: L2-normalize pooled_output and mean_output")
   parser.add_argument("--pair", action="store_true",
                       help="ELECTRA discriminator, text classification and embedding exports: "
                            "also take text_pair")
@@ -152,7 +154,8 @@ def main(argv=None) -> int:
     configure_generation(task, args)
     options = export.ExportOptions(top_k=args.top_k or 5, jit_compile=not args.no_xla,
                                    warmup_batch_sizes=args.warmup_batch_sizes, pair=args.pair,
-                                   max_new_tokens=args.max_new_tokens, seed=(args.seed, 0))
+                                   max_new_tokens=args.max_new_tokens, seed=(args.seed, 0),
+                                   normalize=args.normalize)
     if args.format == "hub":
       path = hub.export_hub(task, args.output, name, args.version)
     else:

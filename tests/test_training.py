@@ -241,7 +241,9 @@ def test_resumed_fit_equals_uninterrupted(xlmr_dir, vocab_size, tmp_path, monkey
   with pytest.raises(KeyboardInterrupt):
     interrupted.fit(x, y, w, checkpoint_dir=str(tmp_path), **arguments)
   # 3 steps an epoch, a checkpoint after each: the last is epoch 2 after its first step.
-  side = json.loads((tmp_path / "history.json").read_text())
+  latest = tf.train.latest_checkpoint(str(tmp_path))
+  side = json.loads((tmp_path / f"history-{latest.rsplit('-', 1)[1]}.json").read_text())
+  assert len(list(tmp_path.glob("history-*.json"))) == 3     # one per kept checkpoint
   assert side["epoch"] == 1 and len(side["losses"]) == 1 and len(side["history"]["loss"]) == 1
 
   resumed = _fresh_lm(xlmr_dir)

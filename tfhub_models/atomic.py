@@ -49,9 +49,12 @@ def write_directory(target: str | os.PathLike, write: Callable[[pathlib.Path], N
   """Calls write(staging), then puts the staging directory at `target`.
 
   A `target` that exists and is not an empty directory is refused unless
-  `overwrite`; then the old one is moved aside, the new one renamed in, and the
-  old one removed, so `target` is always either the old or the new directory.
-  On any failure the staging directory is removed and `target` is untouched.
+  `overwrite`; then the old one is moved aside (a hidden sibling
+  `.NAME.old-*/previous`), the new one renamed in, and the old one removed.
+  Both are complete at every moment; only a crash between the two renames
+  leaves `target` absent, with the old directory in that sibling (Linux has no
+  portable exchange of two directories).  On any failure the staging directory
+  is removed and `target` is untouched.
   """
   target = pathlib.Path(target).absolute()
   if target.exists() and not target.is_dir():

@@ -142,6 +142,9 @@ class Batches:
       if batch_size is not None:
         raise TrainingError("a tf.data.Dataset is batched already; do not pass batch_size")
       cardinality = int(self.dataset.cardinality())
+      if cardinality == int(tf.data.INFINITE_CARDINALITY):
+        raise TrainingError("the dataset repeats forever, so an epoch never ends: take a finite "
+                            "number of batches (dataset.take(n)) per epoch")
       if cardinality == 0:
         raise TrainingError("the dataset is empty")
       self.steps = cardinality if cardinality > 0 else None
@@ -275,13 +278,23 @@ class Trainable:
   def _train_function(self):
     compiled = self._training_state()
     variables = list(self.trainable_variables)
-    key = ("train",) + tuple(id(v) for v in variables)   # a new trace after (un)freezing
+    strategy = tf.distribute.get_strategy()
+    # A new trace after (un)freezing, and for another strategy.
+    key = ("train", id(strategy)) + tuple(id(v) for v in variables)
     if key in compiled.functions:
       return compiled.functions[key]
     if not variables:
       raise TrainingError(f"{type(self).__name__} has no trainable variables (everything is "
                           "frozen)")
-    strategy = tf.distribute.get_strategy()
+    wide = [v.name for v in variables if v.dtype != tf.float32]
+    if wide:
+      raise TrainingError(f"fit needs float32 weights (Adam's small updates round away in "
+                          f"{variables[0].dtype.name}); load with dtype=\"float32\" "
+                          f"({len(wide)} variables are not, e.g. {wide[0]})")
+    if tf.distribute.has_strategy() and not all(
+        strategy.extended.variable_created_in_scope(v) for v in variables):
+      raise TrainingError("the model was built outside the strategy's scope: build it (from_preset) "
+                          "and call compile and fit inside `with strategy.scope():`")
     with strategy.scope():
       compiled.optimizer.build(variables)
 
@@ -426,18 +439,23 @@ class Trainable:
     train = self._train_function()
     optimizer = compiled.optimizer
     order_seed = None
+    if (shuffle and batches.dataset is None and seed is None and tf.distribute.has_strategy()
+        and tf.distribute.get_strategy().extended._in_multi_worker_mode()):
+      raise TrainingError("with several workers, pass fit(seed=...): each worker must shuffle "
+                          "the same way")
     if shuffle and batches.dataset is None:
       order_seed = int(seed) if seed is not None else int(np.random.default_rng().integers(2**31))
     position = tf.Variable([0, 0, -1 if order_seed is None else order_seed], dtype=tf.int64,
                            trainable=False)
     history = {"loss": [], "accuracy": []}
-    manager = None
+    manager = resumed = None
     if checkpoint_dir is not None:
       checkpoint = tf.train.Checkpoint(model=self, optimizer=optimizer, position=position)
       manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=keep_checkpoints)
       if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        history = _read_history(checkpoint_dir) or history
+        resumed = _read_side_file(checkpoint_dir, manager.latest_checkpoint)
+        history = resumed["history"] if resumed else history
         saved_seed = int(position[2])
         order_seed = None if saved_seed < 0 else saved_seed
     mode = _verbosity(verbose)
@@ -448,7 +466,7 @@ class Trainable:
                                        start_skip):
       skip = start_skip if epoch == start_epoch else 0
       bar = _progress(mode, batches.steps, skip, f"epoch {epoch + 1}/{epochs}")
-      losses, weight_total, hits_total = _read_partial(checkpoint_dir, epoch, skip)
+      losses, weight_total, hits_total = _read_partial(resumed, epoch, skip)
       step = skip
       started, tokens_seen = time.perf_counter(), 0.0
       for inputs, labels, weights in dataset:
@@ -577,36 +595,42 @@ def _progress(mode: int, steps, done: int, description: str):
 # ---------------------------------------------------------------------------
 # Checkpoint side files: the history so far and the current epoch's step losses.
 
-_HISTORY = "history.json"
+def _side_file(directory: str, number: int) -> str:
+  return os.path.join(directory, f"history-{number}.json")
 
 
 def _save(manager, directory: str, history: dict, epoch: int, partial: tuple) -> None:
-  """A checkpoint, then the side file: history, and the current epoch's step
-  losses, weight and hit sums so far (a resumed epoch reports the whole epoch)."""
-  manager.save()
+  """The side file of the next checkpoint (history, and the current epoch's step
+  losses, weight and hit sums so far, so that a resumed epoch reports the whole
+  epoch), then the checkpoint.  Each checkpoint has its own side file, written
+  first: a crash between the two leaves the previous pair intact."""
+  number = int(manager.checkpoint.save_counter) + 1
   losses, weights, hits = partial
-  atomic.write_json(os.path.join(directory, _HISTORY),
-                         {"history": history, "epoch": epoch, "losses": losses,
-                          "weights": weights, "hits": hits})
+  atomic.write_json(_side_file(directory, number),
+                    {"history": history, "epoch": epoch, "losses": losses, "weights": weights,
+                     "hits": hits})
+  manager.save(checkpoint_number=number)
+  kept = {_side_file(directory, int(path.rsplit("-", 1)[1])) for path in manager.checkpoints}
+  for name in os.listdir(directory):
+    path = os.path.join(directory, name)
+    if name.startswith("history-") and name.endswith(".json") and path not in kept:
+      os.remove(path)
 
 
-def _read_side_file(directory: str | None) -> dict | None:
-  path = None if directory is None else os.path.join(directory, _HISTORY)
-  if path is None or not os.path.exists(path):
+def _read_side_file(directory: str | None, checkpoint_path: str | None) -> dict | None:
+  """The side file of checkpoint `checkpoint_path` (".../ckpt-N")."""
+  if directory is None or checkpoint_path is None:
+    return None
+  path = _side_file(directory, int(checkpoint_path.rsplit("-", 1)[1]))
+  if not os.path.exists(path):
     return None
   with open(path) as f:
     return json.load(f)
 
 
-def _read_history(directory: str) -> dict | None:
-  saved = _read_side_file(directory)
-  return None if saved is None else saved["history"]
-
-
-def _read_partial(directory: str | None, epoch: int, skip: int) -> tuple:
+def _read_partial(saved: dict | None, epoch: int, skip: int) -> tuple:
   """(step losses, weight sum, hit sum) of a resumed epoch's first `skip` steps."""
-  saved = _read_side_file(directory) if skip else None
-  if saved is None or saved.get("epoch") != epoch or len(saved["losses"]) != skip:
+  if not skip or saved is None or saved.get("epoch") != epoch or len(saved["losses"]) != skip:
     return [], 0.0, 0.0
   return list(saved["losses"]), float(saved["weights"]), float(saved["hits"])
 

@@ -41,6 +41,8 @@ class ExportOptions:
   # and the seed of the stateless samplers.
   max_new_tokens: int | None = None
   seed: tuple = (0, 0)
+  # Embeddings: L2-normalize pooled_output and mean_output.
+  normalize: bool = False
 
 
 def _text_spec(name: str) -> tf.TensorSpec:
@@ -142,7 +144,10 @@ class Tokenize(tf.Module):
 
 class Embedding(tf.Module):
   """The backbone's outputs of text (and text_pair): sequence_output float32 [B, L, D]
-  (0 at padding), pooled_output float32 [B, D], padding_mask int32 [B, L]."""
+  (0 at padding), pooled_output float32 [B, D], mean_output float32 [B, D] (the mean
+  over real tokens, specials included: sentence-transformers' default pooling),
+  padding_mask int32 [B, L]; with `normalize`, pooled and mean outputs have unit
+  L2 norm."""
 
   def __init__(self, task, options: ExportOptions, *, names: tuple = ("embedding",),
                pair: bool | None = None):
@@ -150,20 +155,25 @@ class Embedding(tf.Module):
     self.task = task
     self.names = names
     self.pair = options.pair if pair is None else pair
+    self.normalize = options.normalize
     self._core = Compiled(self._numeric, options.jit_compile,
                           {"token_ids": task.tokenizer.pad_token_id})
     self.embedding = _text_signature(self._embedding, self.pair)
 
   def _numeric(self, inputs):
     outputs = self.task.backbone(inputs)
-    return (tf.cast(outputs["sequence_output"], tf.float32),
-            tf.cast(outputs["pooled_output"], tf.float32))
+    sequence = tf.cast(outputs["sequence_output"], tf.float32)           # [B, L, D]
+    pooled = tf.cast(outputs["pooled_output"], tf.float32)               # [B, D]
+    real = tf.cast(inputs["padding_mask"], tf.float32)[..., None]        # [B, L, 1]
+    mean = tf.reduce_sum(sequence * real, axis=1) / tf.maximum(tf.reduce_sum(real, axis=1), 1.0)
+    if self.normalize:
+      pooled, mean = tf.math.l2_normalize(pooled, axis=-1), tf.math.l2_normalize(mean, axis=-1)
+    return sequence * real, pooled, mean
 
   def _embedding(self, text, text_pair):
     inputs = self.task.preprocessor(text, text_pair)
-    sequence, pooled = self._core(inputs)
-    real = tf.cast(inputs["padding_mask"], tf.float32)[..., None]
-    return {"sequence_output": sequence * real, "pooled_output": pooled,
+    sequence, pooled, mean = self._core(inputs)
+    return {"sequence_output": sequence, "pooled_output": pooled, "mean_output": mean,
             "padding_mask": inputs["padding_mask"]}
 
   def signatures(self) -> dict:

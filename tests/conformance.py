@@ -136,6 +136,10 @@ CASES = [
          lambda: dict(_encoder_inputs(_ELECTRA_VOCABULARY),
                       segment_ids=np.array([[0, 0, 0, 1, 1, 1, 1], [0, 0, 1, 1, 0, 0, 0]],
                                            np.int32))),
+    Case("xlm_roberta_token_classifier", _xlmr("token_classification"),
+         lambda: _encoder_inputs(_XLMR_VOCABULARY)),
+    Case("electra_token_classifier", _electra("token_classification"),
+         lambda: _encoder_inputs(_ELECTRA_VOCABULARY)),
     # Generation: the whole decoding loop is one function.
     Case("bart_greedy_generation", _bart("greedy"), lambda: _encoder_inputs(_BART_VOCABULARY),
          lambda m, i: m.generate_ids(i["token_ids"], i["padding_mask"], 6)),

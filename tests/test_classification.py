@@ -226,3 +226,68 @@ def test_classifier_export_answers_as_the_pipeline(xlmr_classifier_dir, tmp_path
   assert table.returncode == 0, table.stderr[-2000:]
   assert table.stdout.splitlines()[0] == TEXTS[0]
   assert table.stdout.splitlines()[1].split()[:2] == ["1.", theirs[0][0]["label"]]
+
+
+NER = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}
+
+
+@pytest.mark.parametrize("family", ["xlm_roberta", "electra"])
+def test_token_classifier_matches_transformers_trains_and_saves(
+    family, tmp_path, sp_file, vocab_size, wordpiece_dir, wordpiece_vocab):
+  import shutil
+  import torch
+  import transformers
+  import tfhub_models
+  if family == "xlm_roberta":
+    config = transformers.XLMRobertaConfig(
+        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=37, max_position_embeddings=130, type_vocab_size=1,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, id2label=NER,
+        label2id={v: k for k, v in NER.items()})
+    model_class, files = transformers.XLMRobertaForTokenClassification, [sp_file]
+    texts = ["Anna wohnt in Berlin.", "Pierre visite Lyon", "nobody here"]
+  else:
+    config = transformers.ElectraConfig(
+        vocab_size=len(wordpiece_vocab), embedding_size=24, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=37, max_position_embeddings=64,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, id2label=NER,
+        label2id={v: k for k, v in NER.items()})
+    model_class, files = transformers.ElectraForTokenClassification, [wordpiece_dir / "vocab.txt"]
+    texts = ["the cat sat on the mat", "a dog ran in the park", "birds sing"]
+  torch.manual_seed(6)
+  model = model_class(config).eval()
+  with torch.no_grad():
+    for parameter in model.parameters():
+      parameter.add_(torch.randn_like(parameter) * 0.05)
+  source = tmp_path / "src"
+  model.save_pretrained(str(source))
+  for f in files:
+    shutil.copy(f, source / f.name)
+  task = tfhub_models.load(source)
+  assert task.task == "token_classification" and task.labels == tuple(NER.values())
+  inputs = task.preprocessor(tf.constant(texts))
+  ours = task(inputs).numpy()
+  with torch.no_grad():
+    theirs = model(input_ids=torch.tensor(inputs["token_ids"].numpy(), dtype=torch.long),
+                   attention_mask=torch.tensor(inputs["padding_mask"].numpy())).logits.numpy()
+  real = inputs["padding_mask"].numpy().astype(bool)
+  np.testing.assert_allclose(ours[real], theirs[real], rtol=1e-4, atol=1e-4)
+  answers = task.token_labels(texts)
+  assert [len(a) for a in answers] == real.sum(1).tolist()
+  assert answers[0][1][1] == NER[int(theirs[0, 1].argmax())]
+  # Fine-tune on preprocessed tokens: label 3 (B-LOC) on the second token, O elsewhere,
+  # -100 (ignored) on the specials, as transformers' data collators write them.
+  labels = np.where(real, 0, -100)
+  labels[:, 0] = -100
+  labels[:, 1] = 3
+  x = {k: v.numpy() for k, v in inputs.items()}
+  task.compile(optimizer=optimizers.AdamW(1e-2, weight_decay=0.0))
+  history = task.fit(x, labels, batch_size=3, epochs=20, verbose=0)
+  assert history["accuracy"][-1] == 1.0, history
+  saved = task.save_to_preset(tmp_path / "tuned")
+  reloaded = transformers.AutoModelForTokenClassification.from_pretrained(str(saved)).eval()
+  with torch.no_grad():
+    again = reloaded(input_ids=torch.tensor(x["token_ids"], dtype=torch.long),
+                     attention_mask=torch.tensor(x["padding_mask"])).logits.numpy()
+  np.testing.assert_allclose(task(inputs).numpy()[real], again[real], rtol=1e-4, atol=1e-4)
+  assert type(task).from_preset(str(saved)).labels == tuple(NER.values())

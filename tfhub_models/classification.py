@@ -215,4 +215,116 @@ class TextClassifier(layers.Module, training.Trainable):
     return answers
 
 
-__all__ = ["ClassificationHead", "TextClassifier", "PROBLEM_TYPES", "LOSSES", "label_names"]
+class TokenClassificationHead(layers.Module):
+  """dropout, then one dense layer (D -> C) at every token (`*ForTokenClassification`)."""
+
+  def __init__(self, hidden_dim: int, num_classes: int, *, dropout: float = 0.1,
+               dtype="float32", name: str = "classifier"):
+    super().__init__(name=name)
+    self.dropout = dropout
+    with self.name_scope:
+      self.dense = layers.Dense(hidden_dim, num_classes, dtype=dtype, name="dense")
+
+  def __call__(self, sequence_output: tf.Tensor, training: bool = False) -> tf.Tensor:
+    """[B, L, D] -> float32 logits [B, L, C]."""
+    return tf.cast(self.dense(layers.dropout(sequence_output, self.dropout, training)),
+                   tf.float32)
+
+
+IGNORED_LABEL = -100   # upstream's label of tokens that do not count (specials, padding)
+
+
+class TokenClassifier(layers.Module, training.Trainable):
+  """One label per token (named-entity tagging).
+
+  Subclasses set `family` (the loader's Family row) and `presets`.
+  """
+
+  task = "token_classification"
+  family = None
+  presets = {}
+  default_metrics = ("accuracy",)
+
+  def __init__(self, backbone, preprocessor, num_classes: int, *, labels=None,
+               head: TokenClassificationHead | None = None, name: str = "token_classifier"):
+    super().__init__(name=name)
+    if int(num_classes) < 1:
+      raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    tasks.check_compatible(backbone, preprocessor)
+    self.backbone = backbone
+    self.preprocessor = preprocessor
+    self.num_classes = int(num_classes)
+    self.labels = label_names(labels, self.num_classes)
+    self.problem_type = "single_label_classification"
+    self.head = head or TokenClassificationHead(backbone.config.hidden_dim, self.num_classes,
+                                                dropout=backbone.config.dropout,
+                                                dtype=backbone.dtype.name)
+
+  @property
+  def tokenizer(self):
+    return None if self.preprocessor is None else self.preprocessor.tokenizer
+
+  @classmethod
+  def from_preset(cls, preset: str, load_weights: bool = True, preprocessor="auto", *,
+                  num_classes: int | None = None, labels=None, **overrides):
+    """A token-classification checkpoint as it is, or a backbone with a new head
+    of `num_classes` (see TextClassifier.from_preset)."""
+    options = {k: v for k, v in (("num_classes", num_classes), ("labels", labels))
+               if v is not None}
+    if num_classes is not None:
+      options["fresh_head"] = True
+      options.setdefault("labels", None)
+    return tasks.load_preset(cls.family, cls.task, preset, load_weights, preprocessor,
+                             options=options, **overrides)
+
+  def save_to_preset(self, preset_dir, overwrite: bool = False):
+    """A Hugging Face `*ForTokenClassification` directory (see tasks.save_preset)."""
+    return tasks.save_preset(self.family, self, preset_dir, overwrite=overwrite)
+
+  def __call__(self, inputs: dict, training: bool = False) -> tf.Tensor:
+    """Logits float32 [B, L, C] of {"token_ids", "padding_mask"[, "segment_ids"]} [B, L]."""
+    outputs = self.backbone(inputs, training=training)
+    return self.head(outputs["sequence_output"], training=training)
+
+  def prepare(self, x, y=None, sample_weight=None, mode: str = "fit"):
+    """Training inputs of one batch: preprocessed {"token_ids", "padding_mask"[,
+    "segment_ids"]} [B, L] with labels y int [B, L] (-100, upstream's ignored
+    label, or padding: weight 0), or raw texts for predict.  sample_weight [B, L]
+    (default: 1 where the label is not -100 and the token is real)."""
+    if isinstance(x, dict):
+      missing = [k for k in ("token_ids", "padding_mask") if k not in x]
+      if missing:
+        raise training.TrainingError(f"preprocessed inputs need {', '.join(missing)}")
+      inputs = {k: tf.cast(v, tf.int32) for k, v in x.items()}
+    else:
+      tasks.require_preprocessor(self, "raw text")
+      if y is not None:
+        raise training.TrainingError(
+            "token labels must line up with the tokens: train on preprocessed inputs "
+            "(task.preprocessor(texts)) with y [B, L]")
+      inputs = self.preprocessor(x)
+    if mode == "predict" or y is None:
+      return inputs, y, sample_weight
+    labels = tf.cast(y, tf.int32)
+    counted = tf.cast((labels != IGNORED_LABEL) & (inputs["padding_mask"] > 0), tf.float32)
+    weights = counted if sample_weight is None else tf.cast(sample_weight, tf.float32) * counted
+    checks = [tf.debugging.assert_equal(tf.shape(labels), tf.shape(inputs["token_ids"]),
+                                        message="y must have the shape of token_ids [B, L]"),
+              training.check_labels(labels, weights, self.num_classes, "classes")]
+    with tf.control_dependencies(checks):
+      return inputs, tf.maximum(tf.identity(labels), 0), tf.identity(weights)
+
+  def token_labels(self, texts: Sequence[str]) -> list:
+    """For each text, [(token, label, score)] of its real tokens, specials included (eager)."""
+    tasks.require_preprocessor(self, "token_labels")
+    inputs = self.preprocessor(tf.constant(list(texts)))
+    probabilities = tf.nn.softmax(self(inputs), axis=-1).numpy()
+    tokens = self.tokenizer.id_to_token(inputs["token_ids"]).numpy()
+    lengths = inputs["padding_mask"].numpy().sum(axis=1)
+    return [[(tokens[b, i].decode("utf-8"), self.labels[int(probabilities[b, i].argmax())],
+              float(probabilities[b, i].max())) for i in range(n)]
+            for b, n in enumerate(lengths)]
+
+
+__all__ = ["ClassificationHead", "TextClassifier", "TokenClassificationHead", "TokenClassifier",
+           "PROBLEM_TYPES", "LOSSES", "label_names", "IGNORED_LABEL"]

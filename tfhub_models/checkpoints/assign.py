@@ -204,10 +204,27 @@ def shift_positions(offset: int):
 # classifier.out_proj), shared by XLM-RoBERTa and ELECTRA.
 
 CLASSIFIER_PREFIX = "classifier."
+CLASSIFIER_TASKS = ("text_classification", "token_classification")
+
+
+def classifier_kind(keys, architectures) -> str | None:
+  """text_classification, token_classification or None, from the weight names
+  (classifier.out_proj.* / classifier.weight) or config.json's architectures."""
+  if any(k.startswith("classifier.out_proj.") for k in keys) or any(
+      a.endswith("ForSequenceClassification") for a in architectures):
+    return "text_classification"
+  if "classifier.weight" in keys or any(a.endswith("ForTokenClassification")
+                                        for a in architectures):
+    return "token_classification"
+  return None
 
 
 def hf_classifier(head) -> list:
-  return [*hf_dense("classifier.dense", head.dense), *hf_dense("classifier.out_proj", head.out_proj)]
+  """A sequence classifier's dense + out_proj, or a token classifier's one layer."""
+  if hasattr(head, "out_proj"):
+    return [*hf_dense("classifier.dense", head.dense),
+            *hf_dense("classifier.out_proj", head.out_proj)]
+  return hf_dense("classifier", head.dense)
 
 
 def hf_classifier_options(config: dict, weights: dict | None) -> dict:
@@ -216,8 +233,10 @@ def hf_classifier_options(config: dict, weights: dict | None) -> dict:
   problem_type (default: regression for one label, else single-label)."""
   id2label = config.get("id2label") or {}
   num_classes = int(config.get("num_labels") or len(id2label) or 2)
-  if weights is not None and "classifier.out_proj.weight" in weights:
-    rows = int(np.asarray(weights["classifier.out_proj.weight"]).shape[0])
+  output = next((k for k in ("classifier.out_proj.weight", "classifier.weight")
+                 if weights is not None and k in weights), None)
+  if output is not None:
+    rows = int(np.asarray(weights[output]).shape[0])
     if id2label and rows != len(id2label):
       raise CheckpointError(f"the classifier has {rows} outputs but config.json's id2label names "
                             f"{len(id2label)} labels")

@@ -11,7 +11,8 @@ from tfhub_models.checkpoints import save
 from tfhub_models.checkpoints.sources import Checkpoint, CheckpointError
 from tfhub_models.tokenizers import WordPieceTokenizer
 
-TASKS = ("replaced_token_detection", "fill_mask", "text_classification", "embedding", "backbone")
+TASKS = ("replaced_token_detection", "fill_mask", "text_classification", "token_classification",
+         "embedding", "backbone")
 # The weights of each task's head, by their Hugging Face prefix.
 _HEADS = {"replaced_token_detection": "discriminator_predictions.", "fill_mask": "generator_"}
 
@@ -85,9 +86,9 @@ def task(checkpoint: Checkpoint, requested: str | None, load_weights: bool) -> s
   fill_mask (a generator) or embedding (a bare model)."""
   keys = _keys(checkpoint) if load_weights and checkpoint.format == "hf" else set()
   architectures = checkpoint.config.get("architectures") or []
-  if "ElectraForSequenceClassification" in architectures or any(
-      k.startswith(a.CLASSIFIER_PREFIX) for k in keys):
-    own = "text_classification"
+  classifier = a.classifier_kind(keys, architectures)
+  if classifier:
+    own = classifier
   elif "ElectraForPreTraining" in architectures or any(
       k.startswith("discriminator_predictions.") for k in keys):
     own = "replaced_token_detection"
@@ -111,7 +112,7 @@ def options(checkpoint: Checkpoint, task: str, load_weights: bool) -> dict:
   if checkpoint.format == "keras_hub":
     return {"pooler": True}
   out = {"pooler": load_weights and any(k.startswith("pooler.") for k in _keys(checkpoint))}
-  if task == "text_classification":
+  if task in a.CLASSIFIER_TASKS:
     out.update(a.hf_classifier_options(checkpoint.config,
                                        _weights(checkpoint) if load_weights else None))
   return out
@@ -120,7 +121,7 @@ def options(checkpoint: Checkpoint, task: str, load_weights: bool) -> dict:
 def assign(module, checkpoint: Checkpoint, task: str, options: dict | None = None) -> None:
   """Every variable of `module` (backbone, encoder, discriminator or generator)."""
   if checkpoint.format == "keras_hub":
-    if task == "text_classification" and not (options or {}).get("fresh_head"):
+    if task in a.CLASSIFIER_TASKS and not (options or {}).get("fresh_head"):
       raise CheckpointError(f"{checkpoint.directory}: a keras-hub backbone preset has no "
                             "classifier head; pass num_classes=N for a new head to fine-tune")
     _assign_keras_hub(module, checkpoint)
@@ -136,7 +137,7 @@ def assign(module, checkpoint: Checkpoint, task: str, options: dict | None = Non
             or key == "generator_lm_head.weight" or key.startswith(unused_heads))
 
   assignments = hf_assignments(module, task, with_classifier=False)
-  if task == "text_classification":
+  if task in a.CLASSIFIER_TASKS:
     assignments = a.assign_classifier_or_fresh(assignments, module, weights, options,
                                                checkpoint.directory)
     unused_heads += (a.CLASSIFIER_PREFIX,)   # a fresh head leaves the checkpoint's unused
@@ -165,7 +166,7 @@ def hf_assignments(module, task: str, with_classifier: bool = True) -> list:
     out += [*a.hf_dense("generator_predictions.dense", module.head.dense),
             *a.hf_norm("generator_predictions.LayerNorm", module.head.layer_norm),
             ("generator_lm_head.bias", module.head.bias, a.same)]
-  elif task == "text_classification" and with_classifier:
+  elif task in a.CLASSIFIER_TASKS and with_classifier:
     out += a.hf_classifier(module.head)
   return out
 
@@ -173,6 +174,7 @@ def hf_assignments(module, task: str, with_classifier: bool = True) -> list:
 # Hugging Face class of each task's saved preset (the model sits under "electra.").
 _ARCHITECTURES = {"fill_mask": "ElectraForMaskedLM",
                   "text_classification": "ElectraForSequenceClassification",
+                  "token_classification": "ElectraForTokenClassification",
                   "replaced_token_detection": "ElectraForPreTraining",
                   "embedding": "ElectraModel", "backbone": "ElectraModel"}
 
@@ -196,7 +198,7 @@ def hf_files(module, task: str) -> save.PresetFiles:
       "type_vocab_size": c.num_segments, "layer_norm_eps": c.layer_norm_epsilon,
       "pad_token_id": c.pad_token_id, "position_embedding_type": "absolute",
       "initializer_range": 0.02, "torch_dtype": "float32"}
-  if task == "text_classification":
+  if task in a.CLASSIFIER_TASKS:
     config.update(a.hf_classifier_config(module))
   tokenizer = module.tokenizer
   tokenizer_config = {

@@ -14,7 +14,7 @@ from tfhub_models.checkpoints import save
 from tfhub_models.checkpoints.sources import Checkpoint, CheckpointError
 from tfhub_models.tokenizers import XLMRobertaTokenizer
 
-TASKS = ("fill_mask", "text_classification", "backbone", "embedding")
+TASKS = ("fill_mask", "text_classification", "token_classification", "backbone", "embedding")
 HEAD_TASKS = ("fill_mask",)
 
 
@@ -63,21 +63,21 @@ def _hf_weights(checkpoint: Checkpoint) -> dict:
 
 
 def task(checkpoint: Checkpoint, requested: str | None, load_weights: bool) -> str:
-  """text_classification for a classifier, fill_mask when the checkpoint has the
-  masked-LM head, else backbone."""
+  """text_classification / token_classification for a classifier, fill_mask when
+  the checkpoint has the masked-LM head, else backbone."""
   architectures = checkpoint.config.get("architectures") or []
   if checkpoint.format == "keras_hub":
     has_head = checkpoint.exists("task.weights.h5")
-    classifier = False
+    classifier = None
   elif load_weights:   # the weights are read once, here, and assigned later
     keys = _hf_weights(checkpoint)
     has_head = any(k.startswith("lm_head.") for k in keys)
-    classifier = any(k.startswith(a.CLASSIFIER_PREFIX) for k in keys)
+    classifier = a.classifier_kind(keys, ())
   else:
     has_head = "XLMRobertaForMaskedLM" in architectures
-    classifier = "XLMRobertaForSequenceClassification" in architectures
+    classifier = a.classifier_kind((), architectures)
   if requested is None:
-    return "text_classification" if classifier else "fill_mask" if has_head else "backbone"
+    return classifier or ("fill_mask" if has_head else "backbone")
   if requested in HEAD_TASKS and load_weights and not has_head:
     if checkpoint.format == "keras_hub":
       raise CheckpointError(
@@ -91,7 +91,7 @@ def task(checkpoint: Checkpoint, requested: str | None, load_weights: bool) -> s
 
 def options(checkpoint: Checkpoint, task: str, load_weights: bool) -> dict:
   """A classifier's num_classes, labels and problem_type from config.json."""
-  if task != "text_classification":
+  if task not in a.CLASSIFIER_TASKS:
     return {}
   if checkpoint.format == "keras_hub":
     return {}
@@ -107,7 +107,7 @@ def _ignored_hf(key: str) -> bool:
 def assign(module, checkpoint: Checkpoint, task: str, options: dict | None = None) -> None:
   """Every variable of `module` (a backbone, encoder or masked LM) from the checkpoint."""
   if checkpoint.format == "keras_hub":
-    if task == "text_classification" and not (options or {}).get("fresh_head"):
+    if task in a.CLASSIFIER_TASKS and not (options or {}).get("fresh_head"):
       raise CheckpointError(f"{checkpoint.directory}: a keras-hub backbone preset has no "
                             "classifier head; pass num_classes=N for a new head to fine-tune")
     _assign_keras_hub(module, checkpoint, task)
@@ -124,7 +124,7 @@ def assign(module, checkpoint: Checkpoint, task: str, options: dict | None = Non
   b = a.backbone_of(module)
   heads = () if task in HEAD_TASKS else ("lm_head.",)
   assignments = hf_assignments(module, task, with_classifier=False)
-  if task == "text_classification":
+  if task in a.CLASSIFIER_TASKS:
     assignments = a.assign_classifier_or_fresh(assignments, module, weights, options,
                                                checkpoint.directory)
     heads += (a.CLASSIFIER_PREFIX,)   # a fresh head leaves the checkpoint's unused
@@ -147,7 +147,7 @@ def hf_assignments(module, task: str, with_classifier: bool = True) -> list:
     h = module.head
     assignments += [*a.hf_dense("lm_head.dense", h.dense),
                     *a.hf_norm("lm_head.layer_norm", h.layer_norm), ("lm_head.bias", h.bias, a.same)]
-  if task == "text_classification" and with_classifier:
+  if task in a.CLASSIFIER_TASKS and with_classifier:
     assignments += a.hf_classifier(module.head)
   return assignments
 
@@ -155,6 +155,7 @@ def hf_assignments(module, task: str, with_classifier: bool = True) -> list:
 # Hugging Face class and weight-name prefix of each task's saved preset.
 _ARCHITECTURES = {"fill_mask": ("XLMRobertaForMaskedLM", "roberta."),
                   "text_classification": ("XLMRobertaForSequenceClassification", "roberta."),
+                  "token_classification": ("XLMRobertaForTokenClassification", "roberta."),
                   "backbone": ("XLMRobertaModel", ""), "embedding": ("XLMRobertaModel", "")}
 
 
@@ -172,7 +173,7 @@ def hf_files(module, task: str) -> save.PresetFiles:
       "layer_norm_eps": c.layer_norm_epsilon, "pad_token_id": c.pad_token_id,
       "bos_token_id": 0, "eos_token_id": 2, "position_embedding_type": "absolute",
       "initializer_range": 0.02, "torch_dtype": "float32"}
-  if task == "text_classification":
+  if task in a.CLASSIFIER_TASKS:
     config.update(a.hf_classifier_config(module))
   tokenizer_config = {
       "tokenizer_class": "XLMRobertaTokenizer", "bos_token": "<s>", "eos_token": "</s>",

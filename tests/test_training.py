@@ -362,6 +362,10 @@ def test_bart_compile_keeps_the_sampler_argument(bart_dir):
   assert task.optimizer.learning_rate == 2e-5
   task.compile(optimizer="adamw", sampler="beam")
   assert task.sampler.name == "beam" and task.optimizer.weight_decay == 0.01
+  # Every BART weight is in the backbone: frozen, nothing is left to train.
+  task.backbone.trainable = False
+  with pytest.raises(training.TrainingError, match="no trainable variables"):
+    task.fit({"encoder_text": ["a b"], "decoder_text": ["b a"]}, verbose=0)
 
 
 DISTRIBUTED = r"""

@@ -59,6 +59,17 @@ def label_names(labels, num_classes: int) -> tuple:
   return labels
 
 
+def head_options(num_classes=None, labels=None, problem_type=None) -> dict:
+  """The loader's options of a classifier's from_preset: num_classes asks for a
+  new head (fresh_head), whose labels are not the checkpoint's."""
+  options = {k: v for k, v in (("num_classes", num_classes), ("labels", labels),
+                               ("problem_type", problem_type)) if v is not None}
+  if num_classes is not None:
+    options["fresh_head"] = True
+    options.setdefault("labels", None)
+  return options
+
+
 def _multi_label_loss(labels, logits):
   return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(
       labels=tf.cast(labels, tf.float32), logits=logits), axis=-1)
@@ -127,13 +138,9 @@ class TextClassifier(layers.Module, training.Trainable):
       single_label_classification).
     overrides: dtype, sequence_length.
     """
-    options = {k: v for k, v in (("num_classes", num_classes), ("labels", labels),
-                                 ("problem_type", problem_type)) if v is not None}
-    if num_classes is not None:
-      options["fresh_head"] = True
-      options.setdefault("labels", None)   # not the checkpoint's names for another head
     return tasks.load_preset(cls.family, cls.task, preset, load_weights, preprocessor,
-                             options=options, **overrides)
+                             options=head_options(num_classes, labels, problem_type),
+                             **overrides)
 
   def save_to_preset(self, preset_dir, overwrite: bool = False):
     """A Hugging Face `*ForSequenceClassification` directory (see tasks.save_preset)."""
@@ -269,13 +276,8 @@ class TokenClassifier(layers.Module, training.Trainable):
                   num_classes: int | None = None, labels=None, **overrides):
     """A token-classification checkpoint as it is, or a backbone with a new head
     of `num_classes` (see TextClassifier.from_preset)."""
-    options = {k: v for k, v in (("num_classes", num_classes), ("labels", labels))
-               if v is not None}
-    if num_classes is not None:
-      options["fresh_head"] = True
-      options.setdefault("labels", None)
     return tasks.load_preset(cls.family, cls.task, preset, load_weights, preprocessor,
-                             options=options, **overrides)
+                             options=head_options(num_classes, labels), **overrides)
 
   def save_to_preset(self, preset_dir, overwrite: bool = False):
     """A Hugging Face `*ForTokenClassification` directory (see tasks.save_preset)."""

@@ -3,7 +3,8 @@
 
   python scripts/export.py --checkpoint DIR|hf://ORG/NAME|kaggle://... --output BASE
       [--name NAME] [--version N] [--top-k K] [--sequence-length L] [--no-xla]
-      [--task fill_mask|replaced_token_detection|text_classification|embedding] [--pair] [--format serving|hub]
+      [--task fill_mask|replaced_token_detection|text_classification|token_classification|embedding]
+      [--pair] [--aggregation none|simple|first|average|max] [--format serving|hub]
   python scripts/export.py --preset xlm_roberta_base_multi --random-weights --output BASE
 
 Writes BASE/NAME/VERSION atomically and prints its path.  With --format hub it
@@ -48,8 +49,13 @@ def parse_args(argv):
   generation.add_argument("--num-return-sequences", type=int)
   generation.add_argument("--seed", type=int, default=0, help="seed of the samplers (default 0)")
   parser.add_argument("--task", choices=["fill_mask", "replaced_token_detection",
-                                         "text_classification", "embedding"],
+                                         "text_classification", "token_classification",
+                                         "embedding"],
                       default=None, help="task to export (default: the checkpoint's own)")
+  parser.add_argument("--aggregation", choices=["none", "simple", "first", "average", "max"],
+                      default="simple",
+                      help="token classification: how tokens become entities, as the "
+                           "transformers pipeline's aggregation_strategy (default simple)")
   parser.add_argument("--normalize", action="store_true",
                       help="embedding exports: L2-normalize pooled_output and mean_output")
   parser.add_argument("--pair", action="store_true",
@@ -155,7 +161,7 @@ def main(argv=None) -> int:
     options = export.ExportOptions(top_k=args.top_k or 5, jit_compile=not args.no_xla,
                                    warmup_batch_sizes=args.warmup_batch_sizes, pair=args.pair,
                                    max_new_tokens=args.max_new_tokens, seed=(args.seed, 0),
-                                   normalize=args.normalize)
+                                   normalize=args.normalize, aggregation=args.aggregation)
     if args.format == "hub":
       path = hub.export_hub(task, args.output, name, args.version)
     else:

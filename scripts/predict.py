@@ -84,6 +84,10 @@ def format_answer(texts, out: dict) -> str:
     return c.format_replaced(texts, c.replaced_answers(out))
   if "top_k_labels" in out:
     return c.format_classifications(texts, c.classification_answers(out))
+  if "entity_group" in out:
+    return c.format_entities(texts, c.entity_answers(out))
+  if "labels" in out and "tokens" in out:
+    return c.format_token_labels(texts, out)
   if "generated_text" in out:
     return c.format_generations(texts, c.generation_answers(out, len(texts)))
   if "pooled_output" in out:

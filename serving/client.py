@@ -80,6 +80,17 @@ class Label:
 
 
 @dataclasses.dataclass(frozen=True)
+class Entity:
+  """One entity of a token-classification answer (the pipeline's {"entity_group",
+  "score", "word", "start", "end"}); `text[start:end]` is what it covers."""
+  entity_group: str
+  score: float
+  word: str
+  start: int
+  end: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Generation:
   """One generated sequence."""
   text: str
@@ -205,6 +216,10 @@ class ServingClient:
     (as many as the export's --top-k, at most every class)."""
     return classification_answers(self.predict(self._with_pairs(texts, text_pairs)))
 
+  def tag(self, texts: Sequence[str]) -> list[list[Entity]]:
+    """For each text, its entities in order (grouped as the export's --aggregation)."""
+    return entity_answers(self.predict({"text": _texts(texts)}))
+
   def embed(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None,
             signature: str = "serving_default") -> list[Embedding]:
     """Each text's pooled and per-token embeddings (`signature="embedding"` on ELECTRA
@@ -247,6 +262,13 @@ def classification_answers(out: dict) -> list[list[Label]]:
   return [[Label(_text(name), float(score))
            for name, score in zip(out["top_k_labels"][b], out["top_k_scores"][b])]
           for b in range(out["top_k_labels"].shape[0])]
+
+
+def entity_answers(out: dict) -> list[list[Entity]]:
+  return [[Entity(_text(out["entity_group"][b, e]), float(out["score"][b, e]),
+                  _text(out["word"][b, e]), int(out["start"][b, e]), int(out["end"][b, e]))
+           for e in range(int(count))]
+          for b, count in enumerate(out["num_entities"])]
 
 
 def embedding_answers(out: dict) -> list[Embedding]:
@@ -306,6 +328,48 @@ def format_classifications(texts: Sequence[str], answers: list[list[Label]]) -> 
     width = max((len(a.label) for a in labels), default=5)
     for rank, a in enumerate(labels, 1):
       lines.append(f"  {rank:>2}. {a.label:<{width}}  {a.score:.4f}")
+  return "\n".join(lines)
+
+
+def highlight(text: str, entities: Sequence[Entity]) -> str:
+  """The text with each entity's span bracketed and labelled: `[Anna](PER) lives in ...`."""
+  pieces, done = [], 0
+  for e in sorted(entities, key=lambda e: e.start):
+    if e.start < done or e.end > len(text):
+      continue                              # overlapping or out of the text: not drawn
+    pieces += [text[done:e.start], f"[{text[e.start:e.end]}]({e.entity_group})"]
+    done = e.end
+  return "".join(pieces + [text[done:]])
+
+
+def format_entities(texts: Sequence[str], answers: list[list[Entity]]) -> str:
+  """A readable table of `tag` answers: each text with its entities highlighted,
+  then one line per entity."""
+  lines = []
+  for text, entities in zip(texts, answers):
+    lines.append(highlight(text, entities))
+    if not entities:
+      lines.append("  (no entities)")
+    width = max((len(e.entity_group) for e in entities), default=5)
+    for e in entities:
+      lines.append(f"  {e.entity_group:<{width}}  {e.score:.4f}  {e.start:>4}-{e.end:<4}  "
+                   f"{e.word!r}")
+  return "\n".join(lines)
+
+
+def format_token_labels(texts: Sequence[str], out: dict) -> str:
+  """A readable table of a `token_labels` answer: each real token, its label and score."""
+  lines = []
+  for b, text in enumerate(texts):
+    lines.append(text)
+    real = out["padding_mask"][b] > 0
+    tokens = [_text(t) for t in out["tokens"][b][real]]
+    width = max((len(t) for t in tokens), default=5)
+    for token, label, score, start, end in zip(tokens, out["labels"][b][real],
+                                               out["scores"][b][real], out["start"][b][real],
+                                               out["end"][b][real]):
+      span = f"{start:>4}-{end:<4}" if start >= 0 else " " * 9
+      lines.append(f"  {token:<{width}}  {span}  {_text(label) or '(special)'}  {score:.4f}")
   return "\n".join(lines)
 
 

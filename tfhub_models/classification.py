@@ -19,7 +19,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from tfhub_models import layers, tasks, training
+from tfhub_models import entities, layers, tasks, training
 
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
@@ -315,6 +315,36 @@ class TokenClassifier(layers.Module, training.Trainable):
               training.check_labels(labels, weights, self.num_classes, "classes")]
     with tf.control_dependencies(checks):
       return inputs, tf.maximum(tf.identity(labels), 0), tf.identity(weights)
+
+  def entities(self, text: tf.Tensor, aggregation: str = "simple") -> dict:
+    """The entities of texts string [B], grouped as the transformers pipeline's
+    `aggregation_strategy` (see tfhub_models.entities for the outputs)."""
+    tasks.require_preprocessor(self, "entities")
+    inputs, offsets = self.preprocessor.with_offsets(text)
+    probabilities = tf.nn.softmax(self(inputs), axis=-1)
+    return entities.EntityGrouper(self.labels, self.tokenizer, aggregation)(
+        text, inputs, offsets, probabilities)
+
+  def tag(self, texts: Sequence[str], aggregation_strategy: str = "simple") -> list:
+    """Pipeline-shaped answers (eager), as the transformers token-classification
+    pipeline's: for each text, [{"entity_group", "score", "word", "start", "end"}]
+    ({"entity", "score", "index", "word", "start", "end"} with "none"); start and
+    end are character offsets, `text[start:end]`."""
+    out = {k: v.numpy() for k, v in
+           self.entities(tf.constant(list(texts)), aggregation_strategy).items()}
+    key = "entity" if aggregation_strategy == "none" else "entity_group"
+    answers = []
+    for b, count in enumerate(out["num_entities"]):
+      answers.append([])
+      for e in range(int(count)):
+        answer = {key: out["entity_group"][b, e].decode("utf-8"),
+                  "score": float(out["score"][b, e])}
+        if aggregation_strategy == "none":
+          answer["index"] = int(out["index"][b, e])
+        answer.update(word=out["word"][b, e].decode("utf-8"), start=int(out["start"][b, e]),
+                      end=int(out["end"][b, e]))
+        answers[-1].append(answer)
+    return answers
 
   def token_labels(self, texts: Sequence[str]) -> list:
     """For each text, [(token, label, score)] of its real tokens, specials included (eager)."""

@@ -140,6 +140,8 @@ def pack(segments: Sequence[tf.RaggedTensor], start_id: int, end_id: int, *,
 class _SegmentPreprocessor(tf.Module):
   """Tokenize, truncate (keeping the closing special token), pack, pad to a bucket."""
 
+  _outputs = ("token_ids", "padding_mask")   # what __call__ returns
+
   def __init__(self, tokenizer, sequence_length: int, bucket_lengths: Sequence[int] | None,
                default_buckets: Sequence[int], *, start_id: int, end_id: int,
                middle: Sequence[int], second_segment_id: int, name: str | None):
@@ -156,8 +158,8 @@ class _SegmentPreprocessor(tf.Module):
     """Special tokens added to `num_segments` (1 or 2) segments."""
     return special_count(num_segments, self.middle_ids)
 
-  def _pack(self, text, text_pair, *, segment_ids: bool) -> dict:
-    first = self.tokenizer.tokenize(text)
+  def _pack(self, text, text_pair, *, segment_ids: bool, first=None) -> dict:
+    first = self.tokenizer.tokenize(text) if first is None else first
     if text_pair is None:
       segments = [truncate(first, self.sequence_length - special_count(1))]
     else:
@@ -174,6 +176,26 @@ class _SegmentPreprocessor(tf.Module):
                          second_segment_id=self.second_segment_id)
     return pad_to_bucket(ids, self.tokenizer.pad_token_id, self.bucket_lengths,
                          segments if segment_ids else None)
+
+
+  def with_offsets(self, text: tf.Tensor) -> tuple:
+    """What calling the preprocessor on one text [B] gives, with where each token is.
+
+    Returns:
+      (inputs, offsets): inputs as __call__'s; offsets {"start", "end"} int32
+      [B, L], each token's character offsets into clean_utf8(text) (see the
+      tokenizer's tokenize_with_offsets), -1 at the special tokens packing adds
+      and at padding.  Truncation cuts the offsets with the tokens.
+    """
+    ids, starts, ends = self.tokenizer.tokenize_with_offsets(text)
+    inputs = self._pack(text, None, segment_ids="segment_ids" in self._outputs, first=ids)
+    shape = tf.shape(inputs["token_ids"], out_type=tf.int64)
+    offsets = {}
+    for name, values in (("start", starts), ("end", ends)):
+      packed, _ = tf_text.combine_segments(
+          [tf.cast(truncate(values, self.sequence_length - special_count(1)), tf.int64)], -1, -1)
+      offsets[name] = tf.cast(packed.to_tensor(default_value=-1, shape=shape), tf.int32)
+    return inputs, offsets
 
 
 class XLMRobertaPreprocessor(_SegmentPreprocessor):
@@ -211,6 +233,8 @@ class BertPreprocessor(_SegmentPreprocessor):
   def __call__(self, text: tf.Tensor, text_pair: tf.Tensor | None = None) -> dict:
     """string [B] (and [B]) -> {"token_ids", "segment_ids", "padding_mask"}: int32 [B, L]."""
     return self._pack(text, text_pair, segment_ids=True)
+
+  _outputs = ("token_ids", "segment_ids", "padding_mask")
 
 
 class BartPreprocessor(_SegmentPreprocessor):

@@ -8,6 +8,7 @@ and the parts its task calls for (`PARTS`, keyed by the task's name):
   fill_mask                 FillMask (serving_default, logits) + Tokenize
   replaced_token_detection  ReplacedTokens (serving_default)
   text_classification       TextClassification (serving_default)
+  token_classification      TokenClassification (serving_default, token_labels)
   embedding                 Embedding (serving_default)
   generate                  Generate (serving_default, generate_ids) + Tokenize + Detokenize
   + Embedding ("embedding") for a task whose `extra_signatures` has it (ELECTRA)
@@ -22,6 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfhub_models import entities
 from tfhub_models.export.warmup import predict_log, strings, text_of_length
 from tfhub_models.preprocessing import POWERS_OF_TWO, pad_columns, pad_rows, round_up
 from tfhub_models.tasks import find_masks
@@ -43,6 +45,9 @@ class ExportOptions:
   seed: tuple = (0, 0)
   # Embeddings: L2-normalize pooled_output and mean_output.
   normalize: bool = False
+  # Token classification: how tokens become entities, the transformers
+  # pipeline's aggregation_strategy (tfhub_models.entities.STRATEGIES).
+  aggregation: str = "simple"
 
 
 def _text_spec(name: str) -> tf.TensorSpec:
@@ -375,6 +380,52 @@ class TextClassification(tf.Module):
                        pair=self.pair)
 
 
+class TokenClassification(tf.Module):
+  """Taggers: serving_default (entities, grouped as the transformers pipeline's
+  `aggregation_strategy`) and token_labels (every token's best label)."""
+
+  def __init__(self, task, options: ExportOptions):
+    super().__init__(name="token_classification")
+    if options.pair:
+      raise ValueError("token classification exports take one text; --pair is for text "
+                       "classifiers, embeddings and ELECTRA discriminators")
+    entities.check_scheme(task.labels, options.aggregation)
+    self.task = task
+    self.grouper = entities.EntityGrouper(task.labels, task.tokenizer, options.aggregation)
+    self._core = Compiled(lambda inputs: tf.nn.softmax(task(inputs), axis=-1),
+                          options.jit_compile, {"token_ids": task.tokenizer.pad_token_id})
+
+  def _tagged(self, text):
+    inputs, offsets = self.task.preprocessor.with_offsets(text)
+    return inputs, offsets, self._core(inputs)
+
+  @_signature([_text_spec("text")])
+  def serving_default(self, text):
+    """entity_group string [B, E], score float32 [B, E] (the mean of its tokens'
+    probabilities), word string [B, E] (its tokens decoded as the pipeline
+    decodes them), start, end int32 [B, E] (character offsets into the text,
+    invalid UTF-8 replaced by U+FFFD), num_entities int32 [B]; slots past a
+    text's entities hold "", 0 and -1."""
+    out = self.grouper(text, *self._tagged(text))
+    return {k: out[k] for k in ("entity_group", "score", "word", "start", "end", "num_entities")}
+
+  @_signature([_text_spec("text")])
+  def token_labels(self, text):
+    """tokens, labels string [B, L], scores float32 [B, L], start, end,
+    padding_mask int32 [B, L]: every input token, the special tokens (label "",
+    score 0, offsets -1) and padding (token "" too) included."""
+    return self.grouper.token_labels(*self._tagged(text))
+
+  def signatures(self) -> dict:
+    return {name: getattr(self, name).get_concrete_function()
+            for name in ("serving_default", "token_labels")}
+
+  def warmup(self, model_name: str, batch_sizes) -> list:
+    return (text_warmup(self.task.preprocessor, model_name, "serving_default", batch_sizes,
+                        pair=False)
+            + text_warmup(self.task.preprocessor, model_name, "token_labels", (1,), pair=False))
+
+
 class Detokenize(tf.Module):
   """detokenize: token_ids int32 [B, T] -> text string [B], special tokens dropped."""
 
@@ -471,6 +522,7 @@ PARTS = {
     "fill_mask": lambda task, options: [FillMask(task, options), Tokenize(task, options)],
     "replaced_token_detection": lambda task, options: [ReplacedTokens(task, options)],
     "text_classification": lambda task, options: [TextClassification(task, options)],
+    "token_classification": lambda task, options: [TokenClassification(task, options)],
     "embedding": lambda task, options: [
         Embedding(task, options, names=("serving_default", "embedding")
                   if "embedding" in getattr(task, "extra_signatures", ()) else

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import unicodedata
 
 import sentencepiece
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-from tfhub_models.tokenizers.text import (WHITE_SPACE, clean_utf8, merge_pieces,
-                                          split_special_tokens)
+from tfhub_models.tokenizers.text import (WHITE_SPACE, char_offsets, clean_utf8, join_tokens,
+                                          merge_pieces, split_special_tokens)
 
 # White_Space less U+000B, which SentencePiece's nmt_nfkc normaliser deletes
 # before the upstream tokenizer splits; SentencePiece maps only some of the
 # others to a space itself.
 _SPACES = "[" + WHITE_SPACE.replace(r"\x{0B}", "") + "]"
+
+
+@functools.cache
+def _controls_and_spaces() -> tuple:
+  """The characters a SentencePiece normaliser may delete or make a space."""
+  return tuple(chr(c) for c in range(0x110000)
+               if unicodedata.category(chr(c)) in ("Cc", "Cf", "Zs", "Zl", "Zp"))
 
 
 class XLMRobertaTokenizer(tf.Module):
@@ -46,6 +55,10 @@ class XLMRobertaTokenizer(tf.Module):
     pieces = sentencepiece.SentencePieceProcessor(model_proto=self.proto)
     alphabet = set("".join(pieces.id_to_piece(i) for i in range(pieces.get_piece_size())))
     self._nul_stand_in = next(chr(c) for c in range(0xE000, 0xF900) if chr(c) not in alphabet)
+    # The characters this model's normaliser deletes or makes a space: no
+    # token's offsets start at one (see tokenize_with_offsets).
+    blank = [c for c in _controls_and_spaces() if pieces.normalize(f"a{c}b") in ("▁ab", "▁a▁b")]
+    self._blank = "[ " + "".join(f"\\x{{{ord(c):X}}}" for c in blank) + "]"
     # Piece ids 0..n-1 become 0..n (fairseq offset 1, <unk> moves to 3), then <mask>.
     self.mask_token_id = self.sp_vocabulary_size + 1
     self.vocabulary_size = self.sp_vocabulary_size + 2
@@ -82,14 +95,66 @@ class XLMRobertaTokenizer(tf.Module):
     Returns:
       int32 RaggedTensor [B, (tokens)] of model ids.
     """
-    text = tf.strings.regex_replace(clean_utf8(text), _SPACES, " ")
-    text = tf.strings.regex_replace(text, "\\x00", self._nul_stand_in)
-    pieces, special_id = split_special_tokens(text, self._specials, self._special_ids)
+    pieces, special_id = split_special_tokens(self._spaced(text), self._specials,
+                                              self._special_ids)
     sp_ids = self._sp.tokenize(tf.where(special_id >= 0, "", pieces.flat_values))  # [P, (n)]
     return merge_pieces(pieces, special_id, tf.where(sp_ids == 0, self.unk_token_id, sp_ids + 1))
 
+  def _spaced(self, text: tf.Tensor) -> tf.Tensor:
+    """What SentencePiece is fed: UTF-8 cleaned, each white space a space, U+0000 its
+    stand-in; as many characters as clean_utf8(text)."""
+    text = tf.strings.regex_replace(clean_utf8(text), _SPACES, " ")
+    return tf.strings.regex_replace(text, "\\x00", self._nul_stand_in)
+
+  def tokenize_with_offsets(self, text: tf.Tensor):
+    """tokenize, with where each token is in the text.
+
+    Args:
+      text: string [B].
+
+    Returns:
+      (ids, starts, ends): int32 RaggedTensors [B, (tokens)]; starts and ends
+      are character offsets into clean_utf8(text) as Hugging Face's XLM-R
+      tokenizer reports them: a piece's leading space is not part of it, and a
+      piece that covers no character (a lone `▁`) gets the character after it.
+    """
+    spaced = self._spaced(text)
+    pieces, special_id, piece_starts, piece_ends = split_special_tokens(
+        spaced, self._specials, self._special_ids, with_offsets=True)
+    ordinary = tf.where(special_id >= 0, "", pieces.flat_values)
+    sp_ids, sp_starts, sp_ends = self._sp.tokenize_with_offsets(ordinary)   # [P, (n)], bytes
+    ids = merge_pieces(pieces, special_id, tf.where(sp_ids == 0, self.unk_token_id, sp_ids + 1))
+    starts, ends = (char_offsets(spaced, merge_pieces(
+        pieces, special_id, offsets + tf.expand_dims(piece_starts, 1), special_values=whole))
+                    for offsets, whole in ((sp_starts, piece_starts), (sp_ends, piece_ends)))
+    # The first character at or after each start that is not blank (a space, or
+    # one the normaliser deletes); the row's length if none is.
+    characters = tf.strings.unicode_split(spaced, "UTF-8")                 # [B, (C)]
+    solid = ~tf.strings.regex_full_match(characters, self._blank)
+    positions = tf.ragged.range(tf.cast(characters.row_lengths(), tf.int32))
+    solid = tf.concat([tf.ragged.boolean_mask(positions, solid),
+                       tf.cast(characters.row_lengths()[:, None], tf.int32)], axis=1)
+    solid = solid.to_tensor(default_value=tf.int32.max)
+    dense_starts = starts.to_tensor(default_value=0)
+    first_solid = tf.gather(solid, tf.searchsorted(solid, dense_starts, side="left"),
+                            batch_dims=1)
+    first_solid = tf.RaggedTensor.from_tensor(first_solid, lengths=starts.row_lengths())
+    empty = first_solid >= ends
+    return ids, tf.where(empty, ends, first_solid), tf.where(empty, ends + 1, ends)
+
   def __call__(self, text: tf.Tensor) -> tf.RaggedTensor:
     return self.tokenize(text)
+
+  # No continuing-subword marker: the token-classification pipeline's words
+  # are told by spaces instead (see tfhub_models.entities).
+  subword_prefix = None
+
+  def tokens_to_string(self, tokens: tf.RaggedTensor) -> tf.Tensor:
+    """Hugging Face's convert_tokens_to_string (the Metaspace decoder) on each row
+    of pieces: string [G, (n)] -> [G].  The first piece loses every `▁`, the
+    others turn each into a space; a lone `▁` alone gives ""."""
+    return join_tokens(tokens, lambda t: tf.strings.regex_replace(t, "▁", ""),
+                       lambda t: tf.strings.regex_replace(t, "▁", " "))
 
   def _to_sp_ids(self, ids: tf.Tensor) -> tf.Tensor:
     ids = tf.cast(ids, tf.int32)

@@ -27,7 +27,8 @@ def clean_utf8(text) -> tf.Tensor:
 
 
 def split_special_tokens(text: tf.Tensor, tokens: Sequence[str], ids: Sequence[int],
-                         lstrip: Sequence[str] = (), rstrip: Sequence[str] = ()):
+                         lstrip: Sequence[str] = (), rstrip: Sequence[str] = (), *,
+                         with_offsets: bool = False):
   """Splits raw text on literal special tokens, as the upstream added-token matcher does.
 
   A token in `lstrip` (`rstrip`) also takes the whitespace before (after) it, as
@@ -38,40 +39,61 @@ def split_special_tokens(text: tf.Tensor, tokens: Sequence[str], ids: Sequence[i
 
   Returns:
     (pieces RaggedTensor string [B, (P)], special_id int32 [total P], -1 where a
-    piece is ordinary text).
+    piece is ordinary text); with_offsets, also each piece's byte start and end
+    in its text, int64 [total P] each.
   """
   spaces = f"[{WHITE_SPACE}]*"
   patterns = [(spaces if t in lstrip else "") + re.escape(t) + (spaces if t in rstrip else "")
               for t in tokens]
   pattern = "|".join(patterns)
-  pieces = tf_text.regex_split(text, pattern, pattern)                        # [B, (P)]
+  pieces, starts, ends = tf_text.regex_split_with_offsets(text, pattern, pattern)  # [B, (P)]
   flat = pieces.flat_values
   special_id = tf.fill(tf.shape(flat), -1)
   for token, token_id, token_pattern in zip(tokens, ids, patterns):
     match = (tf.strings.regex_full_match(flat, token_pattern) if token_pattern != re.escape(token)
              else tf.equal(flat, token))
     special_id = tf.where(match, token_id, special_id)
+  if with_offsets:
+    return pieces, special_id, starts.flat_values, ends.flat_values
   return pieces, special_id
 
 
 def merge_pieces(pieces: tf.RaggedTensor, special_id: tf.Tensor,
-                 piece_ids: tf.RaggedTensor) -> tf.RaggedTensor:
+                 piece_ids: tf.RaggedTensor, special_values: tf.Tensor | None = None
+                 ) -> tf.RaggedTensor:
   """Puts each special piece's id in place of its (empty) tokenization.
 
   Args:
     pieces: string [B, (P)] from split_special_tokens.
     special_id: int32 [total P].
-    piece_ids: int32 [total P, (n)], the ids of each ordinary piece (empty rows
-      for special pieces).
+    piece_ids: int [total P, (n)], the ids (or offsets) of each ordinary piece
+      (empty rows for special pieces).
+    special_values: int [total P], what a special piece's one token gets
+      (default: its id; its offsets when piece_ids are offsets).
 
   Returns:
     int32 [B, (ids)].
   """
   is_special = special_id >= 0
+  values = special_id if special_values is None else special_values
   special_rows = tf.RaggedTensor.from_row_lengths(
-      tf.boolean_mask(special_id, is_special), tf.cast(is_special, tf.int64))
+      tf.cast(tf.boolean_mask(values, is_special), tf.int32), tf.cast(is_special, tf.int64))
   per_piece = tf.concat([special_rows, tf.cast(piece_ids, tf.int32)], axis=1)   # [P, (n)]
   return tf.RaggedTensor.from_row_splits(per_piece, pieces.row_splits).merge_dims(1, 2)
+
+
+def char_offsets(text: tf.Tensor, byte_offsets: tf.RaggedTensor) -> tf.RaggedTensor:
+  """Byte offsets into valid UTF-8 text [B] as character (code point) offsets,
+  what Python's str slicing takes: int [B, (n)] -> int32 [B, (n)].  An offset
+  inside a character counts as the next character's."""
+  _, starts = tf.strings.unicode_decode_with_offsets(text, "UTF-8")          # [B, (C)]
+  ends = tf.strings.length(text)[:, None]
+  # Each row's character starts, then its byte length; int64 max pads the rows.
+  starts = tf.concat([starts, tf.RaggedTensor.from_tensor(tf.cast(ends, tf.int64))], axis=1)
+  sorted_starts = starts.to_tensor(default_value=tf.int64.max)
+  values = tf.cast(byte_offsets, tf.int64).to_tensor(default_value=0)
+  index = tf.searchsorted(sorted_starts, values, side="left", out_type=tf.int32)
+  return tf.RaggedTensor.from_tensor(index, lengths=byte_offsets.row_lengths())
 
 
 def ordinary_ids(ids, special_ids: Sequence[int], vocabulary_size: int) -> tf.RaggedTensor:
@@ -91,3 +113,12 @@ def lookup_tokens(table: tf.Tensor, ids) -> tf.Tensor:
   ids = tf.cast(tf.convert_to_tensor(ids), tf.int32)
   inside = (ids >= 0) & (ids < tf.shape(table)[0])
   return tf.where(inside, tf.gather(table, tf.where(inside, ids, 0)), "")
+
+
+def join_tokens(tokens: tf.RaggedTensor, first, rest) -> tf.Tensor:
+  """Each row of tokens string [G, (n)] joined into one string [G], its first
+  token through `first` and the others through `rest` (string ops on [N])."""
+  position = tf.ragged.range(tokens.row_lengths()).flat_values
+  flat = tokens.flat_values
+  flat = tf.where(position == 0, first(flat), rest(flat))
+  return tf.strings.reduce_join(tokens.with_flat_values(flat), axis=1)

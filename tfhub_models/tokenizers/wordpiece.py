@@ -10,8 +10,8 @@ from typing import Sequence
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-from tfhub_models.tokenizers.text import (clean_utf8, lookup_tokens, merge_pieces, ordinary_ids,
-                                          split_special_tokens)
+from tfhub_models.tokenizers.text import (char_offsets, clean_utf8, join_tokens, lookup_tokens,
+                                          merge_pieces, ordinary_ids, split_special_tokens)
 
 
 # Code points the upstream counts as CJK ideographs, each split into its own word.
@@ -19,6 +19,17 @@ _CJK = (r"\x{4E00}-\x{9FFF}\x{3400}-\x{4DBF}\x{20000}-\x{2A6DF}\x{2A700}-\x{2B73
         r"\x{2B740}-\x{2B81F}\x{2B920}-\x{2CEAF}\x{F900}-\x{FAFF}\x{2F800}-\x{2FA1F}")
 # ASCII punctuation (which includes symbols like $ + < = > ^ ` | ~) and Unicode P*.
 _PUNCTUATION = r"[!-/:-@\[-`{-~\p{P}]"
+_WORD_DELIMITERS = rf"[ \x{{2028}}\x{{2029}}]+|{_PUNCTUATION}"
+# The upstream WordPiece decoder's clean-up of spaces before punctuation and
+# contractions (not the Python clean_up_tokenization's " ' " -> "'").
+_CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" n't", "n't"), (" 'm", "'m"),
+             (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+
+
+def _clean_up(text: tf.Tensor) -> tf.Tensor:
+  for before, after in _CLEAN_UP:
+    text = tf.strings.regex_replace(text, re.escape(before), after)
+  return text
 
 
 class WordPieceTokenizer(tf.Module):
@@ -54,6 +65,7 @@ class WordPieceTokenizer(tf.Module):
     self.strip_accents = lowercase if strip_accents is None else strip_accents
     self.split_cjk = split_cjk
     self.max_chars_per_word = max_chars_per_word
+    self.suffix_indicator = suffix_indicator
     self.unk_token, self.cls_token, self.sep_token = unk_token, cls_token, sep_token
     self.pad_token, self.mask_token = pad_token, mask_token
     self.unk_token_id, self.cls_token_id = index[unk_token], index[cls_token]
@@ -118,35 +130,99 @@ class WordPieceTokenizer(tf.Module):
 
   def words(self, text: tf.Tensor) -> tf.RaggedTensor:
     """Normalized words of string [N]: RaggedTensor string [N, (words)]."""
-    return tf_text.regex_split(self.normalize(text), rf"[ \x{{2028}}\x{{2029}}]+|{_PUNCTUATION}",
-                               _PUNCTUATION)
+    return tf_text.regex_split(self.normalize(text), _WORD_DELIMITERS, _PUNCTUATION)
 
   def tokenize(self, text: tf.Tensor) -> tf.RaggedTensor:
     """string [B] -> int32 RaggedTensor [B, (tokens)], no [CLS]/[SEP] added."""
-    # regex_split stops at U+0000; cleaning removes both it and U+FFFD anyway.
-    text = tf.strings.regex_replace(clean_utf8(text), r"\x00", "\ufffd")
-    pieces, special_id = split_special_tokens(text, self._specials, self._special_ids)
+    pieces, special_id = split_special_tokens(self._cleaned(text), self._specials,
+                                              self._special_ids)
     words = self.words(tf.where(special_id >= 0, "", pieces.flat_values))         # [P, (W)]
     word_ids = self._wordpiece.tokenize(words.flat_values)                         # [W, (n)]
-    too_long = tf.strings.length(words.flat_values, unit="UTF8_CHAR") > self.max_chars_per_word
-    word_ids = _replace_rows(word_ids, too_long, self.unk_token_id)
+    word_ids = _replace_rows(word_ids, self._too_long(words.flat_values), self.unk_token_id)
     piece_ids = tf.RaggedTensor.from_row_splits(word_ids, words.row_splits).merge_dims(1, 2)
     return merge_pieces(pieces, special_id, piece_ids)
 
+  def _cleaned(self, text: tf.Tensor) -> tf.Tensor:
+    # regex_split stops at U+0000; cleaning removes both it and U+FFFD anyway.
+    return tf.strings.regex_replace(clean_utf8(text), r"\x00", "\ufffd")
+
+  def _too_long(self, words: tf.Tensor) -> tf.Tensor:
+    return tf.strings.length(words, unit="UTF8_CHAR") > self.max_chars_per_word
+
+  def tokenize_with_offsets(self, text: tf.Tensor):
+    """tokenize, with where each token is in the text.
+
+    Args:
+      text: string [B].
+
+    Returns:
+      (ids, starts, ends): int32 RaggedTensors [B, (tokens)]; starts and ends
+      are character offsets into clean_utf8(text) of the characters a token
+      was normalized from, as Hugging Face's tokenizer reports them (`[UNK]`
+      covers its whole word).
+    """
+    text = self._cleaned(text)
+    pieces, special_id, piece_starts, piece_ends = split_special_tokens(
+        text, self._specials, self._special_ids, with_offsets=True)
+    ordinary = tf.where(special_id >= 0, "", pieces.flat_values)                  # [P]
+    # Normalized a character at a time, so that each normalized byte knows the
+    # character (of its piece) it came from: origin [P, (normalized bytes)].
+    characters = tf.strings.unicode_split(ordinary, "UTF-8")                     # [P, (c)]
+    normalized = characters.with_flat_values(self.normalize(characters.flat_values))
+    sizes = tf.strings.length(normalized.flat_values)
+    origin = tf.RaggedTensor.from_row_lengths(
+        tf.repeat(tf.ragged.range(characters.row_lengths()).flat_values, sizes),
+        tf.reduce_sum(tf.RaggedTensor.from_row_splits(tf.cast(sizes, tf.int64),
+                                                      characters.row_splits), axis=1))
+    words, word_starts, _ = tf_text.regex_split_with_offsets(
+        tf.strings.reduce_join(normalized, axis=1), _WORD_DELIMITERS, _PUNCTUATION)  # [P, (W)]
+    word_ids, starts, ends = self._wordpiece.tokenize_with_offsets(words.flat_values)  # [W, (n)]
+    too_long = self._too_long(words.flat_values)
+    word_ids = _replace_rows(word_ids, too_long, self.unk_token_id)
+    starts = _replace_rows(starts, too_long, 0)
+    ends = _replace_rows(ends, too_long, tf.strings.length(words.flat_values))
+    # Bytes of the normalized piece -> characters of the piece -> of the text.
+    regroup = lambda rows: tf.RaggedTensor.from_row_splits(rows, words.row_splits).merge_dims(1, 2)
+    piece_ids = regroup(word_ids)                                                # [P, (n)]
+    byte_starts = regroup(starts + tf.expand_dims(word_starts.flat_values, 1))
+    byte_ends = regroup(ends + tf.expand_dims(word_starts.flat_values, 1))
+    base = tf.gather(origin.row_splits, byte_starts.value_rowids())
+    char_starts = tf.cast(tf.gather(origin.flat_values, base + byte_starts.flat_values), tf.int32)
+    char_ends = tf.cast(tf.gather(origin.flat_values, base + byte_ends.flat_values - 1), tf.int32) + 1
+    first_char = char_offsets(text, pieces.with_flat_values(piece_starts)).flat_values
+    last_char = char_offsets(text, pieces.with_flat_values(piece_ends)).flat_values
+    shift = tf.gather(first_char, byte_starts.value_rowids())
+    return (merge_pieces(pieces, special_id, piece_ids),
+            merge_pieces(pieces, special_id, byte_starts.with_flat_values(char_starts + shift),
+                         special_values=first_char),
+            merge_pieces(pieces, special_id, byte_ends.with_flat_values(char_ends + shift),
+                         special_values=last_char))
+
   def __call__(self, text: tf.Tensor) -> tf.RaggedTensor:
     return self.tokenize(text)
+
+  @property
+  def subword_prefix(self) -> str:
+    """What starts a token that continues a word (`##`)."""
+    return self.suffix_indicator
+
+  def tokens_to_string(self, tokens: tf.RaggedTensor) -> tf.Tensor:
+    """Hugging Face's convert_tokens_to_string (the WordPiece decoder) on each row
+    of tokens: string [G, (n)] -> [G].  The first token stays as it is (`##`
+    kept), a later `##x` joins the one before, any other is set off by a space;
+    then the decoder's clean-up."""
+    prefix = re.escape(self.suffix_indicator)
+    joined = join_tokens(
+        tokens, lambda t: t,
+        lambda t: tf.where(tf.strings.regex_full_match(t, f"{prefix}.+"),
+                           tf.strings.regex_replace(t, f"^{prefix}", ""), " " + t))
+    return _clean_up(joined)
 
   def detokenize(self, ids) -> tf.Tensor:
     """Ids int [B, L] (dense or ragged) -> string [B]; special tokens dropped."""
     kept = ordinary_ids(ids, [i for i in self._special_ids if i != self.unk_token_id],
                         self.vocabulary_size)
-    text = self._wordpiece.detokenize(kept)
-    # The upstream decode's clean-up of spaces before punctuation and contractions.
-    for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
-                          (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"),
-                          (" 're", "'re")):
-      text = tf.strings.regex_replace(text, re.escape(before), after)
-    return text
+    return _clean_up(self._wordpiece.detokenize(kept))
 
   def id_to_token(self, ids: tf.Tensor) -> tf.Tensor:
     """Each id's vocabulary entry (`##ing`): int [...] -> string [...], "" out of range."""
@@ -158,13 +234,14 @@ class WordPieceTokenizer(tf.Module):
     return tf.strings.regex_replace(tokens, "^##", "")
 
 
-def _replace_rows(rows: tf.RaggedTensor, where: tf.Tensor, value: int) -> tf.RaggedTensor:
-  """Replaces the rows of ragged [N, (n)] flagged in `where` [N] by [value]."""
+def _replace_rows(rows: tf.RaggedTensor, where: tf.Tensor, value) -> tf.RaggedTensor:
+  """Replaces the rows of ragged [N, (n)] flagged in `where` [N] by [value]
+  (value: a scalar, or one per row [N])."""
   lengths = tf.where(where, tf.ones_like(rows.row_lengths()), rows.row_lengths())
   keep = tf.repeat(~where, rows.row_lengths())
   kept = tf.RaggedTensor.from_row_lengths(tf.boolean_mask(rows.flat_values, keep),
                                           tf.where(where, tf.zeros_like(lengths), lengths))
   fill = tf.RaggedTensor.from_row_lengths(
-      tf.fill([tf.reduce_sum(tf.cast(where, tf.int32))], tf.cast(value, rows.dtype)),
+      tf.boolean_mask(tf.broadcast_to(tf.cast(value, rows.dtype), tf.shape(where)), where),
       tf.cast(where, tf.int64))
   return tf.concat([fill, kept], axis=1)

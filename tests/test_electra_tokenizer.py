@@ -166,3 +166,15 @@ def test_duplicate_vocabulary_entries_load(wordpiece_vocab, tmp_path):
 def test_vocabulary_without_specials_is_rejected():
   with pytest.raises(ValueError, match=r"lacks special tokens \['\[MASK\]'\]"):
     WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a"])
+
+
+def test_offsets_match_transformers(tokenizer, hf_electra_tokenizer):
+  """tokenize_with_offsets: the ids of tokenize and the character offsets of the
+  upstream fast tokenizer, on every varied line (normalization, controls, CJK,
+  specials, over-long words)."""
+  encoded = hf_electra_tokenizer(LINES, add_special_tokens=False, return_offsets_mapping=True)
+  ids, starts, ends = tokenizer.tokenize_with_offsets(tf.constant([t.encode() for t in LINES]))
+  assert ids.to_list() == ours(tokenizer, LINES)
+  for line, got_starts, got_ends, offsets in zip(LINES, starts.to_list(), ends.to_list(),
+                                                 encoded["offset_mapping"]):
+    assert list(zip(got_starts, got_ends)) == [tuple(o) for o in offsets], line

@@ -21,9 +21,9 @@ _SPACES = "[" + WHITE_SPACE.replace(r"\x{0B}", "") + "]"
 
 @functools.cache
 def _controls_and_spaces() -> tuple:
-  """The characters a SentencePiece normaliser may delete or make a space."""
+  """The characters a SentencePiece normaliser may delete or make a space (U+FFFD too)."""
   return tuple(chr(c) for c in range(0x110000)
-               if unicodedata.category(chr(c)) in ("Cc", "Cf", "Zs", "Zl", "Zp"))
+               if unicodedata.category(chr(c)) in ("Cc", "Cf", "Zs", "Zl", "Zp")) + ("\ufffd",)
 
 
 class XLMRobertaTokenizer(tf.Module):
@@ -127,20 +127,24 @@ class XLMRobertaTokenizer(tf.Module):
     starts, ends = (char_offsets(spaced, merge_pieces(
         pieces, special_id, offsets + tf.expand_dims(piece_starts, 1), special_values=whole))
                     for offsets, whole in ((sp_starts, piece_starts), (sp_ends, piece_ends)))
-    # The first character at or after each start that is not blank (a space, or
-    # one the normaliser deletes); the row's length if none is.
+    # Blank characters (spaces, and those the normaliser deletes) at either end
+    # of a token are not part of it: its first and last solid characters.
     characters = tf.strings.unicode_split(spaced, "UTF-8")                 # [B, (C)]
-    solid = ~tf.strings.regex_full_match(characters, self._blank)
     positions = tf.ragged.range(tf.cast(characters.row_lengths(), tf.int32))
-    solid = tf.concat([tf.ragged.boolean_mask(positions, solid),
-                       tf.cast(characters.row_lengths()[:, None], tf.int32)], axis=1)
+    solid = tf.ragged.boolean_mask(positions, ~tf.strings.regex_full_match(characters,
+                                                                           self._blank))
+    # Each row's solid positions, then its length; int32 max pads the rows.
+    solid = tf.concat([solid, tf.cast(characters.row_lengths()[:, None], tf.int32)], axis=1)
     solid = solid.to_tensor(default_value=tf.int32.max)
-    dense_starts = starts.to_tensor(default_value=0)
-    first_solid = tf.gather(solid, tf.searchsorted(solid, dense_starts, side="left"),
-                            batch_dims=1)
-    first_solid = tf.RaggedTensor.from_tensor(first_solid, lengths=starts.row_lengths())
-    empty = first_solid >= ends
-    return ids, tf.where(empty, ends, first_solid), tf.where(empty, ends + 1, ends)
+    lengths = starts.row_lengths()
+    first = tf.gather(solid, tf.searchsorted(solid, starts.to_tensor(0), side="left"),
+                      batch_dims=1)
+    last = tf.gather(solid, tf.maximum(tf.searchsorted(solid, ends.to_tensor(0), side="left") - 1,
+                                       0), batch_dims=1)
+    first = tf.RaggedTensor.from_tensor(first, lengths=lengths)
+    last = tf.RaggedTensor.from_tensor(last, lengths=lengths)
+    empty = first >= ends
+    return ids, tf.where(empty, ends, first), tf.where(empty, ends + 1, last + 1)
 
   def __call__(self, text: tf.Tensor) -> tf.RaggedTensor:
     return self.tokenize(text)

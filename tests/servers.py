@@ -110,3 +110,17 @@ def assert_same_fillers(got, want, atol=1e-5):
           assert tied and abs(tied[0] - x["score"]) <= atol, (rank, f, x)
         else:
           assert f.token == x["token"]
+
+
+def export_and_check(*args: str, timeout: float = 900) -> tuple:
+  """Runs `scripts/export.py ARGS`, then `scripts/check_serving.py` on what it wrote;
+  asserts both succeed and returns (version path, check_serving's stdout)."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  done = subprocess.run([sys.executable, "scripts/export.py", *args], capture_output=True,
+                        text=True, cwd=ROOT, timeout=timeout, env=env)
+  assert done.returncode == 0, done.stderr[-3000:]
+  version = done.stdout.strip().splitlines()[-1]
+  checked = subprocess.run([sys.executable, "scripts/check_serving.py", version],
+                           capture_output=True, text=True, cwd=ROOT, timeout=timeout, env=env)
+  assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]
+  return version, checked.stdout

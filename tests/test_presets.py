@@ -75,16 +75,9 @@ def test_masked_lm_preset_loads_in_transformers_and_back(xlmr_preset):
 
 def test_saved_preset_exports_and_passes_check_serving(xlmr_preset, tmp_path):
   _, saved = xlmr_preset
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  done = subprocess.run([sys.executable, "scripts/export.py", "--checkpoint", str(saved),
-                         "--output", str(tmp_path), "--name", "tuned", "--sequence-length", "32",
-                         "--warmup-batch-sizes", "1"],
-                        capture_output=True, text=True, cwd=ROOT, timeout=900, env=env)
-  assert done.returncode == 0, done.stderr[-3000:]
-  version = done.stdout.strip().splitlines()[-1]
-  checked = subprocess.run([sys.executable, "scripts/check_serving.py", version],
-                           capture_output=True, text=True, cwd=ROOT, timeout=900, env=env)
-  assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]
+  from servers import export_and_check
+  export_and_check("--checkpoint", str(saved), "--output", str(tmp_path), "--name", "tuned",
+                   "--sequence-length", "32", "--warmup-batch-sizes", "1")
 
 
 def test_electra_generator_preset(tmp_path, wordpiece_dir, wordpiece_vocab):

@@ -157,17 +157,12 @@ def test_served_export_tags_through_the_client_and_predict(tmp_path, sp_file, vo
   from servers import ServerProcess
   source = _write(tmp_path / "src", "xlm_roberta", sp_file, vocab_size, wordpiece_dir,
                   wordpiece_vocab)
+  from servers import export_and_check
+  _, checked = export_and_check("--checkpoint", str(source), "--output", str(tmp_path / "models"),
+                                "--name", "ner", "--sequence-length", str(SEQUENCE_LENGTH),
+                                "--warmup-batch-sizes", "1,2")
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  done = subprocess.run([sys.executable, "scripts/export.py", "--checkpoint", str(source),
-                         "--output", str(tmp_path / "models"), "--name", "ner",
-                         "--sequence-length", str(SEQUENCE_LENGTH), "--warmup-batch-sizes", "1,2"],
-                        capture_output=True, text=True, cwd=ROOT, timeout=900, env=env)
-  assert done.returncode == 0, done.stderr[-3000:]
-  version = done.stdout.strip().splitlines()[-1]
-  checked = subprocess.run([sys.executable, "scripts/check_serving.py", version],
-                           capture_output=True, text=True, cwd=ROOT, timeout=900, env=env)
-  assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]
-  assert "token_labels" in checked.stdout
+  assert "token_labels" in checked
   theirs = _theirs(_pipeline(source), "simple")
   with ServerProcess(tmp_path / "server", "--model_name", "ner", "--model_base_path",
                      str(tmp_path / "models" / "ner")) as server:

@@ -698,7 +698,7 @@ def test_bad_flags_and_config_files_fail_clearly(tmp_path):
 
 
 def test_demo_runs_end_to_end():
-  result = subprocess.run([sys.executable, "scripts/demo.py", "Ein <mask> Test."],
+  result = subprocess.run([sys.executable, "scripts/demo.py", "--random", "Ein <mask> Test."],
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "Ein <mask> Test." in result.stdout and "mask 1:" in result.stdout

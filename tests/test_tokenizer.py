@@ -269,3 +269,23 @@ def test_offsets_match_transformers(tokenizer, hf_tokenizer, explainer):
     checked += 1
     assert list(zip(s, e)) == [tuple(o) for o in offsets], line
   assert checked >= 450
+
+
+def test_tokenizers_survive_set_seed(sp_proto, bpe_dir):
+  """tf.random.set_seed clears the eager kernel cache, which deleted
+  tensorflow-text's kernel-owned SentencePiece model: every later tokenize (eager,
+  tf.function or tf.data, so `fit` on raw strings) failed with "Resource ...
+  does not exist".  Both SentencePiece-backed tokenizers keep working."""
+  from tfhub_models.tokenizers import ByteLevelBPETokenizer
+  tokenizers = [XLMRobertaTokenizer(sp_proto),
+                ByteLevelBPETokenizer.from_files(bpe_dir / "vocab.json", bpe_dir / "merges.txt")]
+  text = tf.constant(["the cat sat", "on the mat"])
+  before = [t.tokenize(text).to_list() for t in tokenizers]
+  tf.random.set_seed(1)
+  for tokenizer, expected in zip(tokenizers, before):
+    assert tokenizer.tokenize(text).to_list() == expected
+    assert tf.function(lambda x, t=tokenizer: t.tokenize(x).to_tensor())(text).numpy().tolist() \
+        == tokenizer.tokenize(text).to_tensor().numpy().tolist()
+    batches = tf.data.Dataset.from_tensor_slices(text).batch(2).map(
+        lambda x, t=tokenizer: t.tokenize(x).to_tensor())
+    assert [b.numpy().tolist() for b in batches] == [tokenizer.tokenize(text).to_tensor().numpy().tolist()]

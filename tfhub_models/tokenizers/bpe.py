@@ -12,7 +12,8 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 from tfhub_models.tokenizers.text import (WHITE_SPACE, clean_utf8, lookup_tokens, merge_pieces,
-                                          ordinary_ids, split_special_tokens)
+                                          ordinary_ids, sentencepiece_tokenizer,
+                                          split_special_tokens)
 
 def bytes_to_unicode() -> dict:
   """GPT-2's map from the 256 byte values to printable characters (code points)."""
@@ -116,7 +117,7 @@ class ByteLevelBPETokenizer(tf.Module):
     for token, index in vocabulary.items():
       tokens[index] = token
     with self.name_scope:
-      self._bpe = tf_text.SentencepieceTokenizer(model=proto, out_type=tf.int32)
+      self._bpe = sentencepiece_tokenizer(proto)
       self._to_vocabulary = tf.constant(to_vocabulary, tf.int32)
       self._byte_to_char = tf.constant([byte_map[b] for b in range(256)], tf.int32)
       self._char_to_byte = tf.constant(inverse)

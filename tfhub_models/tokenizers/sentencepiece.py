@@ -11,7 +11,8 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 from tfhub_models.tokenizers.text import (WHITE_SPACE, char_offsets, clean_utf8, join_tokens,
-                                          merge_pieces, split_special_tokens)
+                                          merge_pieces, sentencepiece_tokenizer,
+                                          split_special_tokens)
 
 # White_Space less U+000B, which SentencePiece's nmt_nfkc normaliser deletes
 # before the upstream tokenizer splits; SentencePiece maps only some of the
@@ -47,7 +48,7 @@ class XLMRobertaTokenizer(tf.Module):
       raise ValueError("XLMRobertaTokenizer needs the serialized SentencePiece model (bytes)")
     self.proto = bytes(proto)
     with self.name_scope:
-      self._sp = tf_text.SentencepieceTokenizer(model=self.proto, out_type=tf.int32)
+      self._sp = sentencepiece_tokenizer(self.proto)
     self.sp_vocabulary_size = int(self._sp.vocab_size())
     # SentencePiece's C++ normaliser stops at U+0000, where the upstream
     # tokenizer sees an unknown character.  U+0000 is therefore replaced by a

@@ -6,17 +6,52 @@ Strings in, ragged ids out; only core TensorFlow and tensorflow-text ops.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Sequence
 
 import tensorflow as tf
 import tensorflow_text as tf_text
+from tensorflow_text.python.ops.sentencepiece_tokenizer import gen_sentencepiece_tokenizer
 
 # The characters with the Unicode White_Space property (what Rust's
 # `char::is_whitespace`, and so the `tokenizers` library, splits on), as the
 # body of an RE2 character class.
 WHITE_SPACE = (r"\t\n\x{0B}\x{0C}\r \x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}"
                r"\x{202F}\x{205F}\x{3000}")
+
+
+class _SharedSentencepieceModel(tf.saved_model.experimental.TrackableResource):
+  """tensorflow-text's SentencePiece model resource, but one that outlives a
+  cleared kernel cache when created eagerly.
+
+  tensorflow-text's own resource is owned by the kernel that made it, and
+  `tf.random.set_seed` (any clearing of the eager kernel cache) deletes it: every
+  later tokenize fails with "Resource ... SentencepieceOp ... does not exist".
+  Created eagerly, this one is named after the model's content, so the resource
+  manager keeps it.  Traced for a SavedModel it is created as upstream's
+  (kernel-owned, per session): the exported graph is unchanged.
+  """
+
+  def __init__(self, model: bytes, name: str):
+    super().__init__()
+    self._model = model
+    self._name = name
+    self._shared_name = "sentencepiece_" + hashlib.sha256(model).hexdigest()[:32]
+    _ = self.resource_handle
+
+  def _create_resource(self):
+    with tf.name_scope(self._name):
+      shared = self._shared_name if tf.executing_eagerly() else ""
+      return gen_sentencepiece_tokenizer.sentencepiece_op(model=self._model, shared_name=shared)
+
+
+def sentencepiece_tokenizer(model: bytes, name: str = "SentenceTokenizerInitializer"):
+  """A `tf_text.SentencepieceTokenizer` (int32 ids) whose eagerly created model
+  survives `tf.random.set_seed`; see _SharedSentencepieceModel."""
+  tokenizer = tf_text.SentencepieceTokenizer(model=model, out_type=tf.int32)
+  tokenizer._model_resource = _SharedSentencepieceModel(bytes(model), name)  # pylint: disable=protected-access
+  return tokenizer
 
 
 def clean_utf8(text) -> tf.Tensor:

@@ -124,3 +124,89 @@ def export_and_check(*args: str, timeout: float = 900) -> tuple:
                            capture_output=True, text=True, cwd=ROOT, timeout=timeout, env=env)
   assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]
   return version, checked.stdout
+
+
+# scripts/check_serving.py's main() on each export named in argv, in this one fresh
+# process: it imports only tensorflow and tensorflow_text, as when the script runs alone,
+# and the TensorFlow import is paid once for all of them.
+_CHECK_SEVERAL = """
+import contextlib, io, json, sys
+sys.path.insert(0, "scripts")
+import check_serving
+results = []
+for export_dir in sys.argv[1:]:
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    code = check_serving.main([export_dir])
+  results.append([code, out.getvalue(), err.getvalue()])
+print("\\nRESULTS " + json.dumps(results))
+"""
+
+
+class CheckServing:
+  """`scripts/check_serving.py VERSION` for each of `versions`, all in one child process
+  started now and run in the background; `results()` waits for it."""
+
+  def __init__(self, *versions, timeout: float = 900):
+    import tempfile
+    self.versions = [str(v) for v in versions]
+    self.timeout = timeout
+    self.out, self.err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    self.process = subprocess.Popen(
+        [sys.executable, "-c", _CHECK_SEVERAL, *self.versions], cwd=ROOT, stdout=self.out,
+        stderr=self.err, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    self._results = None
+    import atexit
+    atexit.register(self.stop)       # a test that failed before results(): not left running
+
+  def results(self) -> dict:
+    """{version: (returncode, stdout, stderr)}, as each separate run would have given."""
+    if self._results is None:
+      try:
+        self.process.wait(timeout=self.timeout)
+      finally:
+        self.stop()
+      self.out.seek(0)
+      self.err.seek(0)
+      stdout, stderr = self.out.read(), self.err.read()
+      lines = [l for l in stdout.splitlines() if l.startswith("RESULTS ")]
+      assert self.process.returncode == 0 and lines, stdout[-2000:] + stderr[-3000:]
+      import json
+      self._results = {v: tuple(r) for v, r in zip(self.versions, json.loads(lines[-1][8:]))}
+    return self._results
+
+  def passed(self, version) -> str:
+    """Asserts check_serving passed on `version`; returns its stdout."""
+    code, stdout, stderr = self.results()[str(version)]
+    assert code == 0, stdout[-2000:] + stderr[-2000:]
+    return stdout
+
+  def stop(self) -> None:
+    if self.process.poll() is None:
+      self.process.kill()
+      self.process.wait()
+
+
+_SCRIPTS = {}
+
+
+def script_main(script: str, *args) -> tuple:
+  """scripts/SCRIPT.py's main(ARGS) in this process: (exit code, stdout, stderr).  For
+  runs of a command-line path that a subprocess run elsewhere already goes through."""
+  import contextlib
+  import importlib.util
+  import io
+  if script not in _SCRIPTS:
+    spec = importlib.util.spec_from_file_location(f"{script}_script",
+                                                  ROOT / "scripts" / f"{script}.py")
+    _SCRIPTS[script] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(_SCRIPTS[script])
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    code = _SCRIPTS[script].main([str(a) for a in args])
+  return code, out.getvalue(), err.getvalue()
+
+
+def export_main(*args) -> tuple:
+  """scripts/export.py's main(ARGS) in this process (see script_main)."""
+  return script_main("export", *args)

@@ -31,13 +31,23 @@ def task(hf_checkpoint):
 
 
 @pytest.fixture(scope="module")
-def exports(task, tmp_path_factory):
+def exported(task, tmp_path_factory):
+  """The two exports, and scripts/check_serving.py on them started in the background
+  while the tests that load them in this process run."""
+  from servers import CheckServing
   base = tmp_path_factory.mktemp("models")
   options = dict(top_k=4, warmup_batch_sizes=(1, 2))
   xla = export.export(task, base, "xlmr", options=export.ExportOptions(**options))
   plain = export.export(task, base, "xlmr_no_xla",
                         options=export.ExportOptions(jit_compile=False, **options))
-  return {"xla": xla, "no_xla": plain}
+  checks = CheckServing(xla, plain, timeout=600)
+  yield {"xla": xla, "no_xla": plain}, checks
+  checks.stop()
+
+
+@pytest.fixture(scope="module")
+def exports(exported):
+  return exported[0]
 
 
 def eager_fill_mask(task, texts, k=4):
@@ -189,11 +199,11 @@ def test_warmup_covers_every_bucket_and_signature(exports, task):
 
 
 @pytest.mark.parametrize("kind", ["xla", "no_xla"])
-def test_check_serving_passes(exports, kind):
-  result = run_script("scripts/check_serving.py", exports[kind])
-  assert result.returncode == 0, result.stdout + result.stderr
-  assert "OK" in result.stdout and "SentencepieceOp" in result.stdout
-  assert ("XLA: yes" in result.stdout) == (kind == "xla")
+def test_check_serving_passes(exported, kind):
+  exports, checks = exported
+  stdout = checks.passed(exports[kind])
+  assert "OK" in stdout and "SentencepieceOp" in stdout
+  assert ("XLA: yes" in stdout) == (kind == "xla")
 
 
 def test_check_serving_fails_on_python_ops(tmp_path):
@@ -237,19 +247,30 @@ def test_cli_exports_and_prints_the_path(hf_checkpoint, tmp_path):
   assert out["top_k_ids"].shape == (1, 1, 2)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--checkpoint", "/nonexistent/ckpt"], "does not exist"),
-    (["--checkpoint", "{bad}"], "no config.json"),
-    (["--preset", "xlm_roberta_huge"], "unknown preset"),
+def run_export(args, in_process: bool):
+  """scripts/export.py ARGS as a subprocess, or through its main() in this process:
+  (exit code, stdout, stderr)."""
+  if in_process:
+    from servers import export_main
+    return export_main(*args)
+  result = run_script("scripts/export.py", *args)
+  return result.returncode, result.stdout, result.stderr
+
+
+# The first case goes through a subprocess, the others through main() in this process.
+@pytest.mark.parametrize("args,message,in_process", [
+    (["--checkpoint", "/nonexistent/ckpt"], "does not exist", False),
+    (["--checkpoint", "{bad}"], "no config.json", True),
+    (["--preset", "xlm_roberta_huge"], "unknown preset", True),
 ])
-def test_cli_errors_are_one_line(args, message, tmp_path):
+def test_cli_errors_are_one_line(args, message, in_process, tmp_path):
   if "{bad}" in args:
     (tmp_path / "bad").mkdir()
     args = [str(tmp_path / "bad") if a == "{bad}" else a for a in args]
-  result = run_script("scripts/export.py", *args, "--output", tmp_path / "out", "--name", "x")
-  assert result.returncode == 1
-  lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
-  assert len(lines) == 1 and message in lines[0], result.stderr
+  code, _, stderr = run_export([*args, "--output", tmp_path / "out", "--name", "x"], in_process)
+  assert code == 1
+  lines = [l for l in stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and message in lines[0], stderr
   assert not (tmp_path / "out" / "x").exists() or not any((tmp_path / "out" / "x").iterdir())
 
 
@@ -263,19 +284,22 @@ def test_cli_random_weights_preset(tmp_path):
   assert out["num_masks"].numpy().tolist() == [1]
 
 
-@pytest.mark.parametrize("preset,content", [
-    ("xlm_roberta_base_multi", b"\x00not a sentencepiece model"),
-    ("electra_small_discriminator_uncased_en", b"a\nb\n[PAD]\n[UNK]\n[CLS]\n[SEP]\n"),
+# The first case goes through a subprocess, the second through main() in this process
+# (where a traceback would be an exception out of main(), failing the test).
+@pytest.mark.parametrize("preset,content,in_process", [
+    ("xlm_roberta_base_multi", b"\x00not a sentencepiece model", False),
+    ("electra_small_discriminator_uncased_en", b"a\nb\n[PAD]\n[UNK]\n[CLS]\n[SEP]\n", True),
 ])
-def test_cli_rejects_an_unusable_vocabulary(preset, content, tmp_path):
+def test_cli_rejects_an_unusable_vocabulary(preset, content, in_process, tmp_path):
   vocabulary = tmp_path / "vocabulary"
   vocabulary.write_bytes(content)
-  result = run_script("scripts/export.py", "--preset", preset, "--random-weights", "--vocabulary",
-                      vocabulary, "--output", tmp_path / "out", "--sequence-length", "16")
-  assert result.returncode == 1
-  lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
-  assert len(lines) == 1 and "not a usable vocabulary" in lines[0], result.stderr[-500:]
-  assert "Traceback" not in result.stderr
+  code, _, stderr = run_export(["--preset", preset, "--random-weights", "--vocabulary",
+                                vocabulary, "--output", tmp_path / "out", "--sequence-length",
+                                "16"], in_process)
+  assert code == 1
+  lines = [l for l in stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and "not a usable vocabulary" in lines[0], stderr[-500:]
+  assert "Traceback" not in stderr
   assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("saved_model.pb"))
 
 

@@ -53,7 +53,10 @@ def test_seq2seq_from_json_lines_and_bad_lines(tmp_path, bpe_dir):
   assert np.abs(tuned.backbone.token_embedding.embeddings.numpy()
                 - original.backbone.token_embedding.embeddings.numpy()).max() > 0
   (tmp_path / "bad.jsonl").write_text(json.dumps(rows[0]) + "\n{\"source\": \"x\"}\n")
-  bad = finetune("--checkpoint", source, "--train", tmp_path / "bad.jsonl", "--output",
-                 tmp_path / "never", "--verbose", 0)
-  assert bad.returncode == 1 and "bad.jsonl:2" in bad.stderr and "target" in bad.stderr
+  # The refusal, through main() in this process (the command line ran just above).
+  from servers import script_main
+  code, _, stderr = script_main("finetune", "--checkpoint", source, "--train",
+                                tmp_path / "bad.jsonl", "--output", tmp_path / "never",
+                                "--verbose", 0)
+  assert code == 1 and "bad.jsonl:2" in stderr and "target" in stderr
   assert not (tmp_path / "never").exists()

@@ -138,7 +138,7 @@ class Tokenize(tf.Module):
     return {"token_ids": inputs["token_ids"], "padding_mask": inputs["padding_mask"]}
 
   def signatures(self) -> dict:
-    return {"tokenize": self.tokenize.get_concrete_function()}
+    return {"tokenize": self.tokenize}
 
   def warmup(self, model_name: str, batch_sizes) -> list:
     del batch_sizes
@@ -182,8 +182,7 @@ class Embedding(tf.Module):
             "padding_mask": inputs["padding_mask"]}
 
   def signatures(self) -> dict:
-    function = self.embedding.get_concrete_function()
-    return {name: function for name in self.names}
+    return {name: self.embedding for name in self.names}
 
   def warmup(self, model_name: str, batch_sizes) -> list:
     logs = []
@@ -291,8 +290,7 @@ class FillMask(tf.Module):
     return {"logits": logits[:, :most]}
 
   def signatures(self) -> dict:
-    return {"serving_default": self.serving_default.get_concrete_function(),
-            "logits": self.logits.get_concrete_function()}
+    return {"serving_default": self.serving_default, "logits": self.logits}
 
   def warmup(self, model_name: str, batch_sizes: Sequence[int]) -> list:
     logs = []
@@ -337,7 +335,7 @@ class ReplacedTokens(tf.Module):
             "replaced_probability": tf.where(real, probability, 0.0)}
 
   def signatures(self) -> dict:
-    return {"serving_default": self.serving_default.get_concrete_function()}
+    return {"serving_default": self.serving_default}
 
   def warmup(self, model_name: str, batch_sizes) -> list:
     return text_warmup(self.task.preprocessor, model_name, "serving_default", batch_sizes,
@@ -373,7 +371,7 @@ class TextClassification(tf.Module):
             "top_k_scores": scores, "logits": logits}
 
   def signatures(self) -> dict:
-    return {"serving_default": self.serving_default.get_concrete_function()}
+    return {"serving_default": self.serving_default}
 
   def warmup(self, model_name: str, batch_sizes) -> list:
     return text_warmup(self.task.preprocessor, model_name, "serving_default", batch_sizes,
@@ -417,8 +415,7 @@ class TokenClassification(tf.Module):
     return self.grouper.token_labels(*self._tagged(text))
 
   def signatures(self) -> dict:
-    return {name: getattr(self, name).get_concrete_function()
-            for name in ("serving_default", "token_labels")}
+    return {name: getattr(self, name) for name in ("serving_default", "token_labels")}
 
   def warmup(self, model_name: str, batch_sizes) -> list:
     return (text_warmup(self.task.preprocessor, model_name, "serving_default", batch_sizes,
@@ -439,7 +436,7 @@ class Detokenize(tf.Module):
     return {"text": self.task.tokenizer.detokenize(token_ids)}
 
   def signatures(self) -> dict:
-    return {"detokenize": self.detokenize.get_concrete_function()}
+    return {"detokenize": self.detokenize}
 
   def warmup(self, model_name: str, batch_sizes) -> list:
     del batch_sizes
@@ -500,8 +497,7 @@ class Generate(tf.Module):
     return {"generated_ids": ids}
 
   def signatures(self) -> dict:
-    return {name: getattr(self, name).get_concrete_function()
-            for name in ("serving_default", "generate_ids")}
+    return {name: getattr(self, name) for name in ("serving_default", "generate_ids")}
 
   def warmup(self, model_name: str, batch_sizes: Sequence[int]) -> list:
     preprocessor = self.task.preprocessor
@@ -553,6 +549,9 @@ class ServingModule(tf.Module):
       self.parts.append(Embedding(task, options, pair=options.pair and name != "fill_mask"))
 
   def signatures(self) -> dict:
+    """{signature name: tf.function with an input signature}.  Left to
+    tf.saved_model.save to trace: the save context is part of tf.function's cache
+    key, so a function traced before the save would be traced again in it."""
     out = {}
     for part in self.parts:
       for key, function in part.signatures().items():

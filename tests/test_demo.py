@@ -37,7 +37,7 @@ def cache(tmp_path_factory):
   cache = tmp_path_factory.mktemp("demo_cache")
   output = cache / demo_tasks.cache_key(SEED)
   stdout = _run("scripts/train_demo.py", "--output", str(output), "--seed", str(SEED))
-  assert f"trained in" in stdout
+  assert "trained in" in stdout
   return cache
 
 

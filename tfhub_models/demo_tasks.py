@@ -21,6 +21,7 @@ import dataclasses
 import itertools
 import os
 import pathlib
+import shutil
 import tempfile
 import time
 from typing import Callable
@@ -284,12 +285,13 @@ def cached_demos(cache, *, seed: int = 0, log: Callable = print) -> dict:
   scratch = pathlib.Path(tempfile.mkdtemp(prefix=".training-", dir=cache))
   try:
     train_demos(scratch / "models", seed=seed, verbose=0, log=log)
+    if final.exists() and not all((p / "config.json").is_file() for p in paths.values()):
+      shutil.rmtree(final)   # an incomplete folder (a model deleted by hand): replaced
     try:
       os.rename(scratch / "models", final)
     except OSError:   # another run finished first: use its models
       if not all((p / "config.json").is_file() for p in paths.values()):
         raise
   finally:
-    import shutil
     shutil.rmtree(scratch, ignore_errors=True)
   return {name: str(p) for name, p in paths.items()}

@@ -675,7 +675,7 @@ def test_server_binds_loopback_by_default(served):
                              for a in listening), listening
 
 
-def test_bad_flags_and_config_files_fail_clearly(tmp_path):
+def test_bad_flags_and_config_files_fail_clearly(tmp_path, monkeypatch, capsys):
   (tmp_path / "bad.config").write_text("model_config_list { config { nme: 'x' } }")
   (tmp_path / "batching.config").write_text(
       "max_batch_size { value: 8 } allowed_batch_sizes: 4 allowed_batch_sizes: 6")
@@ -691,17 +691,32 @@ def test_bad_flags_and_config_files_fail_clearly(tmp_path):
       (["--model_base_path", str(tmp_path), "--ssl_config_file", str(tmp_path / "ssl.config")],
        "ssl.config"),
   ]
-  for args, words in cases:
-    result = subprocess.run([sys.executable, "-m", "serving.server", "--port", "0", *args],
-                            capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert result.returncode == 2 and words in result.stderr, (args, result.stderr[-800:])
+  # The first as a command (its exit status), the others through main() in this process.
+  args, words = cases[0]
+  result = subprocess.run([sys.executable, "-m", "serving.server", "--port", "0", *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+  assert result.returncode == 2 and words in result.stderr, (args, result.stderr[-800:])
+  from serving import server
+
+  def never_started(settings):
+    raise AssertionError("the server started")   # instead of serving until killed
+  monkeypatch.setattr(server, "_start", never_started)
+  for args, words in cases[1:]:
+    capsys.readouterr()
+    try:
+      code = server.main(["--port", "0", *args])
+    except SystemExit as e:   # argparse
+      code = e.code
+    stderr = capsys.readouterr().err
+    assert code == 2 and words in stderr, (args, stderr[-800:])
 
 
 def test_demo_runs_end_to_end():
-  result = subprocess.run([sys.executable, "scripts/demo.py", "--random", "Ein <mask> Test."],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
-  assert result.returncode == 0, result.stderr[-2000:]
-  assert "Ein <mask> Test." in result.stdout and "mask 1:" in result.stdout
+  # main() in this process: tests/test_demo.py runs scripts/demo.py as a command.
+  from servers import script_main
+  code, stdout, stderr = script_main("demo", "--random", "Ein <mask> Test.")
+  assert code == 0, stderr[-2000:]
+  assert "Ein <mask> Test." in stdout and "mask 1:" in stdout
 
 
 def test_server_code_never_unpickles():

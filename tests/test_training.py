@@ -286,7 +286,9 @@ TEXTS = ["the cat sat on the mat", "a dog ran in the park", "birds sing in the m
 
 
 def test_masked_lm_loss_falls_on_raw_strings(raw_lm):
-  raw_lm.compile(optimizer=optimizers.AdamW(3e-3, weight_decay=0.0))
+  # Without XLA: each batch's padded length would be a compile of its own; XLA steps
+  # are checked against torch in test_masked_lm_fit_equals_torch_adamw.
+  raw_lm.compile(optimizer=optimizers.AdamW(3e-3, weight_decay=0.0), jit_compile=False)
   history = raw_lm.fit(TEXTS * 4, batch_size=8, epochs=12, seed=0, verbose=0)
   assert len(history["loss"]) == 12
   assert np.mean(history["loss"][-3:]) < 0.7 * np.mean(history["loss"][:2]), history["loss"]

@@ -1085,6 +1085,16 @@ def passed(record: dict, peer: str):
   return None if target is None else record["ratios"][peer] >= target
 
 
+def rows(result: dict):
+  """(record, ours: its systems entry or None, peer, ratio, target or None) of each
+  ratio a case's comparisons hold."""
+  for record in result.get("comparisons", []):
+    ours = next(iter(v for k, v in record["systems"].items() if k not in record["ratios"]),
+                None)
+    for peer, ratio in record["ratios"].items():
+      yield record, ours, peer, ratio, record["targets"].get(peer)
+
+
 def table(results: dict) -> str:
   lines = [f"{'case':<11} {'comparison':<38} {'ours':>12} {'peer':<24} {'ratio':>7} "
            f"{'target':>7}"]
@@ -1092,15 +1102,11 @@ def table(results: dict) -> str:
     if "error" in result:
       lines.append(f"{case:<11} ERROR: {result['error'].splitlines()[0]}")
       continue
-    for record in result["comparisons"]:
-      ours = next(iter(v for k, v in record["systems"].items() if k not in record["ratios"]),
-                  None)
+    for record, ours, peer, ratio, target in rows(result):
       ours_text = f"{ours['value']:.1f}" if ours else ""
-      for peer, ratio in record["ratios"].items():
-        target = record["targets"].get(peer)
-        verdict = "" if target is None else (" ok" if ratio >= target else " MISS")
-        lines.append(f"{case:<11} {record['name']:<38} {ours_text:>12} {peer:<24} "
-                     f"{ratio:>6.2f}x {'' if target is None else f'{target:.2f}':>7}{verdict}")
+      verdict = "" if target is None else (" ok" if ratio >= target else " MISS")
+      lines.append(f"{case:<11} {record['name']:<38} {ours_text:>12} {peer:<24} "
+                   f"{ratio:>6.2f}x {'' if target is None else f'{target:.2f}':>7}{verdict}")
     if case == "export":
       for name, info in result["exports"].items():
         lines.append(f"{case:<11} {name:<38} {info['export_s']:>10.1f} s  peak "
@@ -1121,16 +1127,12 @@ def markdown(results: dict) -> str:
          f"{m['memory_read_gb_s']:.1f} GB/s memory read ({'quick' if results['quick'] else 'base sizes'}, "
          f"median of {results['repeats']} runs in turns; `benchmarks/results.json`).", "",
          "| case | ours | against | ratio | target |", "|---|---|---|---|---|"]
-  for case, result in results["cases"].items():
-    for record in result.get("comparisons", []):
-      ours = next(iter(v for k, v in record["systems"].items() if k not in record["ratios"]),
-                  None)
+  for result in results["cases"].values():
+    for record, ours, peer, ratio, target in rows(result):
       value = f"{ours['value']:,.1f} {record['unit']}" if ours else ""
-      for peer, ratio in record["ratios"].items():
-        target = record["targets"].get(peer)
-        mark = "" if target is None else (" ✓" if ratio >= target else " ✗")
-        out.append(f"| {record['name']} | {value} | {peer} | {ratio:.2f}{mark} | "
-                   f"{'' if target is None else f'≥ {target:g}'} |")
+      mark = "" if target is None else (" ✓" if ratio >= target else " ✗")
+      out.append(f"| {record['name']} | {value} | {peer} | {ratio:.2f}{mark} | "
+                 f"{'' if target is None else f'≥ {target:g}'} |")
   return "\n".join(out)
 
 

@@ -24,6 +24,7 @@ import tensorflow_text  # noqa: F401  (registers the ops the exports use)
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
+from serving.c_api import XLA_DISABLED, XLA_FLAG
 from serving.errors import ServingError, code_of, invalid, not_found
 
 log = logging.getLogger("serving.servable")
@@ -157,7 +158,12 @@ class Servable:
       return self.session.run({k: fetches[k] for k in outputs},
                               feed_dict={feeds[k]: v for k, v in inputs.items()})
     except tf.errors.OpError as e:  # TensorFlow's codes are gRPC's
-      raise ServingError(code_of(e.error_code), e.message) from None
+      message = e.message
+      if XLA_DISABLED in message:  # TF Serving's own words leave the fix unsaid
+        message = (f"{XLA_DISABLED}: model {self.name} version {self.version} is "
+                   f"XLA-compiled; start the server with {XLA_FLAG} (on GPU "
+                   f"--xla_gpu_compilation_enabled=true) or export it with --no-xla")
+      raise ServingError(code_of(e.error_code), message) from None
 
   def warmup(self) -> int:
     """Replays assets.extra/tf_serving_warmup_requests through `run`; returns the count.

@@ -12,7 +12,11 @@ In this process, with the same flags (scripts/demo.py):
 Flags carry `tensorflow_model_server`'s names, defaults and meanings, so a
 command line, a config file or a client that works here works against TF
 Serving, and the other way round.  Models run through the TF1 session loader,
-the path TF Serving's C++ loader takes, from the signature graph alone.  This
+the path TF Serving's C++ loader takes, from the signature graph alone.  XLA is
+gated as TF Serving's main gates it: off for the whole process
+(`tensorflow::DisableXlaCompilation`, serving/c_api.py) unless
+--xla_cpu_compilation_enabled=true or --xla_gpu_compilation_enabled=true, so an
+XLA export fails its warmup and is reported END with the flag named.  This
 file reads the flags and the files they name, and wires the parts together:
 registry (versions) → core (the one predict path, metrics) → gRPC (grpc_api.py)
 and REST (rest.py) front ends.
@@ -34,8 +38,7 @@ Where it differs from TF Serving, on purpose (README.md, "Serve and query locall
     issue asks (TF Serving: INVALID_ARGUMENT);
   - a version that fails to load is tried again when its files change, not on a timer;
   - with --ssl_config_file the REST port speaks HTTPS too (TF Serving keeps it plain);
-  - the gRPC health service is always on; XLA exports load without the XLA flags, with
-    a warning that TF Serving would refuse them;
+  - the gRPC health service is always on;
   - REST: request bodies are capped (--rest_api_max_body_bytes), output strings that
     are not UTF-8 are {"b64": ...} (TF Serving writes them raw, which is not JSON);
   - --port 0 picks a free port, and --port_file writes the ports once serving.
@@ -64,7 +67,7 @@ from google.protobuf import text_format  # noqa: E402
 from grpc_health.v1 import health_pb2  # noqa: E402
 from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
-from serving import protos  # noqa: E402
+from serving import c_api, protos  # noqa: E402
 from serving.batching import Batcher, BatchingOptions  # noqa: E402
 from serving.config import check_config  # noqa: E402
 from serving.core import ServingCore  # noqa: E402
@@ -132,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
   boolean("--enable_grpc_healthcheck_service", True,
           "serve grpc.health.v1 (always on here; accepted for TF Serving command lines)")
   boolean("--xla_cpu_compilation_enabled", False,
-          "TF Serving refuses XLA-compiled exports without it; here a version that needs it "
-          "loads with a warning when it is off, so a command line missing it is noticed")
+          "run XLA-compiled exports; without it (or the GPU flag) XLA is off for the whole "
+          "process, as in TF Serving, and an XLA export fails its warmup")
   boolean("--xla_gpu_compilation_enabled", False, "as --xla_cpu_compilation_enabled, for GPU")
   flag("--tensorflow_intra_op_parallelism", type=int, default=0,
        help="threads of one op (0: TensorFlow's choice)")
@@ -243,15 +246,11 @@ def _read_settings(args) -> _Settings:
   return _Settings(args, config, config_bytes, batching, metrics_path, credentials, ssl_context)
 
 
-def _loader(batching: BatchingOptions | None, xla_enabled: bool, metrics: Metrics) -> Loader:
+def _loader(batching: BatchingOptions | None, metrics: Metrics) -> Loader:
   """The registry's loader: a `Servable`, with a batcher when batching is on."""
 
   def load(name: str, version: int, path) -> Servable:
     servable = Servable(name, version, path)
-    if servable.uses_xla and not xla_enabled:
-      log.warning("model %s version %d is XLA-compiled: tensorflow_model_server refuses to "
-                  "load it without --xla_cpu_compilation_enabled=true (or the GPU flag)",
-                  name, version)
     if batching is not None:
       servable.batcher = Batcher(servable.run_session, batching,
                                  on_batch=lambda size: metrics.batch(name, size))
@@ -283,8 +282,9 @@ class Server:
   """A server running in this process: made by `start`, ended by `stop` (or `with`)."""
 
   def __init__(self, core: ServingCore, host: str, grpc_server, grpc_port: int,
-               health_servicer, rest_server: RestServer | None):
+               health_servicer, rest_server: RestServer | None, xla_before: bool = True):
     self.core, self.host = core, host
+    self._xla_before = xla_before   # the process's XLA setting before this server set it
     self.grpc_port = grpc_port
     self.rest_port = rest_server.server_address[1] if rest_server else 0  # 0: REST is off
     self._grpc_server, self._health, self._rest_server = grpc_server, health_servicer, rest_server
@@ -328,6 +328,7 @@ class Server:
         self._rest_server.shutdown()
       self._rest_server.server_close()
     self.core.registry.stop()
+    c_api.set_xla_compilation(self._xla_before)
 
   def __enter__(self):
     return self
@@ -337,7 +338,7 @@ class Server:
 
 
 def _start(settings: _Settings) -> Server:
-  """Binds the ports (OSError when one is taken: before minutes of loading), loads, serves."""
+  """Sets the thread pools and XLA as the flags say, then `_serve_with`."""
   args = settings.args
   # Sessions take TensorFlow's context config (an explicit ConfigProto() of its own
   # measured twice as slow on small requests), with the thread pools set through it.
@@ -345,11 +346,23 @@ def _start(settings: _Settings) -> Server:
     tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
   if args.tensorflow_inter_op_parallelism:
     tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
+  # TF Serving's main: XLA off unless a flag enables it, for every session of the
+  # process (one server per process; stop() puts the previous setting back).
+  xla_before = c_api.set_xla_compilation(args.xla_cpu_compilation_enabled
+                                         or args.xla_gpu_compilation_enabled)
+  try:
+    return _serve_with(settings, xla_before)
+  except BaseException:
+    c_api.set_xla_compilation(xla_before)
+    raise
+
+
+def _serve_with(settings: _Settings, xla_before: bool) -> Server:
+  """Binds the ports (OSError when one is taken: before minutes of loading), loads, serves."""
+  args = settings.args
   metrics = Metrics()
-  registry = Registry(
-      _loader(settings.batching, args.xla_cpu_compilation_enabled
-              or args.xla_gpu_compilation_enabled, metrics),
-      warmup=args.enable_model_warmup, metrics=metrics)
+  registry = Registry(_loader(settings.batching, metrics), warmup=args.enable_model_warmup,
+                      metrics=metrics)
   core = ServingCore(registry, metrics)
   max_request = dict(args.grpc_channel_arguments).get("grpc.max_receive_message_length",
                                                       MAX_MESSAGE_BYTES)
@@ -368,7 +381,8 @@ def _start(settings: _Settings) -> Server:
     except BaseException:
       grpc_server.stop(None)
       raise
-  server = Server(core, args.host, grpc_server, grpc_port, health_servicer, rest_server)
+  server = Server(core, args.host, grpc_server, grpc_port, health_servicer, rest_server,
+                  xla_before)
   try:
     server._serve(settings)
   except BaseException:

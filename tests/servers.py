@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import socket
 import subprocess
 import sys
@@ -110,6 +111,31 @@ def assert_same_fillers(got, want, atol=1e-5):
           assert tied and abs(tied[0] - x["score"]) <= atol, (rank, f, x)
         else:
           assert f.token == x["token"]
+
+
+XLA_FLAG = "--xla_cpu_compilation_enabled=true"
+
+
+def assert_serving_flags(stdout: str, xla: bool) -> None:
+  """check_serving's account of an export that passed: loaded through the C API; with
+  XLA, serving_default (and every signature with a numeric core) fails with XLA
+  disabled, the flag named, and runs with it; without, every signature runs under
+  stock flags, warmup requests included; its numeric cores are aliased tpu_func."""
+  assert "loaded through the C API (TF_LoadSessionFromSavedModel" in stdout, stdout
+  lines = {l.split(":")[0].strip(): l for l in stdout.splitlines() if l.startswith("  ")}
+  assert "serving_default" in lines, stdout
+  needs = {k for k, l in lines.items()
+           if f"needs {XLA_FLAG} (with XLA disabled it fails: XLA compilation disabled); "
+              "runs with it" in l}
+  stock = {k for k, l in lines.items() if "runs under stock flags (XLA disabled)" in l}
+  assert needs | stock == set(lines) and not needs & stock, stdout
+  if xla:
+    assert "serving_default" in needs, stdout
+    assert stock <= {"tokenize", "detokenize"}, stdout   # only the string signatures
+  else:
+    assert not needs, stdout
+  assert re.search(r"^TPU: \d+ functions? aliased tpu_func, without string ops$", stdout,
+                   re.M), stdout
 
 
 def export_and_check(*args: str, timeout: float = 900) -> tuple:

@@ -191,10 +191,12 @@ def bart_exported(hf_bart_checkpoint, tmp_path_factory):
   from servers import CheckServing
   task = tfhub_models.load(hf_bart_checkpoint, sequence_length=40)
   task.compile(task.backbone.config.generation.sampler())
-  path = export.export(task, tmp_path_factory.mktemp("bart_models"), "bart",
-                       options=export.ExportOptions(warmup_batch_sizes=(1,)))
-  checks = CheckServing(path)
-  yield task, path, checks
+  base = tmp_path_factory.mktemp("bart_models")
+  path = export.export(task, base, "bart", options=export.ExportOptions(warmup_batch_sizes=(1,)))
+  plain = export.export(task, base, "bart_no_xla", options=export.ExportOptions(
+      warmup_batch_sizes=(1,), max_new_tokens=8, jit_compile=False))
+  checks = CheckServing(path, plain)
+  yield task, path, checks, plain
   checks.stop()
 
 
@@ -234,10 +236,13 @@ def test_exported_generation_bad_input(bart_export):
   assert (out["generated_ids"].numpy()[:, 0] == 2).all()
 
 
-def test_check_serving_passes_on_the_bart_export(bart_exported):
-  _, path, checks = bart_exported
+def test_check_serving_passes_on_the_bart_exports(bart_exported):
+  from servers import assert_serving_flags
+  _, path, checks, plain = bart_exported
   stdout = checks.passed(path)
   assert "SentencepieceTokenizeOp" in stdout and "XLA: yes" in stdout
+  assert_serving_flags(stdout, xla=True)
+  assert_serving_flags(checks.passed(plain), xla=False)
 
 
 def test_cli_generation_flags(hf_bart_checkpoint, tmp_path):

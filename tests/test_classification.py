@@ -193,7 +193,12 @@ def test_classifier_export_answers_as_the_pipeline(xlmr_classifier_dir, tmp_path
   assert done.returncode == 0, done.stderr[-3000:]
   version = done.stdout.strip().splitlines()[-1]
   from servers import CheckServing, ServerProcess
-  checked = CheckServing(version)          # scripts/check_serving.py, in the background
+  import tfhub_models
+  from tfhub_models import export
+  plain = export.export(tfhub_models.load(xlmr_classifier_dir, sequence_length=32),
+                        tmp_path, "sentiment_no_xla", options=export.ExportOptions(
+                            pair=True, jit_compile=False, warmup_batch_sizes=(1,)))
+  checked = CheckServing(version, plain)   # scripts/check_serving.py, in the background
   signature = tf.saved_model.load(version).signatures["serving_default"]
   pairs = ["yes"] * len(TEXTS)
   out = signature(text=tf.constant(TEXTS), text_pair=tf.constant(pairs))
@@ -211,7 +216,7 @@ def test_classifier_export_answers_as_the_pipeline(xlmr_classifier_dir, tmp_path
   # Served locally: the client's classify and predict.py's table.
   from serving.client import ServingClient
   with ServerProcess(tmp_path / "server", "--model_name", "sentiment", "--model_base_path",
-                     str(tmp_path / "sentiment")) as server:
+                     str(tmp_path / "sentiment"), "--xla_cpu_compilation_enabled=true") as server:
     with ServingClient(server.grpc, "sentiment") as client:
       answers = client.classify(TEXTS, pairs)
     for mine, reference in zip(answers, theirs):
@@ -224,7 +229,9 @@ def test_classifier_export_answers_as_the_pipeline(xlmr_classifier_dir, tmp_path
   assert table.returncode == 0, table.stderr[-2000:]
   assert table.stdout.splitlines()[0] == TEXTS[0]
   assert table.stdout.splitlines()[1].split()[:2] == ["1.", theirs[0][0]["label"]]
-  checked.passed(version)
+  from servers import assert_serving_flags
+  assert_serving_flags(checked.passed(version), xla=True)
+  assert_serving_flags(checked.passed(plain), xla=False)
 
 
 NER = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}

@@ -114,9 +114,12 @@ def electra_built(electra_checkpoints, tmp_path_factory):
   base = tmp_path_factory.mktemp("electra_models")
   small = dict(warmup_batch_sizes=(1,))
   out = {}
-  out["discriminator"] = export.export(
-      tfhub_models.load(electra_checkpoints["discriminator"], sequence_length=32), base,
-      "discriminator", options=export.ExportOptions(pair=True, **small))
+  discriminator = tfhub_models.load(electra_checkpoints["discriminator"], sequence_length=32)
+  out["discriminator"] = export.export(discriminator, base, "discriminator",
+                                       options=export.ExportOptions(pair=True, **small))
+  out["discriminator_no_xla"] = export.export(
+      discriminator, base, "discriminator_no_xla",
+      options=export.ExportOptions(pair=True, jit_compile=False, **small))
   out["generator"] = export.export(
       tfhub_models.load(electra_checkpoints["generator"], sequence_length=32), base, "generator",
       options=export.ExportOptions(top_k=3, **small))
@@ -176,11 +179,14 @@ def test_generator_export_fills_masks(electra_checkpoints, electra_exports):
           f["token"] for f in fillers]
 
 
-@pytest.mark.parametrize("kind", ["discriminator", "generator", "model"])
+@pytest.mark.parametrize("kind", ["discriminator", "discriminator_no_xla", "generator",
+                                  "model"])
 def test_check_serving_passes_on_every_electra_export(electra_built, kind):
+  from servers import assert_serving_flags
   exports, checks = electra_built
   stdout = checks.passed(exports[kind])
   assert "FastWordpieceTokenizeWithOffsets" in stdout
+  assert_serving_flags(stdout, xla=kind in ("discriminator", "generator"))
 
 
 # ---------------------------------------------------------------------------

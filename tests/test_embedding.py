@@ -50,4 +50,5 @@ def test_xlm_roberta_embedding_export(tmp_path, sp_file, vocab_size):
   np.testing.assert_allclose(unit["mean_output"].numpy(),
                              expected / np.linalg.norm(expected, axis=1, keepdims=True),
                              rtol=1e-4, atol=1e-5)
-  checked.passed(versions["plain"])
+  from servers import assert_serving_flags
+  assert_serving_flags(checked.passed(versions["plain"]), xla=True)

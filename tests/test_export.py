@@ -204,6 +204,8 @@ def test_check_serving_passes(exported, kind):
   stdout = checks.passed(exports[kind])
   assert "OK" in stdout and "SentencepieceOp" in stdout
   assert ("XLA: yes" in stdout) == (kind == "xla")
+  from servers import assert_serving_flags
+  assert_serving_flags(stdout, xla=kind == "xla")
 
 
 def test_check_serving_fails_on_python_ops(tmp_path):
@@ -323,3 +325,75 @@ def test_xlm_roberta_embedding_export_takes_pairs(hf_checkpoint, tmp_path):
                              expected["sequence_output"].numpy()[real], atol=1e-5)
   np.testing.assert_allclose(out["pooled_output"].numpy(), expected["pooled_output"].numpy(),
                              atol=1e-5)
+
+
+def _check_serving_module():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("check_serving_script",
+                                                ROOT / "scripts" / "check_serving.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.parametrize("kind", ["xla", "no_xla"])
+def test_numeric_cores_are_aliased_tpu_func(exports, kind):
+  """Both numeric cores (top-k and logits) carry the tpu_func alias; each is a function
+  of the library that the signatures call, has the network's matrix products, and no
+  string op; the signature functions around them do have string ops (the finder finds)."""
+  from tensorflow.core.protobuf import saved_model_pb2
+  check = _check_serving_module()
+  saved = saved_model_pb2.SavedModel.FromString(
+      (pathlib.Path(exports[kind]) / "saved_model.pb").read_bytes())
+  meta = saved.meta_graphs[0]
+  library = meta.graph_def.library
+  aliased = sorted(n for n, a in meta.meta_info_def.function_aliases.items() if a == "tpu_func")
+  assert len(aliased) == 2, dict(meta.meta_info_def.function_aliases)
+  names = {f.signature.name for f in library.function}
+  called = {f.name for function in library.function for node in function.node_def
+            for f in [node.attr["f"].func] if "f" in node.attr}
+  for name in aliased:
+    assert name in names and name in called
+    ops = {node.op for _, node in check.walk(library, name)}
+    assert ops & {"MatMul", "BatchMatMulV2", "BatchMatMulV3"}, sorted(ops)
+    assert check.string_ops(library, name) == []
+  serving = meta.signature_def["serving_default"]
+  assert serving.inputs["text"].dtype == tf.string.as_datatype_enum
+  outer = [f.signature.name for f in library.function
+           if any(node.attr["f"].func.name in aliased for node in f.node_def if "f" in node.attr)]
+  assert outer and any(check.string_ops(library, name) for name in outer)
+
+
+def test_server_gates_xla_as_tf_serving(exports, tmp_path):
+  """Without --xla_cpu_compilation_enabled=true an XLA export fails its warmup and is
+  END with the flag named (in the status and the log) while a --no-xla export beside it
+  serves; with the flag both serve, with the same answers."""
+  import grpc
+  from servers import ServerProcess
+  from serving.client import ServingClient
+  config = tmp_path / "models.config"
+  config.write_text("model_config_list {\n" + "".join(
+      f'  config {{ name: "{name}" base_path: "{pathlib.Path(exports[name]).parent}" '
+      'model_platform: "tensorflow" }\n' for name in ("xla", "no_xla")) + "}\n")
+  texts = ["The capital of France is <mask>."]
+  with ServerProcess(tmp_path / "off", "--model_config_file", str(config)) as server:
+    with ServingClient(server.grpc, "no_xla") as client:
+      plain = client.fill_mask(texts)
+    with ServingClient(server.grpc, "xla") as client:
+      [version] = client.status().model_version_status
+      with pytest.raises(grpc.RpcError) as failed:
+        client.fill_mask(texts)
+    log = server.output()
+  assert version.state == version.END
+  assert "--xla_cpu_compilation_enabled=true" in version.status.error_message
+  assert "XLA compilation disabled" in version.status.error_message
+  assert failed.value.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE)
+  assert "failed to load" in log and "--xla_cpu_compilation_enabled=true" in log
+  with ServerProcess(tmp_path / "on", "--model_config_file", str(config),
+                     "--xla_cpu_compilation_enabled=true") as server:
+    answers = {}
+    for name in ("xla", "no_xla"):
+      with ServingClient(server.grpc, name) as client:
+        answers[name] = client.fill_mask(texts)
+  assert [f.token for f in answers["xla"][0][0]] == [f.token for f in plain[0][0]]
+  assert [f.token for f in answers["no_xla"][0][0]] == [f.token for f in plain[0][0]]

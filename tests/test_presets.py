@@ -75,9 +75,11 @@ def test_masked_lm_preset_loads_in_transformers_and_back(xlmr_preset):
 
 def test_saved_preset_exports_and_passes_check_serving(xlmr_preset, tmp_path):
   _, saved = xlmr_preset
-  from servers import export_and_check
-  export_and_check("--checkpoint", str(saved), "--output", str(tmp_path), "--name", "tuned",
-                   "--sequence-length", "32", "--warmup-batch-sizes", "1")
+  from servers import assert_serving_flags, export_and_check
+  _, stdout = export_and_check("--checkpoint", str(saved), "--output", str(tmp_path),
+                               "--name", "tuned", "--sequence-length", "32",
+                               "--warmup-batch-sizes", "1")
+  assert_serving_flags(stdout, xla=True)
 
 
 def test_electra_generator_preset(tmp_path, wordpiece_dir, wordpiece_vocab):

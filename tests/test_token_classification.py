@@ -137,6 +137,8 @@ def test_export_answers_as_the_pipeline(ner_dir, tmp_path):
   task = tfhub_models.load(ner_dir, sequence_length=SEQUENCE_LENGTH)
   path = export.export(task, str(tmp_path), "ner", None, export.ExportOptions(
       jit_compile=False, warmup_batch_sizes=(1,), aggregation=strategy))
+  from servers import CheckServing, assert_serving_flags
+  checks = CheckServing(path)     # scripts/check_serving.py, in the background
   loaded = tf.saved_model.load(path)
   out = {k: v.numpy() for k, v in
          loaded.signatures["serving_default"](text=tf.constant(RAW)).items()}
@@ -161,6 +163,7 @@ def test_export_answers_as_the_pipeline(ner_dir, tmp_path):
   assert (labels["labels"][special] == b"").all() and (labels["scores"][special] == 0).all()
   assert set(labels["labels"][~special].tolist()) <= {v.encode() for v in NER.values()}
   assert (labels["tokens"][labels["padding_mask"] == 0] == b"").all()
+  assert_serving_flags(checks.passed(path), xla=False)
 
 
 def test_served_export_tags_through_the_client_and_predict(tmp_path, ner_dirs):
@@ -177,7 +180,7 @@ def test_served_export_tags_through_the_client_and_predict(tmp_path, ner_dirs):
   checks = CheckServing(version)     # scripts/check_serving.py, while the server starts
   theirs = _theirs(_pipeline(source), "simple")
   with ServerProcess(tmp_path / "server", "--model_name", "ner", "--model_base_path",
-                     str(tmp_path / "models" / "ner")) as server:
+                     str(tmp_path / "models" / "ner"), "--xla_cpu_compilation_enabled=true") as server:
     with serving_client.ServingClient(server.grpc, "ner") as client:
       answers = client.tag(TEXTS)
     ours = [[dataclasses.asdict(e) for e in row] for row in answers]
@@ -192,7 +195,10 @@ def test_served_export_tags_through_the_client_and_predict(tmp_path, ner_dirs):
   entity = answers[0][0]
   assert f"[{first[entity.start:entity.end]}]({entity.entity_group})" in lines[0]
   assert lines[1].split()[:2] == [entity.entity_group, f"{entity.score:.4f}"]
-  assert "token_labels" in checks.passed(version)
+  stdout = checks.passed(version)
+  assert "token_labels" in stdout
+  from servers import assert_serving_flags
+  assert_serving_flags(stdout, xla=True)
 
 
 def test_label_schemes_that_are_not_bio_are_refused_for_grouping(

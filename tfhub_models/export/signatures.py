@@ -69,6 +69,12 @@ def _text_signature(fn, pair: bool):
   return _signature([_text_spec("text")])(lambda text: fn(text, None))
 
 
+# The function alias of the numeric cores, the name Cloud TPU's Inference Converter
+# is told to convert (its conventional one): the functions that get the network's
+# inputs as numbers and hold no string op (k8s/README.md, "TPU").
+TPU_FUNCTION_ALIAS = "tpu_func"
+
+
 class Compiled:
   """A numeric core on int inputs [B, ...], compiled with XLA (or not), whose batch
   is padded to a power of two under XLA so that a bounded set of shapes compiles.
@@ -562,3 +568,26 @@ class ServingModule(tf.Module):
 
   def warmup(self, model_name: str, batch_sizes: Sequence[int]) -> list:
     return [log for part in self.parts for log in part.warmup(model_name, batch_sizes)]
+
+  def numeric_cores(self) -> list:
+    """The `Compiled` cores the signatures call, in the order of the parts."""
+    return [value for part in self.parts for value in vars(part).values()
+            if isinstance(value, Compiled)]
+
+  def function_aliases(self) -> dict:
+    """SaveOptions.function_aliases: TPU_FUNCTION_ALIAS for every traced numeric core."""
+    return {TPU_FUNCTION_ALIAS: _TracedFunctions([core._fn for core in self.numeric_cores()])}
+
+
+class _TracedFunctions:
+  """The concrete functions of some tf.functions, listed when iterated: the save
+  traces the signatures before it reads SaveOptions.function_aliases, so the cores'
+  concrete functions are the ones the saved signatures call."""
+
+  def __init__(self, functions):
+    self.functions = functions
+
+  def __iter__(self):
+    # The listing tf.saved_model.save itself uses for a tf.function alias.
+    return iter([concrete for function in self.functions
+                 for concrete in function._list_all_concrete_functions()])

@@ -137,7 +137,7 @@ def string_ops(library, name: str) -> list[str]:
     where = function.signature.name
     if where not in arguments_seen:
       arguments_seen.add(where)
-      found.extend(f"{where}: argument {arg.name} is a string"
+      found.extend(f"{where}: argument {arg.name} (string argument)"
                    for arg in list(function.signature.input_arg) + list(
                        function.signature.output_arg) if arg.type == types_pb2.DT_STRING)
     if node.op in functions:
@@ -416,8 +416,10 @@ def _python_run(export_dir: str, report: dict, core_ops: set, text_ops: set) -> 
     report["tpu_func"] = sorted(tpu)
     for name, found in tpu.items():
       if found:
-        problems.append(f"the {TPU_ALIAS} function {name} has string ops, which a TPU cannot "
-                        f"run: {', '.join(found[:5])}{' ...' if len(found) > 5 else ''}")
+        kinds = sorted({entry.rsplit("(", 1)[-1].rstrip(")") for entry in found})
+        problems.append(f"the {TPU_ALIAS} function {name} has {len(found)} string ops, which "
+                        f"a TPU cannot run ({', '.join(kinds)}): {', '.join(found[:3])}"
+                        f"{' ...' if len(found) > 3 else ''}")
     report["tensorflow_text_ops"] = sorted(ops & text_ops)
     unknown = sorted(ops - core_ops - text_ops)
     if unknown:

@@ -478,7 +478,6 @@ def print_report(report: dict) -> None:
 def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv[:1] == ["--c-api-child"]:   # the child this script starts (CApiChild)
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return c_api_child(*argv[1:3])
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("export_dir", help="BASE/NAME/VERSION written by scripts/export.py")

@@ -630,7 +630,7 @@ def test_local_server_serves_the_models_of_the_generated_config(hf_checkpoint, t
        f"--model_config_file={config / 'models.config'}", "--enable_batching",
        f"--batching_parameters_file={config / 'batching.config'}",
        f"--monitoring_config_file={config / 'monitoring.config'}", "--enable_model_warmup",
-       f"--port_file={port_file}"],
+       "--xla_cpu_compilation_enabled=true", f"--port_file={port_file}"],   # as the Deployment
       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
   try:

@@ -216,20 +216,27 @@ class CheckServing:
 _SCRIPTS = {}
 
 
+def script_module(script: str):
+  """scripts/SCRIPT.py imported as a module (once per session), as the tests that call its
+  parts directly need it; the scripts are not a package."""
+  import importlib.util
+  if script not in _SCRIPTS:
+    spec = importlib.util.spec_from_file_location(f"{script}_script",
+                                                  ROOT / "scripts" / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _SCRIPTS[script] = module
+  return _SCRIPTS[script]
+
+
 def script_main(script: str, *args) -> tuple:
   """scripts/SCRIPT.py's main(ARGS) in this process: (exit code, stdout, stderr).  For
   runs of a command-line path that a subprocess run elsewhere already goes through."""
   import contextlib
-  import importlib.util
   import io
-  if script not in _SCRIPTS:
-    spec = importlib.util.spec_from_file_location(f"{script}_script",
-                                                  ROOT / "scripts" / f"{script}.py")
-    _SCRIPTS[script] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(_SCRIPTS[script])
   out, err = io.StringIO(), io.StringIO()
   with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-    code = _SCRIPTS[script].main([str(a) for a in args])
+    code = script_module(script).main([str(a) for a in args])
   return code, out.getvalue(), err.getvalue()
 
 

@@ -3,7 +3,6 @@ crash taking the message with it; and the parts that decide what it reports."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import signal
@@ -14,18 +13,10 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
-from conftest import ROOT
+from servers import script_module
 
 
-def _script():
-  spec = importlib.util.spec_from_file_location("check_serving_script",
-                                                ROOT / "scripts" / "check_serving.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-check_serving = _script()
+check_serving = script_module("check_serving")
 
 
 def _toy(path, *, alias=None, strings_in_core=False):

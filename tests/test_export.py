@@ -327,22 +327,14 @@ def test_xlm_roberta_embedding_export_takes_pairs(hf_checkpoint, tmp_path):
                              atol=1e-5)
 
 
-def _check_serving_module():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("check_serving_script",
-                                                ROOT / "scripts" / "check_serving.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 @pytest.mark.parametrize("kind", ["xla", "no_xla"])
 def test_numeric_cores_are_aliased_tpu_func(exports, kind):
   """Both numeric cores (top-k and logits) carry the tpu_func alias; each is a function
   of the library that the signatures call, has the network's matrix products, and no
   string op; the signature functions around them do have string ops (the finder finds)."""
   from tensorflow.core.protobuf import saved_model_pb2
-  check = _check_serving_module()
+  from servers import script_module
+  check = script_module("check_serving")
   saved = saved_model_pb2.SavedModel.FromString(
       (pathlib.Path(exports[kind]) / "saved_model.pb").read_bytes())
   meta = saved.meta_graphs[0]

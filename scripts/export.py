@@ -40,14 +40,23 @@ def parse_args(argv):
                           choices=["greedy", "random", "top_k", "top_p", "beam", "contrastive"])
   generation.add_argument("--alpha", type=float, help="contrastive search's degeneration penalty")
   generation.add_argument("--num-beams", type=int)
-  generation.add_argument("--max-new-tokens", type=int)
+  generation.add_argument("--max-new-tokens", type=int,
+                          help="the most new tokens a request gets (default: the config's "
+                               "max_length - 1); generate_with_options takes 1 to this")
+  generation.add_argument("--max-no-repeat-ngram-size", type=int, default=4,
+                          help="the largest no_repeat_ngram_size generate_with_options takes "
+                               "(default 4)")
+  generation.add_argument("--max-top-k", type=int, default=50,
+                          help="the largest top_k generate_with_options takes (default 50)")
   generation.add_argument("--max-input-length", type=int,
                           help="encoder tokens, <s> and </s> included (truncated keeping </s>)")
   generation.add_argument("--top-p", type=float)
   generation.add_argument("--temperature", type=float)
   generation.add_argument("--length-penalty", type=float)
   generation.add_argument("--num-return-sequences", type=int)
-  generation.add_argument("--seed", type=int, default=0, help="seed of the samplers (default 0)")
+  generation.add_argument("--seed", type=int, default=None,
+                          help="fixes serving_default's sampling seed: the same text always "
+                               "gets the same output (default: a fresh seed per request row)")
   parser.add_argument("--task", choices=["fill_mask", "replaced_token_detection",
                                          "text_classification", "token_classification",
                                          "embedding"],
@@ -83,6 +92,8 @@ def parse_args(argv):
     parser.error("--vocabulary is only used with --random-weights")
   if args.top_k is not None and args.top_k < 1:
     parser.error("--top-k must be at least 1")
+  if args.max_no_repeat_ngram_size < 0 or args.max_top_k < 0:
+    parser.error("--max-no-repeat-ngram-size and --max-top-k must not be negative")
   if args.max_input_length is not None:
     if args.sequence_length is not None and args.sequence_length != args.max_input_length:
       parser.error("--max-input-length and --sequence-length differ")
@@ -138,7 +149,7 @@ def configure_generation(task, args) -> None:
   from tfhub_models import generation
 
   flags = [args.sampler, args.num_beams, args.max_new_tokens, args.top_p, args.temperature,
-           args.length_penalty, args.num_return_sequences, args.alpha]
+           args.length_penalty, args.num_return_sequences, args.alpha, args.seed]
   if getattr(task, "task", None) != "generate":
     if any(f is not None for f in flags):
       raise ValueError("generation flags (--sampler, --num-beams, ...) are for BART")
@@ -160,7 +171,9 @@ def main(argv=None) -> int:
     configure_generation(task, args)
     options = export.ExportOptions(top_k=args.top_k or 5, jit_compile=not args.no_xla,
                                    warmup_batch_sizes=args.warmup_batch_sizes, pair=args.pair,
-                                   max_new_tokens=args.max_new_tokens, seed=(args.seed, 0),
+                                   max_new_tokens=args.max_new_tokens, seed=args.seed,
+                                   max_no_repeat_ngram_size=args.max_no_repeat_ngram_size,
+                                   max_top_k=args.max_top_k,
                                    normalize=args.normalize, aggregation=args.aggregation)
     if args.format == "hub":
       path = hub.export_hub(task, args.output, name, args.version)

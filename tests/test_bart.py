@@ -76,7 +76,7 @@ def generate_with_transformers(directory, texts, task, **kwargs):
 def generate_with_ours(task, texts, max_length):
   encoder = task.preprocessor(tf.constant(texts))
   ids, scores = task._function(max_length, None)(encoder["token_ids"], encoder["padding_mask"],
-                                                 tf.constant([0, 0]))
+                                                 tf.zeros([len(texts)], tf.int64))
   return ids.numpy(), scores.numpy()
 
 
@@ -135,7 +135,10 @@ def test_processors_follow_their_definitions():
                                        forced_eos_token_id=2)
 
   def processors(logits, ids, length, max_length):
-    return generation.process_logits(logits, ids, length, max_length, config)
+    sampler = config.sampler()
+    return generation.process_logits(
+        logits, ids, length, generation.default_settings(config, sampler, 1, max_length),
+        generation.Limits.of(config, sampler, max_length), config)
 
   first = processors(tf.zeros([1, 5]), ids, tf.constant(1), 10).numpy()[0]
   assert first[0] == 0 and np.isinf(first[1:]).all()
@@ -208,7 +211,8 @@ def bart_export(bart_exported):
 def test_exported_generation_matches_eager(bart_export, hf_bart_checkpoint):
   task, path = bart_export
   loaded = tf.saved_model.load(str(path))
-  assert set(loaded.signatures) == {"serving_default", "generate_ids", "tokenize", "detokenize"}
+  assert set(loaded.signatures) == {"serving_default", "generate_with_options", "generate_ids",
+                                    "tokenize", "detokenize"}
   out = loaded.signatures["serving_default"](text=tf.constant(TEXTS))
   theirs, _ = generate_with_transformers(hf_bart_checkpoint, TEXTS, task, num_beams=4,
                                          length_penalty=2.0, early_stopping=True)

@@ -1,14 +1,22 @@
-"""Pure sampling functions, logit processors and the decoding loop.  No variables.
+"""Pure sampling functions, logit processors and the decoding loops.  No variables.
 
 Every function takes and returns tensors of static shape, so the whole loop
-compiles with XLA.  Randomness is stateless: a seed int32 [2] in, folded with
-the step.  Shapes: B rows, V vocabulary, T the id buffer length.
+compiles with XLA.  Shapes: B rows, V vocabulary, T the id buffer length.
+
+Each row carries its own settings (`RowSettings`, tensors [B]: its length
+limits, processors, sampling warpers and seed), so that rows of different
+requests merged into one batch are each decoded as if alone; `Limits` is what
+the compiled loop can do for them (the buffer length, the largest n-gram ban
+and top-k, which processors are compiled in).  Randomness is stateless inside
+the loop: a row's draw at a step depends only on its seed and the step
+(`draw_rows`); `row_seeds` draws fresh seeds, outside compiled code.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Protocol
+import operator
+from typing import NamedTuple, Protocol
 
 import tensorflow as tf
 
@@ -18,49 +26,122 @@ NEG_INF = float("-inf")   # what upstream's processors use
 
 
 # ---------------------------------------------------------------------------
-# Samplers: logits float32 [B, V], seed int32 [2] -> ids int32 [B].
+# Warpers (upstream's TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper):
+# logits float32 [B, V] -> logits, the ids they rule out at -inf.  A setting is a
+# Python number for every row or a tensor [B], one per row.
 
-def greedy(logits: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-  """The most likely id."""
-  del seed
-  return tf.argmax(logits, axis=-1, output_type=tf.int32)
-
-
-def random(logits: tf.Tensor, seed: tf.Tensor, temperature: float = 1.0) -> tf.Tensor:
-  """An id drawn from softmax(logits / temperature)."""
-  return tf.random.stateless_categorical(logits / temperature, 1, seed, dtype=tf.int32)[:, 0]
+def _rows(value, logits, dtype) -> tf.Tensor:
+  """A setting as a column [B, 1] (or a scalar) broadcasting against logits [B, V]."""
+  value = tf.cast(value, dtype)
+  return value[:, None] if value.shape.rank == 1 else value
 
 
-def top_k(logits: tf.Tensor, seed: tf.Tensor, k: int = 5, temperature: float = 1.0) -> tf.Tensor:
-  """An id drawn from the k most likely, renormalised (ids tied with the k-th kept,
-  as upstream's TopKLogitsWarper)."""
-  logits = logits / temperature
-  kth = tf.math.top_k(logits, k=k).values[:, -1:]                             # [B, 1]
-  kept = tf.where(logits >= kth, logits, NEG_INF)
-  return tf.random.stateless_categorical(kept, 1, seed, dtype=tf.int32)[:, 0]
+def scale(logits: tf.Tensor, temperature) -> tf.Tensor:
+  """logits / temperature."""
+  return logits / _rows(temperature, logits, logits.dtype)
 
 
-def top_p(logits: tf.Tensor, seed: tf.Tensor, p: float = 0.9, k: int | None = None,
-          temperature: float = 1.0) -> tf.Tensor:
-  """An id drawn from the smallest set of most likely ids whose mass reaches p
-  (after top-k when k is given), as upstream's TopPLogitsWarper: ids sorted
-  ascending (stably), those whose cumulative mass stays at or below 1 - p
-  dropped, the most likely always kept."""
-  logits = logits / temperature
-  if k is not None:
-    kth = tf.math.top_k(logits, k=k).values[:, -1:]
-    logits = tf.where(logits >= kth, logits, NEG_INF)
+def keep_top_k(logits: tf.Tensor, k, max_k: int | None = None) -> tf.Tensor:
+  """Keeps the k most likely ids of each row and those tied with the k-th (as
+  upstream); k <= 0 keeps all.  A per-row k [B] needs max_k, the largest k the
+  row may ask for (a row asking more than V keeps all V)."""
+  vocabulary = logits.shape[-1]
+  largest = min(int(k if max_k is None else max_k), vocabulary)
+  values = tf.math.top_k(logits, k=largest).values                            # [B, K]
+  k = tf.broadcast_to(tf.cast(k, tf.int32), tf.shape(logits)[:1])              # [B]
+  kth = tf.gather(values, tf.clip_by_value(k - 1, 0, largest - 1), batch_dims=1)[:, None]
+  return tf.where((logits >= kth) | (k <= 0)[:, None], logits, NEG_INF)
+
+
+def keep_top_p(logits: tf.Tensor, p) -> tf.Tensor:
+  """Keeps the smallest set of most likely ids whose mass reaches p, as upstream:
+  ids sorted ascending (stably), those whose cumulative mass stays at or below
+  1 - p dropped, the most likely always kept; p = 1 keeps all."""
   order = tf.argsort(logits, axis=-1, direction="ASCENDING", stable=True)       # [B, V]
   ascending = tf.gather(logits, order, batch_dims=1)
   mass = tf.cumsum(tf.nn.softmax(ascending, axis=-1), axis=-1)
-  drop = mass <= 1.0 - p
+  drop = mass <= 1.0 - _rows(p, logits, mass.dtype)
   drop = tf.concat([drop[:, :-1], tf.zeros_like(drop[:, -1:])], axis=-1)       # keep the best
   dropped = tf.scatter_nd(
       tf.stack([tf.repeat(tf.range(tf.shape(order)[0]), tf.shape(order)[1]),
                 tf.reshape(order, [-1])], axis=1),
       tf.reshape(drop, [-1]), tf.shape(order))
-  kept = tf.where(dropped, NEG_INF, logits)
-  return tf.random.stateless_categorical(kept, 1, seed, dtype=tf.int32)[:, 0]
+  return tf.where(dropped, NEG_INF, logits)
+
+
+# ---------------------------------------------------------------------------
+# Samplers: logits float32 [B, V], seed int32 [2] -> ids int32 [B].
+
+def greedy(logits: tf.Tensor, seed: tf.Tensor = None) -> tf.Tensor:
+  """The most likely id."""
+  del seed
+  return tf.argmax(logits, axis=-1, output_type=tf.int32)
+
+
+def _categorical(logits: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  return tf.random.stateless_categorical(logits, 1, seed, dtype=tf.int32)[:, 0]
+
+
+def random(logits: tf.Tensor, seed: tf.Tensor, temperature: float = 1.0) -> tf.Tensor:
+  """An id drawn from softmax(logits / temperature)."""
+  return _categorical(scale(logits, temperature), seed)
+
+
+def top_k(logits: tf.Tensor, seed: tf.Tensor, k: int = 5, temperature: float = 1.0) -> tf.Tensor:
+  """An id drawn from the k most likely, renormalised (ids tied with the k-th kept,
+  as upstream's TopKLogitsWarper)."""
+  return _categorical(keep_top_k(scale(logits, temperature), k), seed)
+
+
+def top_p(logits: tf.Tensor, seed: tf.Tensor, p: float = 0.9, k: int | None = None,
+          temperature: float = 1.0) -> tf.Tensor:
+  """An id drawn from the smallest set of most likely ids whose mass reaches p
+  (after top-k when k is given), as upstream's TopPLogitsWarper."""
+  logits = scale(logits, temperature)
+  if k is not None:
+    logits = keep_top_k(logits, k)
+  return _categorical(keep_top_p(logits, p), seed)
+
+
+def draw_rows(logits: tf.Tensor, seeds: tf.Tensor, step) -> tf.Tensor:
+  """An id drawn from softmax(logits) of each row, from the row's own stream:
+  row b's draw depends only on its logits, seeds[b] and `step`, whatever the
+  other rows are.  logits float32 [B, V], seeds int64 [B], step int32 -> int32 [B]."""
+  pairs = tf.bitcast(tf.cast(seeds, tf.int64), tf.int32)                     # [B, 2]
+  step = tf.cast(step, tf.int32)
+
+  def draw(row):
+    logits, pair = row
+    return _categorical(logits[None], tf.random.experimental.stateless_fold_in(pair, step))[0]
+
+  return tf.map_fn(draw, (logits, pairs), fn_output_signature=tf.int32)
+
+
+def seed_int(seed) -> int:
+  """A seed given as an int, or as a pair of ints (earlier versions' form; one 64-bit
+  seed, the first the high half), as one int64 value."""
+  if isinstance(seed, (list, tuple)):
+    if len(seed) != 2:
+      raise ValueError(f"a seed is an int or a pair of ints, not {seed!r}")
+    high, low = (operator.index(s) & 0xFFFFFFFF for s in seed)
+    value = (high << 32) | low
+    return value - (1 << 64) if value >= 1 << 63 else value
+  if isinstance(seed, bool):
+    raise TypeError("a seed is an int or a pair of ints, not a bool")
+  seed = operator.index(seed)
+  if not -2**63 <= seed < 2**63:
+    raise ValueError(f"seed {seed} does not fit in 64 bits")
+  return seed
+
+
+def row_seeds(seeds: tf.Tensor) -> tf.Tensor:
+  """int64 [B]: each row's seed, a fresh random one where `seeds` is 0.  A stateful
+  op, seeded by the OS when its kernel is made (whatever the program's global
+  seed): run it outside compiled code, once per request."""
+  seeds = tf.cast(seeds, tf.int64)
+  fresh = tf.raw_ops.RandomUniformInt(shape=tf.shape(seeds), minval=tf.constant(1, tf.int64),
+                                      maxval=tf.constant(2**63 - 1, tf.int64), seed=0, seed2=0)
+  return tf.where(tf.equal(seeds, 0), fresh, seeds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,22 +181,26 @@ class Sampler:
     """Rows generated per input: num_return_sequences for beam search, else 1."""
     return self.num_return_sequences if self.name == "beam" else 1
 
-  def function(self, vocabulary_size: int) -> Callable:
-    """(logits, seed) -> ids, for the samplers that pick one id per row."""
-    k = None if self.k is None else min(self.k, vocabulary_size)
-    if self.name == "greedy":
-      return greedy
-    if self.name == "random":
-      return lambda logits, seed: random(logits, seed, self.temperature)
+  @property
+  def draws(self) -> bool:
+    """Whether it draws at random (random, top_k, top_p): what seeds and the
+    temperature, top-k and top-p settings apply to."""
+    return self.name in DRAWING
+
+  @property
+  def default_top_k(self) -> int:
+    """The k its rows use by default (0: no top-k)."""
     if self.name == "top_k":
-      return lambda logits, seed: top_k(logits, seed, k or min(5, vocabulary_size),
-                                        self.temperature)
-    if self.name == "top_p":
-      return lambda logits, seed: top_p(logits, seed, self.p, k, self.temperature)
-    raise ValueError(f"{self.name} is not a one-id-per-row sampler")
+      return self.k or 5
+    return self.k or 0 if self.name == "top_p" else 0
+
+  @property
+  def default_top_p(self) -> float:
+    return self.p if self.name == "top_p" else 1.0
 
 
 SAMPLERS = ("greedy", "random", "top_k", "top_p", "beam", "contrastive")
+DRAWING = ("random", "top_k", "top_p")
 
 
 def get_sampler(sampler) -> Sampler:
@@ -143,25 +228,36 @@ def presence(ids: tf.Tensor, length: tf.Tensor, vocabulary_size: int) -> tf.Tens
   return tf.reshape(hits > 0, [batch, vocabulary_size])
 
 
-def repetition_penalty(logits, ids, length, penalty: float):
-  """Divides positive, multiplies negative logits of ids already generated."""
+def repetition_penalty(logits, ids, length, penalty):
+  """Divides positive, multiplies negative logits of ids already generated;
+  penalty a number or float32 [B] (1: no change)."""
   seen = presence(ids, length, logits.shape[-1])
+  penalty = _rows(penalty, logits, logits.dtype)
   penalised = tf.where(logits > 0, logits / penalty, logits * penalty)
   return tf.where(seen, penalised, logits)
 
 
-def no_repeat_ngram(logits, ids, length, n: int):
-  """Bans every id that would complete an n-gram already in ids[:, :length]."""
+def no_repeat_ngram(logits, ids, length, n, max_n: int | None = None):
+  """Bans every id that would complete an n-gram already in ids[:, :length].
+
+  n: an int, or int32 [B] (0: no ban for that row) with max_n the largest.
+  """
+  largest = int(n if max_n is None else max_n)
   total = ids.shape[1] if ids.shape[1] is not None else tf.shape(ids)[1]
   batch = tf.shape(ids)[0]
+  n = tf.broadcast_to(tf.cast(n, tf.int32), [batch])[:, None]                 # [B, 1]
   starts = tf.range(total)                                                     # [T]
-  offsets = tf.range(n - 1)                                                    # [n-1]
+  offsets = tf.range(max(largest - 1, 0))                                      # [N-1]
   window = tf.gather(ids, tf.clip_by_value(starts[:, None] + offsets[None, :], 0, total - 1),
-                     axis=1)                                                   # [B, T, n-1]
-  last = tf.gather(ids, tf.clip_by_value(length - (n - 1) + offsets, 0, total - 1), axis=1)
-  match = tf.reduce_all(tf.equal(window, last[:, None, :]), axis=-1)          # [B, T]
-  match &= (starts[None, :] + n - 1 < length) & (length >= n - 1)
-  following = tf.gather(ids, tf.clip_by_value(starts + n - 1, 0, total - 1), axis=1)  # [B, T]
+                     axis=1)                                                   # [B, T, N-1]
+  last = tf.gather(ids, tf.clip_by_value(length - (n - 1) + offsets[None, :], 0, total - 1),
+                   batch_dims=1)                                               # [B, N-1]
+  compared = offsets[None, :] < n - 1                                          # [B, N-1]
+  equal = tf.equal(window, last[:, None, :]) | ~compared[:, None, :]
+  match = tf.reduce_all(equal, axis=-1)                                        # [B, T]
+  match &= (starts[None, :] + n - 1 < length) & (length >= n - 1) & (n > 0)
+  following = tf.gather(ids, tf.clip_by_value(starts[None, :] + n - 1, 0, total - 1),
+                        batch_dims=1)                                          # [B, T]
   vocabulary = logits.shape[-1]
   segments = tf.range(batch)[:, None] * vocabulary + following
   banned = tf.math.unsorted_segment_max(tf.reshape(tf.cast(match, tf.float32), [-1]),
@@ -170,8 +266,9 @@ def no_repeat_ngram(logits, ids, length, n: int):
 
 
 def force_token(logits, token_id: int, when: tf.Tensor):
-  """Where `when` (bool scalar), only token_id may come next."""
+  """Where `when` (bool, a scalar or [B] per row), only token_id may come next."""
   forced = tf.where(tf.range(logits.shape[-1]) == token_id, 0.0, NEG_INF)[None, :]
+  when = when[:, None] if when.shape.rank == 1 else when
   return tf.where(when, tf.broadcast_to(forced, tf.shape(logits)), logits)
 
 
@@ -247,22 +344,116 @@ def choose_sampler(config: GenerationConfig, name: str | None = None, **settings
   return dataclasses.replace(base, name=name, **settings)
 
 
-def process_logits(logits, ids, length, max_length, config: GenerationConfig):
-  """The logit processors of `config` on logits float32 [B, V] for position
-  `length`, given the ids so far [B, T]."""
-  if config.repetition_penalty != 1.0:
-    logits = repetition_penalty(logits, ids, length, config.repetition_penalty)
-  if config.no_repeat_ngram_size > 0:
-    logits = no_repeat_ngram(logits, ids, length, config.no_repeat_ngram_size)
-  if config.min_length > 0:
-    eos = tf.reduce_any(tf.range(logits.shape[-1])[:, None]
-                        == tf.constant(config.eos_token_ids)[None, :], axis=1)      # [V]
-    logits = tf.where(eos[None, :] & (length < config.min_length), NEG_INF, logits)
+# ---------------------------------------------------------------------------
+# Per-row settings and what the compiled loop can do for them.
+
+class RowSettings(NamedTuple):
+  """Each row's settings, tensors [B] (a value: while_loop state).
+
+  max_length int32: the row's ids, its decoder start token included (upstream's
+    max_length; max_new_tokens + 1); the row ends there, its last id forced to
+    forced_eos_token_id when the config has one.
+  min_length int32: no end id before this many ids (upstream's min_length;
+    min_new_tokens + 1, the forced BOS counted); 0 or 1: none.
+  repetition_penalty float32 (1: none); no_repeat_ngram_size int32 (0: none).
+  temperature, top_p float32 (1: none), top_k int32 (0: none): the warpers of the
+    samplers that draw.
+  seed int64: the row's random stream (`draw_rows`).
+  """
+  max_length: tf.Tensor
+  min_length: tf.Tensor
+  repetition_penalty: tf.Tensor
+  no_repeat_ngram_size: tf.Tensor
+  temperature: tf.Tensor
+  top_k: tf.Tensor
+  top_p: tf.Tensor
+  seed: tf.Tensor
+
+  def repeat(self, n: int) -> "RowSettings":
+    """Each row n times (row b*n + j is copy j of row b: beams, candidates)."""
+    return RowSettings(*(tf.repeat(x, n, axis=0) for x in self))
+
+
+SETTING_DTYPES = RowSettings(tf.int32, tf.int32, tf.float32, tf.int32, tf.float32, tf.int32,
+                             tf.float32, tf.int64)
+
+
+def default_settings(config: GenerationConfig, sampler: Sampler, batch, max_length: int,
+                     seed=0) -> RowSettings:
+  """Every row with the config's and the sampler's settings, max_length ids long;
+  seed: int64 [B] or one for every row."""
+  values = RowSettings(max_length, config.min_length, config.repetition_penalty,
+                       config.no_repeat_ngram_size, sampler.temperature, sampler.default_top_k,
+                       sampler.default_top_p, 0)
+  rows = RowSettings(*(tf.fill([batch], tf.constant(v, d)) for v, d in zip(values,
+                                                                             SETTING_DTYPES)))
+  return rows._replace(seed=tf.broadcast_to(tf.cast(seed, tf.int64), [batch]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+  """What the compiled loop can do for its rows: fixed at compile time, since these
+  choose shapes and which processors are in the graph.
+
+  max_length: the id buffer, the longest a row's max_length may be.
+  no_repeat_ngram_size: the largest n a row may ban (0: no ban compiled in).
+  repetition_penalty: whether the penalty is compiled in.
+  top_k: the largest k a row may ask for (0: no top-k); top_p: whether top-p is.
+  """
+  max_length: int
+  no_repeat_ngram_size: int = 0
+  repetition_penalty: bool = False
+  top_k: int = 0
+  top_p: bool = False
+
+  @classmethod
+  def of(cls, config: GenerationConfig, sampler: Sampler, max_length: int) -> "Limits":
+    """Just what `default_settings` rows need."""
+    return cls(max_length, config.no_repeat_ngram_size, config.repetition_penalty != 1.0,
+               sampler.default_top_k if sampler.draws else 0,
+               sampler.draws and sampler.default_top_p < 1.0)
+
+
+def process_logits(logits, ids, length, settings: RowSettings, limits: Limits,
+                   config: GenerationConfig):
+  """The logit processors on logits float32 [B, V] for position `length` (the ids
+  so far, decoder start token included; a scalar), given the ids [B, T], in
+  upstream's order; each row with its own settings."""
+  if limits.repetition_penalty:
+    logits = repetition_penalty(logits, ids, length, settings.repetition_penalty)
+  if limits.no_repeat_ngram_size > 0:
+    logits = no_repeat_ngram(logits, ids, length, settings.no_repeat_ngram_size,
+                             limits.no_repeat_ngram_size)
+  eos = tf.reduce_any(tf.range(logits.shape[-1])[:, None]
+                      == tf.constant(config.eos_token_ids)[None, :], axis=1)        # [V]
+  early = length < settings.min_length                                              # [B]
+  logits = tf.where(eos[None, :] & early[:, None], NEG_INF, logits)
   if config.forced_bos_token_id is not None:
     logits = force_token(logits, config.forced_bos_token_id, tf.equal(length, 1))
   if config.forced_eos_token_id is not None:
-    logits = force_token(logits, config.forced_eos_token_id, tf.equal(length, max_length - 1))
+    logits = force_token(logits, config.forced_eos_token_id,
+                         tf.equal(length, settings.max_length - 1))
   return logits
+
+
+def warp(logits, settings: RowSettings, limits: Limits):
+  """The sampling warpers (temperature, top-k, top-p, upstream's order), per row."""
+  logits = scale(logits, settings.temperature)
+  if limits.top_k > 0:
+    logits = keep_top_k(logits, settings.top_k, limits.top_k)
+  if limits.top_p:
+    logits = keep_top_p(logits, settings.top_p)
+  return logits
+
+
+def num_generated(ids: tf.Tensor, stop_token_ids, max_length: tf.Tensor) -> tf.Tensor:
+  """int32 [B]: the ids each row generated after its decoder start token, its end id
+  included: up to its first stop id, else its max_length - 1.  ids int32 [B, T]."""
+  stops = _stops(stop_token_ids)
+  after_start = tf.reduce_any(ids[:, 1:, None] == stops[None, None, :], axis=-1)   # [B, T-1]
+  positions = tf.range(1, tf.shape(ids)[1])[None, :]
+  first = tf.reduce_min(tf.where(after_start, positions, tf.shape(ids)[1]), axis=1)
+  return tf.minimum(first, max_length - 1)
 
 
 # ---------------------------------------------------------------------------
@@ -289,8 +480,8 @@ def _stops(stop_token_ids) -> tf.Tensor:
   return tf.constant(list(stop_token_ids) or [-1], tf.int32)
 
 
-def decode(step, state: DecoderState, start_ids: tf.Tensor, max_length: int, sampler: Sampler,
-           config: GenerationConfig, seed: tf.Tensor, stop_token_ids):
+def decode(step, state: DecoderState, start_ids: tf.Tensor, sampler: Sampler,
+           config: GenerationConfig, settings: RowSettings, limits: Limits, stop_token_ids):
   """Decodes with `sampler`, the one place a sampler name picks a loop.
 
   Args:
@@ -298,74 +489,83 @@ def decode(step, state: DecoderState, start_ids: tf.Tensor, max_length: int, sam
       hidden float32 [N, D], state), the decoder's one step at position `index`.
     state: the decoder state of the B rows of start_ids.
     start_ids: int32 [B], the decoder start token of each row.
-    max_length: ids out, the start token included (a Python int).
-    sampler: which loop and its settings.
-    config: the processors, token ids and lengths.
-    seed: int32 [2], for the samplers that draw.
+    sampler: which loop and its fixed settings (beams, contrastive k and alpha).
+    config: the token ids (start, pad, forced BOS and EOS, ends).
+    settings: each row's lengths, processors, warpers and seed.
+    limits: what the compiled loop can do; limits.max_length ids come out.
     stop_token_ids: ids that end a row.
 
   Returns:
-    (ids int32 [B*R, max_length], pad_token_id after a row's end; scores float32
-    [B*R]); R = num_return_sequences for beam search, else 1.
+    (ids int32 [B*R, limits.max_length], pad_token_id after a row's end; scores
+    float32 [B*R]); R = num_return_sequences for beam search, else 1.
   """
   if sampler.name == "beam":
-    return beam_search(step, state.repeat(sampler.num_beams), start_ids, max_length, sampler,
-                       config, stop_token_ids)
+    return beam_search(step, state.repeat(sampler.num_beams), start_ids, sampler, config,
+                       settings, limits, stop_token_ids)
   if sampler.name == "contrastive":
-    return contrastive_search(step, state, start_ids, max_length, sampler, config,
+    return contrastive_search(step, state, start_ids, sampler, config, settings, limits,
                               stop_token_ids)
-  return sample_loop(step, state, start_ids, max_length, sampler, config, seed, stop_token_ids)
+  return sample_loop(step, state, start_ids, sampler, config, settings, limits, stop_token_ids)
 
 
-def sample_loop(step, state, start_ids: tf.Tensor, max_length: int, sampler: Sampler,
-                config: GenerationConfig, seed: tf.Tensor, stop_token_ids):
-  """Decodes one id per row and step until every row has stopped or max_length
-  ids exist (greedy, random, top_k, top_p); arguments as `decode`.
+def _ends(chosen, stops, index, settings: RowSettings) -> tf.Tensor:
+  """bool [B]: rows that end with the id chosen for position index + 1 (an end id,
+  or their last position)."""
+  return (tf.reduce_any(chosen[:, None] == stops[None, :], axis=1)
+          | (index + 2 >= settings.max_length))
+
+
+def sample_loop(step, state, start_ids: tf.Tensor, sampler: Sampler, config: GenerationConfig,
+                settings: RowSettings, limits: Limits, stop_token_ids):
+  """Decodes one id per row and step until every row has ended (greedy, random,
+  top_k, top_p); arguments as `decode`.
 
   Returns:
-    (ids int32 [B, max_length], scores float32 [B], the sum of the chosen ids'
-    log-probabilities).
+    (ids int32 [B, T], scores float32 [B], the sum of the chosen ids'
+    log-probabilities after the processors).
   """
   batch = tf.shape(start_ids)[0]
-  pad = config.pad_token_id
-  ids = tf.concat([start_ids[:, None], tf.fill([batch, max_length - 1], pad)], axis=1)
+  pad, total = config.pad_token_id, limits.max_length
+  ids = tf.concat([start_ids[:, None], tf.fill([batch, total - 1], pad)], axis=1)
   stops = _stops(stop_token_ids)
-  seed = tf.cast(tf.convert_to_tensor(seed), tf.int32)
 
   def condition(index, ids, state, finished, scores):
-    return (index < max_length - 1) & ~tf.reduce_all(finished)
+    return (index < total - 1) & ~tf.reduce_all(finished)
 
   def body(index, ids, state, finished, scores):
     current = tf.gather(ids, index, axis=1)                                    # [B]
     logits, _, state = step(current, index, state)
-    sample = sampler.function(logits.shape[-1])
-    logits = process_logits(logits, ids, index + 1, max_length, config)
-    step_seed = tf.random.experimental.stateless_fold_in(seed, index)
-    chosen = sample(logits, step_seed)
+    logits = process_logits(logits, ids, index + 1, settings, limits, config)
+    if sampler.draws:
+      chosen = draw_rows(warp(logits, settings, limits), settings.seed, index)
+    else:
+      chosen = greedy(logits)
     log_probs = tf.nn.log_softmax(logits, axis=-1)
     chosen_log_prob = tf.gather(log_probs, chosen, batch_dims=1)
     chosen = tf.where(finished, pad, chosen)
     scores += tf.where(finished, 0.0, chosen_log_prob)
-    write = tf.range(max_length)[None, :] == index + 1
+    write = tf.range(total)[None, :] == index + 1
     ids = tf.where(write, chosen[:, None], ids)
-    finished |= tf.reduce_any(chosen[:, None] == stops[None, :], axis=1)
+    finished |= _ends(chosen, stops, index, settings)
     return index + 1, ids, state, finished, scores
 
   _, ids, _, _, scores = tf.while_loop(
       condition, body,
       (tf.constant(0), ids, state, tf.zeros([batch], tf.bool), tf.zeros([batch], tf.float32)),
-      maximum_iterations=max_length - 1)
+      maximum_iterations=total - 1)
   return ids, scores
 
 
 # ---------------------------------------------------------------------------
 # Beam search, upstream's vectorized algorithm (transformers' `_beam_search`).
 
-def beam_search(step, state, start_ids: tf.Tensor, max_length: int, sampler: Sampler,
-                config: GenerationConfig, stop_token_ids):
+def beam_search(step, state, start_ids: tf.Tensor, sampler: Sampler, config: GenerationConfig,
+                settings: RowSettings, limits: Limits, stop_token_ids):
   """Beam search with the upstream's scoring and stopping rules (sampler.num_beams,
   length_penalty, early_stopping, num_return_sequences); arguments as `decode`, but
-  `state` holds B*K rows, batch-major (row b*K + k is beam k of input b).
+  `state` holds B*K rows, batch-major (row b*K + k is beam k of input b).  An input
+  whose max_length is reached finalizes its beams then (as upstream's last step)
+  and takes no part in the later steps.
 
   Returns:
     (ids int32 [B*R, max_length], scores float32 [B*R]), R = num_return_sequences,
@@ -375,6 +575,9 @@ def beam_search(step, state, start_ids: tf.Tensor, max_length: int, sampler: Sam
   batch = tf.shape(start_ids)[0]
   static_batch = start_ids.shape[0]
   beams = sampler.num_beams
+  max_length = limits.max_length
+  row_max = settings.max_length[:, None]                                      # [B, 1]
+  beam_settings = settings.repeat(beams)
   length_penalty, early_stopping = sampler.length_penalty, sampler.early_stopping
   stops = _stops(stop_token_ids)
   keep = max(2, 1 + len(list(stop_token_ids))) * beams
@@ -405,8 +608,8 @@ def beam_search(step, state, start_ids: tf.Tensor, max_length: int, sampler: Sam
     flat = tf.reshape(running, [batch * beams, max_length])
     logits, _, state = step(tf.gather(flat, length - 1, axis=1), length - 1, state)
     vocabulary_size = logits.shape[-1]
-    log_probs = process_logits(tf.nn.log_softmax(logits, axis=-1), flat, length, max_length,
-                               config)
+    log_probs = process_logits(tf.nn.log_softmax(logits, axis=-1), flat, length,
+                               beam_settings, limits, config)
     log_probs = tf.reshape(log_probs, [batch, beams, vocabulary_size]) + running_scores[..., None]
     top_log_probs, top_indices = tf.math.top_k(tf.reshape(log_probs, [batch, -1]), k=keep)
     source = top_indices // vocabulary_size                                    # [B, keep]
@@ -414,7 +617,7 @@ def beam_search(step, state, start_ids: tf.Tensor, max_length: int, sampler: Sam
     candidates = gather_beams(running, source)                                 # [B, keep, T]
     at = tf.range(max_length)[None, None, :] == length
     candidates = tf.where(at, tokens[..., None], candidates)
-    hits = (length + 1 >= max_length) | tf.reduce_any(
+    hits = (length + 1 >= row_max) | tf.reduce_any(
         tokens[..., None] == stops[None, None, :], axis=-1)                    # [B, keep]
 
     # The best unfinished candidates keep running.
@@ -449,7 +652,7 @@ def beam_search(step, state, start_ids: tf.Tensor, max_length: int, sampler: Sam
     length += 1
     # Can a running beam still beat the worst finished one? (upstream's heuristic)
     if early_stopping == "never" and length_penalty > 0.0:
-      hypothetical = tf.constant(max_length - 1, tf.float32)   # longer can only score better
+      hypothetical = tf.cast(row_max - 1, tf.float32)   # longer can only score better
     else:
       hypothetical = tf.cast(length - 1, tf.float32)
     best_possible = running_scores[:, :1] / tf.pow(hypothetical, length_penalty)
@@ -471,8 +674,9 @@ def beam_search(step, state, start_ids: tf.Tensor, max_length: int, sampler: Sam
 # ---------------------------------------------------------------------------
 # Contrastive search (Su et al. 2022, as keras-hub's ContrastiveSampler).
 
-def contrastive_search(step, state, start_ids: tf.Tensor, max_length: int, sampler: Sampler,
-                       config: GenerationConfig, stop_token_ids):
+def contrastive_search(step, state, start_ids: tf.Tensor, sampler: Sampler,
+                       config: GenerationConfig, settings: RowSettings, limits: Limits,
+                       stop_token_ids):
   """Picks, among the k most likely next ids (sampler.k, default 5), the one
   maximising (1 - alpha) * probability - alpha * (largest cosine similarity of
   its decoder output to the outputs of every earlier position); arguments as
@@ -484,6 +688,7 @@ def contrastive_search(step, state, start_ids: tf.Tensor, max_length: int, sampl
   batch = tf.shape(start_ids)[0]
   stops = _stops(stop_token_ids)
   alpha, pad_token_id = sampler.alpha, config.pad_token_id
+  max_length = limits.max_length
   ids = tf.concat([start_ids[:, None], tf.fill([batch, max_length - 1], pad_token_id)], axis=1)
   logits, hidden, state = step(start_ids, tf.constant(0), state)
   k = min(sampler.k or 5, logits.shape[-1])
@@ -494,7 +699,7 @@ def contrastive_search(step, state, start_ids: tf.Tensor, max_length: int, sampl
     return (index < max_length - 1) & ~tf.reduce_all(finished)
 
   def body(index, ids, logits, history, state, finished, scores):
-    processed = process_logits(logits, ids, index + 1, max_length, config)
+    processed = process_logits(logits, ids, index + 1, settings, limits, config)
     probabilities = tf.nn.softmax(processed, axis=-1)
     top_probabilities, candidates = tf.math.top_k(probabilities, k=k)           # [B, k]
     candidate_logits, candidate_hidden, candidate_state = step(
@@ -520,7 +725,7 @@ def contrastive_search(step, state, start_ids: tf.Tensor, max_length: int, sampl
     state = tf.nest.map_structure(lambda new, old: tf.ensure_shape(new, old.shape), new_state,
                                   state)
     logits = tf.ensure_shape(tf.gather(candidate_logits, rows), logits.shape)
-    finished |= tf.reduce_any(chosen[:, None] == stops[None, :], axis=1)
+    finished |= _ends(chosen, stops, index, settings)
     return index + 1, ids, logits, history, state, finished, scores
 
   loop = tf.while_loop(condition, body,

@@ -393,27 +393,40 @@ class BartSeq2SeqLM(layers.Module, training.Trainable):
       raise ValueError(f"max_length {max_length} (the decoder start token included) must be in "
                        f"2..{limit}, the model's positions")
 
-  def generate_ids(self, token_ids, padding_mask, max_length: int, seed=(0, 0),
-                   stop_token_ids: Sequence[int] | None = None):
+  def generate_ids(self, token_ids, padding_mask, max_length: int, seed=0,
+                   stop_token_ids: Sequence[int] | None = None,
+                   settings: generation.RowSettings | None = None,
+                   limits: generation.Limits | None = None):
     """The numeric core (compile it with XLA): encoder ids -> decoder ids.
 
     Args:
       token_ids, padding_mask: int32 [B, S].
       max_length: ids out, the decoder start token included (a Python int).
-      seed: int32 [2].
-      stop_token_ids: ids that end a row (None: the end-of-sequence id).
+      seed: int64 [B], each row's seed, or one for every row (when `settings` is
+        None; the samplers that draw use it).
+      stop_token_ids: ids that end a row (None: the end-of-sequence ids).
+      settings: each row's settings (default: the config's and the sampler's, all
+        rows max_length ids long).
+      limits: what the loop can do for `settings` (default: what the default
+        settings need); its max_length is max_length.
 
     Returns:
       (generated_ids int32 [B·R, max_length], scores float32 [B·R]); R is
       num_return_sequences for beam search, else 1.
     """
-    settings = self.backbone.config.generation
-    stops = settings.eos_token_ids if stop_token_ids is None else list(stop_token_ids)
+    config = self.backbone.config.generation
+    stops = config.eos_token_ids if stop_token_ids is None else list(stop_token_ids)
+    batch = tf.shape(token_ids)[0]
+    if settings is None:
+      settings = generation.default_settings(config, self.sampler, batch, max_length, seed)
+    limits = limits or generation.Limits.of(config, self.sampler, max_length)
+    if limits.max_length != max_length:
+      raise ValueError(f"limits.max_length {limits.max_length} is not max_length {max_length}")
     encoded = self.backbone.encode(token_ids, padding_mask)
     state = self.backbone.init_decoder_state(encoded, padding_mask, max_length)
-    start = tf.fill([tf.shape(token_ids)[0]], settings.decoder_start_token_id)
-    return generation.decode(self.backbone.decode_step, state, start, max_length, self.sampler,
-                             settings, seed, stops)
+    start = tf.fill([batch], config.decoder_start_token_id)
+    return generation.decode(self.backbone.decode_step, state, start, self.sampler, config,
+                             settings, limits, stops)
 
   def _function(self, max_length: int, stop_token_ids):
     self.check_max_length(max_length)
@@ -424,18 +437,23 @@ class BartSeq2SeqLM(layers.Module, training.Trainable):
           jit_compile=self.jit_compile, autograph=False)
     return self._compiled.functions[key]
 
-  def generate(self, inputs, max_length: int | None = None, stop_token_ids="auto",
-               seed: Sequence[int] = (0, 0)):
-    """Generates text for a list of strings, a string tensor [B] or a tf.data.Dataset.
+  def generate(self, inputs, max_length: int | None = None, stop_token_ids="auto", seed=None):
+    """Generates text for a string, a list of strings, a string tensor [B] or a
+    tf.data.Dataset.
 
     Args:
       inputs: the texts (a Dataset is generated batch by batch, results concatenated).
       max_length: decoder ids, the start token included (default: the config's).
       stop_token_ids: "auto" (end of sequence), None (run to max_length) or ids.
+      seed: None (the samplers that draw sample differently on each call) or an
+        int (every row drawn from that seed: reproducible); a pair of ints, as
+        earlier versions took, is one 64-bit seed.
 
     Returns:
-      A list of strings for a list input, else a string tensor [B].
+      A string for a string, a list of strings for a list, else a string tensor [B].
     """
+    if isinstance(inputs, str):
+      return self.generate([inputs], max_length, stop_token_ids, seed)[0]
     if isinstance(inputs, tf.data.Dataset):
       parts = [self.generate(batch, max_length, stop_token_ids, seed) for batch in inputs]
       return tf.concat(parts, axis=0) if parts else tf.constant([], tf.string)
@@ -444,8 +462,12 @@ class BartSeq2SeqLM(layers.Module, training.Trainable):
     stops = (None if stop_token_ids == "auto" else (list(stop_token_ids or [])))
     length = max_length or self.backbone.config.generation.max_length
     encoded = self.preprocessor(text)
+    if seed is None:     # 0 in every row: fresh ones
+      seeds = generation.row_seeds(tf.zeros(tf.shape(text)[:1], tf.int64))
+    else:
+      seeds = tf.fill(tf.shape(text)[:1], tf.constant(generation.seed_int(seed), tf.int64))
     ids, _ = self._function(length, None if stops is None else tuple(stops))(
-        encoded["token_ids"], encoded["padding_mask"], tf.constant(seed, tf.int32))
+        encoded["token_ids"], encoded["padding_mask"], seeds)
     out = self.tokenizer.detokenize(ids)
     return [t.decode("utf-8") for t in out.numpy()] if as_list else out
 

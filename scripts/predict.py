@@ -2,6 +2,7 @@
 """Sends text to a served model and prints the answer.
 
   python scripts/predict.py --server HOST:PORT --model NAME [--signature S] [--json] TEXT...
+  python scripts/predict.py --model bart --max-new-tokens 20 --temperature 0.7 --seed 3 TEXT...
 
 Works against TF Serving and `serving.server` alike.  The answer is printed as
 a table (fill-mask fillers with scores, replaced-token probabilities,
@@ -17,6 +18,18 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+GENERATION_FLAGS = (
+    ("--max-new-tokens", int, "new tokens at most (1 to the export's --max-new-tokens)"),
+    ("--min-new-tokens", int, "new tokens before the end may come"),
+    ("--temperature", float, "sampling exports: > 0"),
+    ("--top-k", int, "sampling exports: 0 (off) to the export's --max-top-k"),
+    ("--top-p", float, "sampling exports: in (0, 1], 1 is off"),
+    ("--repetition-penalty", float, "> 0, 1 is off"),
+    ("--no-repeat-ngram-size", int, "0 (off) to the export's --max-no-repeat-ngram-size"),
+    ("--seed", int, "a reproducible sample (0: a fresh one)"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--tls", action="store_true", help="connect with TLS")
   parser.add_argument("--root-cert", help="PEM file of the CA to trust (implies --tls)")
   parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+  generation = parser.add_argument_group(
+      "generation settings (BART exports; any of them sends the request to "
+      "generate_with_options, the others taking the export's defaults)")
+  for flag, kind, text in GENERATION_FLAGS:
+    generation.add_argument(flag, type=kind, help=text)
   parser.add_argument("texts", nargs="+", metavar="TEXT")
   return parser
 
@@ -64,10 +82,24 @@ def main(argv=None) -> int:
     with serving_client.ServingClient(args.server, args.model, version=args.version,
                                       label=args.label, timeout=args.timeout, tls=args.tls,
                                       root_certificates=root) as client:
-      out = client.predict(inputs, signature=args.signature)
+      options = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
+                 for flag, _, _ in GENERATION_FLAGS}
+      options = {k: v for k, v in options.items() if v is not None}
+      signature = args.signature
+      if options:
+        if signature != "serving_default":
+          print("error: generation settings go to generate_with_options, not --signature "
+                f"{signature}", file=sys.stderr)
+          return 2
+        inputs = client.generation_inputs(args.texts, **options)
+        signature = "generate_with_options"
+      out = client.predict(inputs, signature=signature)
   except grpc.RpcError as e:
     print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
     return 1
+  except ValueError as e:   # settings the client refuses, an export without the signature
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   if args.json:
     print(json.dumps({k: _plain(v) for k, v in out.items()}, ensure_ascii=False))
   else:

@@ -3,6 +3,7 @@
   with ServingClient("127.0.0.1:8500", "xlm_roberta") as client:
     client.fill_mask(["The capital of France is <mask>."])   # [text][mask][rank] Filler
     client.generate(["A long article ..."])                   # one string per text
+    client.generate(["..."], max_new_tokens=20, temperature=0.7, seed=3)   # per request
     client.predict({"text": np.array([b"..."], dtype=object)}, signature="tokenize")
 
 Works unchanged against TF Serving and `serving.server`.  Every call has a
@@ -27,6 +28,13 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      prediction_service_pb2_grpc)
 
 from serving.tensors import to_proto
+
+# generate_with_options' settings, each one value per text, and their dtypes
+# (tfhub_models.export.signatures.GENERATION_OPTIONS; this client needs no model code).
+GENERATION_OPTIONS = {"max_new_tokens": np.int32, "min_new_tokens": np.int32,
+                      "temperature": np.float32, "top_k": np.int32, "top_p": np.float32,
+                      "repetition_penalty": np.float32, "no_repeat_ngram_size": np.int32,
+                      "seed": np.int64}
 
 # Generation answers (several sequences of ids and text per input) outgrow
 # gRPC's 4 MB default; TF Serving itself accepts up to 2 GB.
@@ -226,12 +234,66 @@ class ServingClient:
     discriminator and generator exports)."""
     return embedding_answers(self.predict(self._with_pairs(texts, text_pairs), signature))
 
-  def generate(self, texts: Sequence[str], *, all_sequences: bool = False):
+  def generate(self, texts: Sequence[str], *, all_sequences: bool = False,
+               max_new_tokens=None, min_new_tokens=None, temperature=None, top_k=None,
+               top_p=None, repetition_penalty=None, no_repeat_ngram_size=None, seed=None):
     """The generated text for each input; with `all_sequences`, every returned
-    sequence (num_return_sequences of the export) as `Generation`s, best first."""
-    out = self.predict({"text": _texts(texts)})
+    sequence (num_return_sequences of the export) as `Generation`s, best first.
+
+    The settings (one value for every text, or a sequence of one per text) are
+    those of transformers' generate; a request with any goes to
+    generate_with_options, the settings not given taking the export's defaults.
+    seed: 0 or None draws a fresh one (sampling exports); another value makes the
+    text reproducible, whatever else is batched with it.
+    """
+    options = {"max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens,
+               "temperature": temperature, "top_k": top_k, "top_p": top_p,
+               "repetition_penalty": repetition_penalty,
+               "no_repeat_ngram_size": no_repeat_ngram_size, "seed": seed}
+    options = {k: v for k, v in options.items() if v is not None}
+    if options:
+      out = self.predict(self.generation_inputs(texts, **options), "generate_with_options")
+    else:
+      out = self.predict({"text": _texts(texts)})
     answers = generation_answers(out, len(texts))
     return answers if all_sequences else [a[0].text for a in answers]
+
+  def generation_defaults(self) -> dict:
+    """generate_with_options' default settings, as the served version's metadata
+    records them (its SignatureDef defaults): {name: value}."""
+    signature = self.metadata().signature_def.get("generate_with_options")
+    if signature is None:
+      raise ValueError(f"model {self.model} has no generate_with_options signature (a BART "
+                       "export made before it, or not a generation export)")
+    missing = [k for k in GENERATION_OPTIONS if k not in signature.defaults]
+    if missing:
+      raise ValueError(f"model {self.model}'s generate_with_options records no default for "
+                       f"{', '.join(missing)}: pass every setting")
+    return {k: make_ndarray(signature.defaults[k]).reshape(-1)[0] for k in GENERATION_OPTIONS}
+
+  def generation_inputs(self, texts: Sequence[str], **options) -> dict[str, np.ndarray]:
+    """generate_with_options' request for `texts`: each setting given (one value, or
+    one per text), the others the export's defaults."""
+    unknown = sorted(set(options) - set(GENERATION_OPTIONS))
+    if unknown:
+      raise TypeError(f"unknown generation settings {', '.join(unknown)}; known: "
+                      f"{', '.join(GENERATION_OPTIONS)}")
+    inputs = {"text": _texts(texts)}
+    given = {k: v for k, v in options.items() if v is not None}
+    defaults = self.generation_defaults() if len(given) < len(GENERATION_OPTIONS) else {}
+    for name, dtype in GENERATION_OPTIONS.items():
+      value = np.asarray(given.get(name, defaults.get(name)))
+      if value.ndim == 0:
+        value = np.full([len(texts)], value)
+      elif value.shape != (len(texts),):
+        raise ValueError(f"{len(texts)} texts but {name} has shape {list(value.shape)}")
+      with np.errstate(all="ignore"):
+        cast = value.astype(dtype)
+      if np.issubdtype(dtype, np.integer) and not np.array_equal(cast, value):
+        raise ValueError(f"{name} must be integers that fit {np.dtype(dtype).name}, not "
+                         f"{value.tolist()}")
+      inputs[name] = cast
+    return inputs
 
 
 # --- outputs to typed answers --------------------------------------------------------

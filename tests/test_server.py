@@ -211,6 +211,65 @@ def test_generation(served):
   assert [[g.text for g in d] for d in detailed] == [[t] for t in generated]
 
 
+def _batches_of_16(served) -> float:
+  """How many merged batches the server padded to 16 rows (more than 4) for bart."""
+  with urllib.request.urlopen(f"http://{served['server'].rest}/monitoring/prometheus/metrics",
+                              timeout=30) as response:
+    text = response.read().decode()
+  from prometheus_client.parser import text_string_to_metric_families
+  family = {f.name: f for f in text_string_to_metric_families(text)}[
+      ":tensorflow:serving:batching_session:batch_size"]
+  buckets = {s.labels["le"]: s.value for s in family.samples
+             if s.name.endswith("_bucket") and s.labels.get("model_name") == "bart"}
+  return buckets.get("16.0", 0) - buckets.get("8.0", 0)
+
+
+def test_batched_requests_with_different_settings_each_get_their_own(served):
+  """Requests of three texts, each with its own settings, merged by the batcher (two
+  of them make a batch of 16): each answer is the one it gets alone."""
+  import concurrent.futures
+  texts = ["the quick brown fox jumps over the lazy dog", "hello", "a b c d e f"]
+  settings = [dict(max_new_tokens=n, no_repeat_ngram_size=g, repetition_penalty=r,
+                   min_new_tokens=m)
+              for n, g, r, m in [(2, 0, 1.0, 0), (8, 1, 1.0, 0), (5, 2, 1.8, 4), (8, 0, 0.6, 7),
+                                 (3, 3, 1.0, 2), (7, 4, 1.2, 0)]]
+  with ServingClient(served["server"].grpc, "bart") as client:
+    requests = [client.generation_inputs(texts, **s) for s in settings]
+    alone = [client.predict(r, "generate_with_options") for r in requests]
+    for request, out in zip(requests, alone):
+      assert (out["num_generated_tokens"] <= request["max_new_tokens"]).all()
+      assert (out["num_generated_tokens"] >= np.minimum(request["min_new_tokens"],
+                                                        request["max_new_tokens"])).all()
+    assert len({tuple(out["num_generated_tokens"]) for out in alone}) > 2
+    before = _batches_of_16(served)
+    for _ in range(5):   # until the batcher has merged some of them
+      with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+        together = list(pool.map(lambda r: client.predict(r, "generate_with_options"),
+                                 requests))
+      for out, want in zip(together, alone):
+        for key in ("generated_ids", "num_generated_tokens", "generated_text"):
+          np.testing.assert_array_equal(out[key], want[key])
+        np.testing.assert_allclose(out["scores"], want["scores"], atol=1e-5)
+      if _batches_of_16(served) > before:
+        break
+    assert _batches_of_16(served) > before, "the batcher never merged two requests"
+    # The client's generate() with settings; REST takes the same inputs.
+    assert client.generate(texts, **settings[2]) == [t.decode()
+                                                     for t in alone[2]["generated_text"]]
+    # A setting left out takes the export's default: min_length 6 holds the end back.
+    short = client.generate(texts, all_sequences=True, max_new_tokens=3)
+    assert all(len(g[0].token_ids) == 1 + 8 and g[0].token_ids[4:] == (1,) * 5 for g in short)
+  body = {"signature_name": "generate_with_options",
+          "inputs": {k: (v.tolist() if k != "text" else texts) for k, v in requests[2].items()}}
+  status, answer = rest(served, "POST", "/v1/models/bart:predict", body)
+  assert status == 200, answer
+  assert answer["outputs"]["generated_text"] == [t.decode() for t in alone[2]["generated_text"]]
+  assert answer["outputs"]["num_generated_tokens"] == alone[2]["num_generated_tokens"].tolist()
+  body["inputs"]["max_new_tokens"] = [9, 9, 9]     # above the export's --max-new-tokens 8
+  status, answer = rest(served, "POST", "/v1/models/bart:predict", body)
+  assert status == 400 and "max_new_tokens must be in 1..8" in answer["error"], answer
+
+
 def test_metadata_and_status(served):
   with ServingClient(served["server"].grpc, "xlmr") as client:
     signatures = client.metadata().signature_def
@@ -641,6 +700,13 @@ def test_predict_cli_tables_and_json(served):
   assert result.returncode == 0, result.stderr
   want = served["tasks"]["bart"].generate(["hello there"], max_length=9)[0]
   assert f"→ {want if isinstance(want, str) else want.decode()}" in result.stdout
+  result = run_predict("--server", target, "--model", "bart", "--max-new-tokens", "2", "--json",
+                       "hello there")
+  assert result.returncode == 0, result.stderr
+  assert json.loads(result.stdout)["num_generated_tokens"][0] <= 2
+  result = run_predict("--server", target, "--model", "bart", "--temperature", "0", "hi")
+  assert result.returncode == 1 and "INVALID_ARGUMENT" in result.stderr \
+      and "temperature must be > 0" in result.stderr, result.stderr
   result = run_predict("--server", target, "--model", "electra", "a b c")
   assert result.returncode == 0 and "a" in result.stdout, result.stderr
   result = run_predict("--server", target, "--model", "xlmr", "--json", "<mask> x")

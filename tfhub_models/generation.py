@@ -128,7 +128,10 @@ def seed_int(seed) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
   if isinstance(seed, bool):
     raise TypeError("a seed is an int or a pair of ints, not a bool")
-  seed = operator.index(seed)
+  try:
+    seed = operator.index(seed)
+  except TypeError:
+    raise TypeError(f"a seed is an int or a pair of ints, not {type(seed).__name__}") from None
   if not -2**63 <= seed < 2**63:
     raise ValueError(f"seed {seed} does not fit in 64 bits")
   return seed

@@ -15,6 +15,7 @@ VERSION/preprocessor).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -163,6 +164,7 @@ def configure_generation(task, args) -> None:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
+  _say_what_is_cleaned()
   from tfhub_models import export, hub
   from tfhub_models.checkpoints import CheckpointError
 
@@ -187,6 +189,19 @@ def main(argv=None) -> int:
     return 1
   print(path)
   return 0
+
+
+def _say_what_is_cleaned() -> None:
+  """The export's warnings (staging directories of interrupted exports it removed)
+  go to stderr, one line each."""
+  logger = logging.getLogger("tfhub_models.export")
+  if not any(getattr(h, "_export_cli", False) for h in logger.handlers):
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("export: %(message)s"))
+    handler._export_cli = True
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 if __name__ == "__main__":

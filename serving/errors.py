@@ -2,6 +2,14 @@
 
 Every layer raises `ServingError`; the gRPC front end aborts with its code, the
 REST front end answers `{"error": message}` with `http_status(code)`.
+
+The rule: what a client sends never produces a 5xx, INTERNAL or UNKNOWN.  Bad
+input (bytes, JSON, TensorProtos, paths, framing, a stalled or vanished client)
+is a 4xx / INVALID_ARGUMENT-family answer naming what is wrong, raised where it
+is found.  INTERNAL means a fault of ours: `core._Counted` (and the REST front
+end for its own framing code) turns an unexpected exception into it and logs it
+once, with its traceback.  A model's own failure on valid input keeps the code
+TensorFlow gave it (`code_of`).
 """
 
 from __future__ import annotations

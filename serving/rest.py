@@ -10,7 +10,9 @@ Strings travel as JSON strings (UTF-8) or `{"b64": "..."}`.  Output strings
 are JSON strings, except for outputs whose name ends in `_bytes` and strings
 that are not UTF-8, which are `{"b64": "..."}` (TF Serving writes such bytes
 raw, which is not valid JSON).  Errors answer `{"error": "..."}` with the HTTP
-status TF Serving maps the gRPC code to.
+status TF Serving maps the gRPC code to, http.server's own refusals (bad request
+lines, oversized headers, unknown methods) included; a body shorter than its
+Content-Length is 400, one that stalls 408 (`serving.errors` states the rule).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import binascii
 import http.server
 import json
 import logging
+import math
 import re
 import socket
 import ssl
@@ -81,6 +84,13 @@ def _string(value, name: str) -> bytes:
                 f"{{\"b64\": \"...\"}}, got {json.dumps(value)[:80]}")
 
 
+def _number(value) -> str:
+  """A JSON number for an error message: short, however many digits it has."""
+  if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+    return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+  return json.dumps(value)
+
+
 def to_array(value, name: str, dtype: int) -> np.ndarray:
   """A JSON value as an array of the signature input's dtype."""
   shape, flat = _shape_and_flat(value, name)
@@ -102,14 +112,28 @@ def to_array(value, name: str, dtype: int) -> np.ndarray:
     for v in flat:
       if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
         raise invalid(f"input {name} expects {types_pb2.DataType.Name(dtype)} integers, got "
-                      f"{json.dumps(v)}")
+                      f"{_number(v)}")
       if not info.min <= v <= info.max:
-        raise invalid(f"input {name}: {v} is out of range for {types_pb2.DataType.Name(dtype)}")
+        raise invalid(f"input {name}: {_number(v)} is out of range for "
+                      f"{types_pb2.DataType.Name(dtype)}")
     return np.array(flat, dtype=kind).reshape(shape)
   if dtype in _FLOATS:
     if any(isinstance(v, bool) for v in flat):
       raise invalid(f"input {name} expects numbers, got a boolean")
-    return np.array(flat, dtype=_FLOATS[dtype]).reshape(shape)
+    kind = _FLOATS[dtype]
+    largest = float(np.finfo(kind).max)
+    values = []
+    for v in flat:
+      try:
+        f = float(v)
+      except OverflowError:  # an integer beyond any float
+        f = math.inf
+      if math.isinf(f) and not (isinstance(v, float) and math.isinf(v)) or (
+          math.isfinite(f) and abs(f) > largest):
+        raise invalid(f"input {name}: {_number(v)} is out of range for "
+                      f"{types_pb2.DataType.Name(dtype)}")
+      values.append(f)
+    return np.array(values, dtype=kind).reshape(shape)
   raise invalid(f"input {name} has dtype {types_pb2.DataType.Name(dtype)}, which the JSON "
                 "API does not carry")
 
@@ -213,10 +237,36 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
 
   def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
     self.send_response(status)
+    if self.close_connection:
+      self.send_header("Connection", "close")
     self.send_header("Content-Type", content_type)
     self.send_header("Content-Length", str(len(body)))
     self.end_headers()
-    self.wfile.write(body)
+    if self.command != "HEAD":
+      self.wfile.write(body)
+
+  def send_error(self, code, message=None, explain=None):
+    """http.server's own refusals (request lines and headers it cannot parse, or too
+    long; unknown methods) answered as every other error: `{"error": ...}`, not an
+    HTML page; the connection is closed, as http.server does."""
+    short = self.responses.get(code, ("error",))[0]
+    self.log_error("code %d, message %s", code, message or short)
+    self.close_connection = True
+    if not getattr(self, "command", None):  # no request line parsed: a status line anyway
+      self.command, self.request_version = "", "HTTP/1.1"
+    self._send(code, json.dumps({"error": message or short}).encode("utf-8"))
+
+  def parse_request(self) -> bool:
+    # A request line without an HTTP version is HTTP/0.9 to http.server, which then
+    # waits for headers that such a client never sends: refuse it at once.
+    words = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n").split()
+    if len(words) == 2:
+      self.requestline = " ".join(words)
+      self.command, self.path, self.request_version = words[0], words[1], "HTTP/1.1"
+      self.send_error(400, f"Malformed request line {self.requestline[:100]!r}: no HTTP "
+                           "version (HTTP/0.9 is not supported)")
+      return False
+    return super().parse_request()
 
   def _send_json(self, status: int, doc) -> None:
     self._send(status, json.dumps(doc, ensure_ascii=False, indent=2).encode("utf-8"))
@@ -236,6 +286,20 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
   def do_DELETE(self):  # noqa: N802
     self._handle("DELETE")
 
+  # Methods TF Serving's routing refuses as a malformed request (HEAD answers the
+  # same status and headers, without the body).
+  def do_PATCH(self):  # noqa: N802
+    self._handle("PATCH")
+
+  def do_OPTIONS(self):  # noqa: N802
+    self._handle("OPTIONS")
+
+  def do_HEAD(self):  # noqa: N802
+    self._handle("HEAD")
+
+  def do_TRACE(self):  # noqa: N802
+    self._handle("TRACE")
+
   def _handle(self, method: str) -> None:
     with self.server.requests:
       self._handle_request(method)
@@ -244,7 +308,16 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
     core: ServingCore = self.server.core
     path = self.path.split("?", 1)[0]
     try:
-      body = self._read_body(self.server.max_body_bytes)
+      try:
+        body = self._read_body(self.server.max_body_bytes)
+      except TimeoutError:  # a client that stalls mid-body: its fault, and the end of it
+        self.close_connection = True
+        self._send_json(408, {"error": f"the request body did not arrive: nothing read for "
+                                       f"{self.timeout:g} s"})
+        return
+      except ConnectionError:  # the client went away: nobody to answer
+        self.close_connection = True
+        return
       if method == "GET" and self.server.metrics_path and path == self.server.metrics_path:
         self._send(200, core.metrics.render(), CONTENT_TYPE)
         return
@@ -288,7 +361,7 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
       length = self.headers.get("Content-Length")
       if length is None:
         return b""
-      if not length.strip().isdigit():
+      if not re.fullmatch(r"[0-9]{1,18}", length.strip()):
         self.close_connection = True
         raise invalid(f"Content-Length must be a non-negative number, got {length!r}")
       length = int(length)
@@ -302,6 +375,10 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
           remaining -= len(chunk)
         raise too_large
       body = self.rfile.read(length)
+      if len(body) < length:  # the client closed its side early
+        self.close_connection = True
+        raise invalid(f"the request body ended after {len(body)} of its Content-Length "
+                      f"{length} bytes")
     if "gzip" in self.headers.get("Content-Encoding", "").lower():
       inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
       try:
@@ -316,11 +393,10 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
     parts, size = [], 0
     while True:
       line = self.rfile.readline(1024).split(b";", 1)[0].strip()
-      try:
-        length = int(line, 16)
-      except ValueError:
+      if not re.fullmatch(rb"[0-9a-fA-F]{1,15}", line):
         self.close_connection = True
-        raise invalid(f"malformed chunk size {line[:20]!r} in a chunked body") from None
+        raise invalid(f"malformed chunk size {line[:20]!r} in a chunked body")
+      length = int(line, 16)
       if length == 0:
         while self.rfile.readline(1024).strip():  # trailers
           pass
@@ -330,19 +406,50 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         self.close_connection = True
         raise too_large
       parts.append(self.rfile.read(length))
+      if len(parts[-1]) < length:
+        self.close_connection = True
+        raise invalid(f"the chunked request body ended inside a chunk of {length} bytes")
       self.rfile.readline(8)  # the CRLF after the chunk
 
 
-def _predict(core: ServingCore, spec: model_pb2.ModelSpec, body: bytes) -> dict:
-  """A :predict body through the core, as the answer's JSON document."""
+# JSON integers longer than this are refused before Python converts them (its own
+# limit is 4300 digits); no tensor dtype holds one with more than 20.
+_MAX_INTEGER_DIGITS = 400
+
+
+def _json_integer(text: str) -> int:
+  if len(text) > _MAX_INTEGER_DIGITS:
+    raise invalid(f"JSON Parse error: an integer of {len(text.lstrip('-'))} digits is out of "
+                  "range for every tensor dtype")
+  return int(text)
+
+
+def _json_float(text: str) -> float:
+  value = float(text)
+  if math.isinf(value):  # a literal too large for a double (Infinity is its own literal)
+    raise invalid(f"JSON Parse error: the number {text[:40]} is out of range for every "
+                  "tensor dtype")
+  return value
+
+
+def read_json(body: bytes):
+  """A request body as a JSON document; INVALID_ARGUMENT saying why it is not one."""
   try:
-    doc = json.loads(body.decode("utf-8"))
+    return json.loads(body.decode("utf-8"), parse_int=_json_integer,
+                      parse_float=_json_float)
   except UnicodeDecodeError as e:
     raise invalid(f"the request body is not valid UTF-8 (byte {e.start})") from None
   except json.JSONDecodeError as e:
     raise invalid(f"JSON Parse error: {e.msg} at line {e.lineno} column {e.colno}") from None
   except RecursionError:
     raise invalid("JSON Parse error: the document is nested too deeply") from None
+  except ValueError as e:  # the decoder's other refusals (numbers it cannot convert)
+    raise invalid(f"JSON Parse error: {e}") from None
+
+
+def _predict(core: ServingCore, spec: model_pb2.ModelSpec, body: bytes) -> dict:
+  """A :predict body through the core, as the answer's JSON document."""
+  doc = read_json(body)
   if not isinstance(doc, dict):
     raise invalid("the request body must be a JSON object with 'instances' or 'inputs'")
   signature_name = doc.get("signature_name", "")

@@ -48,17 +48,35 @@ def to_proto(value: np.ndarray) -> tensor_pb2.TensorProto:
   return proto
 
 
+# DataType values a request tensor can carry: the enum's, but DT_INVALID, the
+# handles (DT_RESOURCE, DT_VARIANT) and the reference types (*_REF), which are
+# never values.
+_VALUE_DTYPES = frozenset(v for v in types_pb2.DataType.values()
+                          if v not in (types_pb2.DT_INVALID, types_pb2.DT_RESOURCE,
+                                       types_pb2.DT_VARIANT) and v < 100)
+
+
 def _size(dtype: int) -> int:
   if dtype == types_pb2.DT_STRING:
     return 2  # the least a string_val entry costs on the wire
+  return tf.dtypes.as_dtype(dtype).size
+
+
+def dtype_label(dtype: int) -> str:
+  """A DataType's name, or the number an unknown one was sent as."""
   try:
-    return tf.dtypes.as_dtype(dtype).size
-  except TypeError:
-    return 1
+    return types_pb2.DataType.Name(dtype)
+  except ValueError:
+    return f"unknown DataType {dtype}"
 
 
 def from_proto(name: str, proto: tensor_pb2.TensorProto, max_bytes: int) -> np.ndarray:
-  """A request input as an array; INVALID_ARGUMENT naming `name` when it cannot be one."""
+  """A request input as an array of the proto's dtype and shape, decoded as
+  TensorFlow decodes it (typed fields shorter than the shape repeat their last
+  value); INVALID_ARGUMENT naming `name` when it cannot be one."""
+  if proto.dtype not in _VALUE_DTYPES:
+    raise invalid(f"input {name} has dtype {dtype_label(proto.dtype)} (enum value "
+                  f"{proto.dtype}), which is not a tensor value type a request can carry")
   dims = [d.size for d in proto.tensor_shape.dim]
   if proto.tensor_shape.unknown_rank or any(d < 0 for d in dims):
     raise invalid(f"input {name} has no complete shape: {dims}")
@@ -67,7 +85,11 @@ def from_proto(name: str, proto: tensor_pb2.TensorProto, max_bytes: int) -> np.n
     raise invalid(f"input {name} of shape {dims} would take more than {max_bytes} bytes "
                   "(the request size limit) once decoded")
   try:
-    return tf.make_ndarray(proto)
-  except Exception as e:
-    raise invalid(f"input {name} is not a valid {types_pb2.DataType.Name(proto.dtype)} "
-                  f"TensorProto: {e}") from None
+    array = tf.make_ndarray(proto)
+  except Exception as e:  # noqa: BLE001  (any failure to decode is the proto's)
+    raise invalid(f"input {name} is not a valid {dtype_label(proto.dtype)} TensorProto of "
+                  f"shape {dims}: {type(e).__name__}: {e}") from None
+  if array.shape != tuple(dims):
+    raise invalid(f"input {name}: its values make shape {list(array.shape)}, not the "
+                  f"declared {dims}")
+  return array

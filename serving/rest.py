@@ -81,14 +81,36 @@ def _string(value, name: str) -> bytes:
     except (binascii.Error, ValueError):
       raise invalid(f"input {name}: {{\"b64\": ...}} does not hold valid base64") from None
   raise invalid(f"input {name} is a string tensor: expected a JSON string or "
-                f"{{\"b64\": \"...\"}}, got {json.dumps(value)[:80]}")
+                f"{{\"b64\": \"...\"}}, got {_describe(value)}")
 
 
-def _number(value) -> str:
-  """A JSON number for an error message: short, however many digits it has."""
+class Unrepresentable:
+  """A JSON number no tensor dtype holds: an integer of more than
+  `_MAX_INTEGER_DIGITS` digits, or a literal beyond a double.  `read_json` keeps
+  it in the document so that `to_array` can name the input it was sent for."""
+
+  __slots__ = ("text",)
+
+  def __init__(self, text: str):
+    self.text = text
+
+  def __str__(self) -> str:
+    digits = len(self.text.lstrip("-"))
+    if self.text.lstrip("-").isdigit() and digits > 40:
+      return f"an integer of {digits} digits"
+    return f"the number {self.text[:40]}{'...' if len(self.text) > 40 else ''}"
+
+
+def _describe(value) -> str:
+  """A JSON value for an error message: short, however large it is."""
+  if isinstance(value, Unrepresentable):
+    return str(value)
   if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
-    return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
-  return json.dumps(value)
+    return f"an integer of {len(str(value).lstrip('-'))} digits"
+  try:
+    return json.dumps(value, default=str)[:80]
+  except ValueError:  # a circular or otherwise unprintable value
+    return type(value).__name__
 
 
 def to_array(value, name: str, dtype: int) -> np.ndarray:
@@ -98,10 +120,14 @@ def to_array(value, name: str, dtype: int) -> np.ndarray:
     array = np.empty(len(flat), dtype=object)
     array[:] = [_string(v, name) for v in flat]
     return array.reshape(shape)
+  unrepresentable = next((v for v in flat if isinstance(v, Unrepresentable)), None)
+  if unrepresentable is not None:
+    raise invalid(f"input {name}: {unrepresentable} is out of range for "
+                  f"{types_pb2.DataType.Name(dtype)}")
   if any(isinstance(v, (dict, list, str)) or v is None for v in flat):
     bad = next(v for v in flat if isinstance(v, (dict, list, str)) or v is None)
     raise invalid(f"input {name} expects {types_pb2.DataType.Name(dtype)} numbers, got "
-                  f"{json.dumps(bad)[:80]}")
+                  f"{_describe(bad)}")
   if dtype == types_pb2.DT_BOOL:
     if not all(isinstance(v, bool) for v in flat):
       raise invalid(f"input {name} expects true/false values")
@@ -112,9 +138,9 @@ def to_array(value, name: str, dtype: int) -> np.ndarray:
     for v in flat:
       if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
         raise invalid(f"input {name} expects {types_pb2.DataType.Name(dtype)} integers, got "
-                      f"{_number(v)}")
+                      f"{_describe(v)}")
       if not info.min <= v <= info.max:
-        raise invalid(f"input {name}: {_number(v)} is out of range for "
+        raise invalid(f"input {name}: {_describe(v)} is out of range for "
                       f"{types_pb2.DataType.Name(dtype)}")
     return np.array(flat, dtype=kind).reshape(shape)
   if dtype in _FLOATS:
@@ -130,7 +156,7 @@ def to_array(value, name: str, dtype: int) -> np.ndarray:
         f = math.inf
       if math.isinf(f) and not (isinstance(v, float) and math.isinf(v)) or (
           math.isfinite(f) and abs(f) > largest):
-        raise invalid(f"input {name}: {_number(v)} is out of range for "
+        raise invalid(f"input {name}: {_describe(v)} is out of range for "
                       f"{types_pb2.DataType.Name(dtype)}")
       values.append(f)
     return np.array(values, dtype=kind).reshape(shape)
@@ -412,24 +438,19 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
       self.rfile.readline(8)  # the CRLF after the chunk
 
 
-# JSON integers longer than this are refused before Python converts them (its own
-# limit is 4300 digits); no tensor dtype holds one with more than 20.
+# JSON integers longer than this are not converted (Python's own limit is 4300
+# digits, and no tensor dtype holds one of more than 20): they stay Unrepresentable.
 _MAX_INTEGER_DIGITS = 400
 
 
-def _json_integer(text: str) -> int:
-  if len(text) > _MAX_INTEGER_DIGITS:
-    raise invalid(f"JSON Parse error: an integer of {len(text.lstrip('-'))} digits is out of "
-                  "range for every tensor dtype")
-  return int(text)
+def _json_integer(text: str):
+  return Unrepresentable(text) if len(text) > _MAX_INTEGER_DIGITS else int(text)
 
 
-def _json_float(text: str) -> float:
+def _json_float(text: str):
   value = float(text)
-  if math.isinf(value):  # a literal too large for a double (Infinity is its own literal)
-    raise invalid(f"JSON Parse error: the number {text[:40]} is out of range for every "
-                  "tensor dtype")
-  return value
+  # A literal too large for a double (Infinity, -Infinity and NaN are literals of their own).
+  return Unrepresentable(text) if math.isinf(value) else value
 
 
 def read_json(body: bytes):

@@ -85,6 +85,9 @@ def from_proto(name: str, proto: tensor_pb2.TensorProto, max_bytes: int) -> np.n
     raise invalid(f"input {name} of shape {dims} would take more than {max_bytes} bytes "
                   "(the request size limit) once decoded")
   try:
+    if proto.dtype == types_pb2.DT_STRING and not proto.string_val and not proto.tensor_content:
+      # No values: TensorFlow's default, the empty string (make_ndarray would give a str).
+      return np.full(dims, b"", dtype=object)
     array = tf.make_ndarray(proto)
   except Exception as e:  # noqa: BLE001  (any failure to decode is the proto's)
     raise invalid(f"input {name} is not a valid {dtype_label(proto.dtype)} TensorProto of "

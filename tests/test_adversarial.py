@@ -117,11 +117,11 @@ def test_an_integer_of_thousands_of_digits_is_a_client_error(unharmed):
   digits = b"7" * 5000
   status, answer = _http(rest, b"POST /v1/models/xlmr:predict HTTP/1.1\r\n",
                          b'{"instances": [' + digits + b"]}")
-  assert status == 400 and "5000 digits" in answer["error"], answer
+  assert status == 400 and "5000 digits" in answer["error"] and "text" in answer["error"]
   status, answer = _http(rest, b"POST /v1/models/xlmr:predict HTTP/1.1\r\n",
                          b'{"signature_name": "logits", "inputs": {"token_ids": [[' + digits
                          + b']], "padding_mask": [[1]], "mask_positions": [[0]]}}')
-  assert status == 400 and "digits" in answer["error"], answer
+  assert status == 400 and "token_ids" in answer["error"] and "5000 digits" in answer["error"]
   # Within Python's limit but beyond every dtype, and a float literal beyond a double.
   status, answer = _http(rest, b"POST /v1/models/xlmr:predict HTTP/1.1\r\n",
                          b'{"signature_name": "logits", "inputs": {"token_ids": [[' + b"9" * 300
@@ -129,7 +129,7 @@ def test_an_integer_of_thousands_of_digits_is_a_client_error(unharmed):
   assert status == 400 and "token_ids" in answer["error"] and "range" in answer["error"]
   status, answer = _http(rest, b"POST /v1/models/xlmr:predict HTTP/1.1\r\n",
                          b'{"instances": [1e999]}')
-  assert status == 400 and "out of range" in answer["error"], answer
+  assert status == 400 and "text" in answer["error"] and "1e999" in answer["error"], answer
 
 
 def test_a_body_shorter_than_its_content_length_is_not_run(unharmed):

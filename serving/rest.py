@@ -152,10 +152,10 @@ def to_array(value, name: str, dtype: int) -> np.ndarray:
     for v in flat:
       try:
         f = float(v)
-      except OverflowError:  # an integer beyond any float
+      except OverflowError:  # an integer beyond a double
         f = math.inf
-      if math.isinf(f) and not (isinstance(v, float) and math.isinf(v)) or (
-          math.isfinite(f) and abs(f) > largest):
+      sent_infinity = isinstance(v, float) and math.isinf(v)  # the Infinity literal
+      if not sent_infinity and (math.isinf(f) or abs(f) > largest):
         raise invalid(f"input {name}: {_describe(v)} is out of range for "
                       f"{types_pb2.DataType.Name(dtype)}")
       values.append(f)
@@ -300,35 +300,14 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
   def _error(self, error: ServingError) -> None:
     self._send_json(http_status(error.code), {"error": error.message})
 
-  def do_GET(self):  # noqa: N802
-    self._handle("GET")
-
-  def do_POST(self):  # noqa: N802
-    self._handle("POST")
-
-  def do_PUT(self):  # noqa: N802
-    self._handle("PUT")
-
-  def do_DELETE(self):  # noqa: N802
-    self._handle("DELETE")
-
-  # Methods TF Serving's routing refuses as a malformed request (HEAD answers the
-  # same status and headers, without the body).
-  def do_PATCH(self):  # noqa: N802
-    self._handle("PATCH")
-
-  def do_OPTIONS(self):  # noqa: N802
-    self._handle("OPTIONS")
-
-  def do_HEAD(self):  # noqa: N802
-    self._handle("HEAD")
-
-  def do_TRACE(self):  # noqa: N802
-    self._handle("TRACE")
-
-  def _handle(self, method: str) -> None:
+  def _handle(self) -> None:
     with self.server.requests:
-      self._handle_request(method)
+      self._handle_request(self.command)
+
+  # Every method TF Serving's routing sees; all but GET and POST are a malformed
+  # request there (HEAD answers that status and its headers, without the body).
+  # Methods not listed get http.server's 501, as JSON (send_error).
+  do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = do_TRACE = _handle
 
   def _handle_request(self, method: str) -> None:
     core: ServingCore = self.server.core

@@ -263,11 +263,11 @@ def _staging(model_dir):
   return sorted(p for p in model_dir.iterdir() if p.name.startswith(".tmp-"))
 
 
-def _export_command(checkpoint, base, version=None):
+def _export_command(checkpoint, base):
   command = [sys.executable, str(ROOT / "scripts" / "export.py"), "--checkpoint", str(checkpoint),
              "--output", str(base), "--name", "xlmr", "--no-xla", "--sequence-length", "32",
              "--warmup-batch-sizes", "1", "--top-k", "3"]
-  return command + (["--version", str(version)] if version else [])
+  return command
 
 
 def _kill_when(checkpoint, base, model_dir, reached, what):

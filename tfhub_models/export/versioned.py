@@ -91,7 +91,8 @@ def write_atomically(base: str | os.PathLike, name: str, version: int | None,
 
   On any failure the staging directory is removed and nothing is left behind;
   an existing version is never overwritten.  Staging directories of interrupted
-  exports are removed first (`remove_stale_staging`), each logged as a warning.  Returns the version directory.
+  exports are removed first (`remove_stale_staging`), each logged as a warning.
+  Returns the version directory.
   """
   if not name or "/" in name or name.startswith("."):
     raise ValueError(f"invalid model name {name!r}")
@@ -107,9 +108,14 @@ def write_atomically(base: str | os.PathLike, name: str, version: int | None,
   started = time.time()
   staging = pathlib.Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{int(version)}-{os.getpid()}-",
                                           dir=model_dir))
-  lock = _lock(staging, blocking=True)
   try:
-    remove_stale_staging(model_dir, started)
+    lock = _lock(staging, blocking=True)
+  except OSError as e:  # a file system without flock: export, but clean nothing up
+    log.warning("cannot lock %s (%s); stale staging directories are not removed", staging, e)
+    lock = None
+  try:
+    if lock is not None:
+      remove_stale_staging(model_dir, started)
     write(staging)
     os.chmod(staging, 0o755)
     fsync_tree(staging)
@@ -120,5 +126,6 @@ def write_atomically(base: str | os.PathLike, name: str, version: int | None,
     shutil.rmtree(staging, ignore_errors=True)
     raise
   finally:
-    os.close(lock)
+    if lock is not None:
+      os.close(lock)
   return final

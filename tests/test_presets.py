@@ -3,6 +3,8 @@ export path all read back with the same outputs, written atomically."""
 
 import json
 import os
+import pathlib
+import signal
 import subprocess
 import sys
 
@@ -11,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT, write_bart_checkpoint, write_electra_checkpoint, write_hf_checkpoint
-from tfhub_models import BartSeq2SeqLM, ElectraMaskedLM, XLMRobertaMaskedLM
+from tfhub_models import BartSeq2SeqLM, ElectraMaskedLM, XLMRobertaMaskedLM, atomic
 
 TEXTS = ["the cat sat on the <mask>.", "a <mask> ran in the park"]
 
@@ -151,6 +153,66 @@ def test_save_refuses_a_full_directory_and_is_atomic(xlmr_preset, tmp_path, monk
   task.save_to_preset(target, overwrite=True)
   assert "notes.txt" not in os.listdir(target) and (target / "model.safetensors").exists()
   assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+_WRITER = """
+import importlib.util, os, sys, time
+spec = importlib.util.spec_from_file_location("atomic", sys.argv[1])
+atomic = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(atomic)
+def write(staging):
+  (staging / "model.safetensors").write_bytes(b"half of it")
+  print(staging, flush=True)
+  time.sleep(600)
+atomic.write_directory(sys.argv[2], write)
+"""
+
+
+def _start_writer(target):
+  """A process writing `target` through atomic.write_directory, stopped halfway (it
+  sleeps); returns it and its staging directory."""
+  process = subprocess.Popen([sys.executable, "-c", _WRITER, str(ROOT / "tfhub_models" /
+                                                                 "atomic.py"), str(target)],
+                             stdout=subprocess.PIPE, text=True)
+  return process, pathlib.Path(process.stdout.readline().strip())
+
+
+def _age(path, seconds=60):
+  """Makes `path` look last changed `seconds` ago."""
+  status = os.stat(path)
+  os.utime(path, (status.st_atime - seconds, status.st_mtime - seconds))
+
+
+def test_a_save_killed_midway_is_cleaned_up_by_the_next(xlmr_preset, tmp_path, caplog):
+  """kill -9 during a save leaves its staging directory; the next save into the same
+  folder removes it (and says so), but never one that a live process is writing."""
+  task, _ = xlmr_preset
+  target = tmp_path / "out"
+  killed, killed_staging = _start_writer(target)
+  live, live_staging = _start_writer(target)
+  try:
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    _age(killed_staging)  # both older than the grace period: only the lock tells them apart
+    _age(live_staging)
+    # An interrupted write_json (training's side files) leaves a hidden file, too.
+    stale_file = tmp_path / ".out.json.tmp-killed"
+    stale_file.write_text("{")
+    _age(stale_file)
+    with caplog.at_level("WARNING", logger="tfhub_models.atomic"):
+      task.save_to_preset(target)
+    assert not killed_staging.exists() and live_staging.is_dir()
+    assert f"removed {killed_staging}" in caplog.text
+    assert str(live_staging) not in caplog.text
+    assert (target / "model.safetensors").stat().st_size > len(b"half of it")
+    atomic.write_json(tmp_path / "out.json", {"step": 1})
+    assert not stale_file.exists()
+    assert json.loads((tmp_path / "out.json").read_text()) == {"step": 1}
+  finally:
+    live.kill()
+    live.wait()
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+      ["out", "out.json", live_staging.name])
 
 
 def test_save_needs_the_tokenizer(xlmr_preset, tmp_path):

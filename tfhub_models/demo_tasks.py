@@ -28,6 +28,8 @@ from typing import Callable
 
 import numpy as np
 
+from tfhub_models import atomic
+
 ENGLISH = ("zero one two three four five six seven eight nine ten eleven twelve thirteen "
            "fourteen fifteen sixteen seventeen eighteen").split()
 GERMAN = ("null eins zwei drei vier fünf sechs sieben acht neun zehn elf zwölf dreizehn "
@@ -282,16 +284,17 @@ def cached_demos(cache, *, seed: int = 0, log: Callable = print) -> dict:
     return {name: str(p) for name, p in paths.items()}
   cache.mkdir(parents=True, exist_ok=True)
   log(f"training the demo models into {final} (once; about two minutes on two cores)")
-  scratch = pathlib.Path(tempfile.mkdtemp(prefix=".training-", dir=cache))
-  try:
-    train_demos(scratch / "models", seed=seed, verbose=0, log=log)
-    if final.exists() and not all((p / "config.json").is_file() for p in paths.values()):
-      shutil.rmtree(final)   # an incomplete folder (a model deleted by hand): replaced
+  # (a run killed while training leaves its scratch folder; the next one removes it)
+  with atomic.staging_directory(cache, ".training-") as scratch:
     try:
-      os.rename(scratch / "models", final)
-    except OSError:   # another run finished first: use its models
-      if not all((p / "config.json").is_file() for p in paths.values()):
-        raise
-  finally:
-    shutil.rmtree(scratch, ignore_errors=True)
+      train_demos(scratch / "models", seed=seed, verbose=0, log=log)
+      if final.exists() and not all((p / "config.json").is_file() for p in paths.values()):
+        shutil.rmtree(final)   # an incomplete folder (a model deleted by hand): replaced
+      try:
+        os.rename(scratch / "models", final)
+      except OSError:   # another run finished first: use its models
+        if not all((p / "config.json").is_file() for p in paths.values()):
+          raise
+    finally:
+      shutil.rmtree(scratch, ignore_errors=True)
   return {name: str(p) for name, p in paths.items()}

@@ -229,3 +229,20 @@ def test_export_refuses_a_task_without_preprocessor(xlmr_preset, tmp_path):
   with pytest.raises(ValueError, match="without a preprocessor"):
     export.export(XLMRobertaMaskedLM(task.backbone, None), tmp_path, "bare")
   assert not (tmp_path / "bare" / "1").exists()
+
+
+def test_writes_go_on_where_flock_is_missing(tmp_path, monkeypatch, caplog):
+  """On a file system without flock (some network mounts) files, presets and exports'
+  directories are still written, whole; only the cleanup is skipped, and said so."""
+  import errno
+
+  def no_flock(fd, operation):
+    raise OSError(errno.ENOLCK, "No locks available")
+  monkeypatch.setattr(atomic.fcntl, "flock", no_flock)
+  with caplog.at_level("WARNING", logger="tfhub_models.atomic"):
+    atomic.write_json(tmp_path / "state.json", {"step": 2})
+    atomic.write_directory(tmp_path / "preset", lambda d: (d / "config.json").write_text("{}"))
+  assert json.loads((tmp_path / "state.json").read_text()) == {"step": 2}
+  assert (tmp_path / "preset" / "config.json").read_text() == "{}"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["preset", "state.json"]
+  assert caplog.text.count("cannot lock") == 2

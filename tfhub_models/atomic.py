@@ -143,8 +143,13 @@ def write_json(path: str | os.PathLike, value) -> None:
   fd, temporary = tempfile.mkstemp(prefix=prefix, dir=path.parent)
   try:
     with os.fdopen(fd, "w") as f:
-      fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-      remove_stale(path.parent, prefix, started)
+      try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+      except OSError as e:  # a file system without flock: write, but clean nothing up
+        _log.warning("cannot lock %s (%s); what interrupted writes left is not removed",
+                     temporary, e)
+      else:
+        remove_stale(path.parent, prefix, started)
       json.dump(value, f, indent=2)
       f.flush()
       os.fsync(f.fileno())

@@ -2,11 +2,14 @@
 
 Nothing is downloaded: the SentencePiece model is trained on text the package
 carries, and checkpoints are written by `transformers` / keras-hub themselves
-with random weights.
+with random weights.  Their tokenizers are saved as `transformers` 5 saves
+them (tokenizer.json and tokenizer_config.json only, see save_tokenizer),
+what users bring today; tests of the legacy files ask for them.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import shutil
@@ -28,6 +31,38 @@ from tfhub_models import demo  # noqa: E402
 CORPUS = [line for line in demo.CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+# The legacy tokenizer files of each family, and the transformers class that reads them.
+LEGACY_TOKENIZER_FILES = {"XLMRobertaTokenizer": ("sentencepiece.bpe.model",),
+                          "ElectraTokenizer": ("vocab.txt",),
+                          "BartTokenizer": ("vocab.json", "merges.txt")}
+
+
+@functools.cache
+def upstream_tokenizer(source: pathlib.Path):
+  """transformers' tokenizer of a folder of legacy tokenizer files (loaded once)."""
+  import transformers
+  for name, files in LEGACY_TOKENIZER_FILES.items():
+    if all((source / f).exists() for f in files):
+      return getattr(transformers, name).from_pretrained(str(source))
+  raise FileNotFoundError(f"{source}: no legacy tokenizer files")
+
+
+def save_tokenizer(directory: pathlib.Path, source: pathlib.Path, *, legacy: bool = False) -> None:
+  """Puts the tokenizer of `source` (a legacy tokenizer file, or the folder of
+  them) in a checkpoint directory: as transformers 5's save_pretrained writes it
+  (tokenizer.json and tokenizer_config.json only), or with legacy=True as the
+  legacy files themselves."""
+  source = pathlib.Path(source)
+  source = source if source.is_dir() else source.parent
+  if legacy:
+    for files in LEGACY_TOKENIZER_FILES.values():
+      for name in files:
+        if (source / name).exists():
+          shutil.copy(source / name, pathlib.Path(directory) / name)
+    return
+  upstream_tokenizer(source).save_pretrained(str(directory))
+
+
 @pytest.fixture(scope="session")
 def sp_proto() -> bytes:
   """A unigram SentencePiece model (~700 pieces) trained on the demo corpus."""
@@ -44,13 +79,14 @@ def sp_file(sp_proto, tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def hf_tokenizer(sp_file):
   """transformers' XLMRobertaTokenizer built from the same SentencePiece model."""
-  from transformers import XLMRobertaTokenizer
-  return XLMRobertaTokenizer.from_pretrained(str(sp_file.parent))
+  return upstream_tokenizer(sp_file.parent)
 
 
 def write_hf_checkpoint(directory: pathlib.Path, sp_file: pathlib.Path, vocab_size: int, *,
-                        masked_lm: bool = True, seed: int = 0, **overrides) -> pathlib.Path:
-  """Saves a random transformers XLM-RoBERTa checkpoint with its SentencePiece model."""
+                        masked_lm: bool = True, seed: int = 0, legacy: bool = False,
+                        **overrides) -> pathlib.Path:
+  """Saves a random transformers XLM-RoBERTa checkpoint with its tokenizer
+  (see save_tokenizer)."""
   import torch
   from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM, XLMRobertaModel
 
@@ -67,7 +103,7 @@ def write_hf_checkpoint(directory: pathlib.Path, sp_file: pathlib.Path, vocab_si
     for parameter in model.parameters():
       parameter.add_(torch.randn_like(parameter) * 0.05)
   model.save_pretrained(str(directory))
-  shutil.copy(sp_file, directory / "sentencepiece.bpe.model")
+  save_tokenizer(directory, sp_file, legacy=legacy)
   return directory
 
 
@@ -104,8 +140,7 @@ def wordpiece_dir(wordpiece_vocab, tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def hf_electra_tokenizer(wordpiece_dir):
   """transformers' ElectraTokenizer (uncased) built from the same vocabulary."""
-  from transformers import ElectraTokenizer
-  return ElectraTokenizer.from_pretrained(str(wordpiece_dir))
+  return upstream_tokenizer(wordpiece_dir)
 
 
 ELECTRA_CLASSES = {"discriminator": "ElectraForPreTraining", "generator": "ElectraForMaskedLM",
@@ -113,9 +148,10 @@ ELECTRA_CLASSES = {"discriminator": "ElectraForPreTraining", "generator": "Elect
 
 
 def write_electra_checkpoint(directory: pathlib.Path, wordpiece_dir: pathlib.Path,
-                             vocab_size: int, kind: str, *, seed: int = 0,
+                             vocab_size: int, kind: str, *, seed: int = 0, legacy: bool = False,
                              **overrides) -> pathlib.Path:
-  """Saves a random transformers ELECTRA checkpoint (kind: discriminator, generator, model)."""
+  """Saves a random transformers ELECTRA checkpoint (kind: discriminator, generator,
+  model) with its tokenizer (see save_tokenizer)."""
   import torch
   import transformers
 
@@ -130,7 +166,7 @@ def write_electra_checkpoint(directory: pathlib.Path, wordpiece_dir: pathlib.Pat
     for parameter in model.parameters():
       parameter.add_(torch.randn_like(parameter) * 0.05)
   model.save_pretrained(str(directory))
-  shutil.copy(wordpiece_dir / "vocab.txt", directory / "vocab.txt")
+  save_tokenizer(directory, wordpiece_dir, legacy=legacy)
   return directory
 
 
@@ -149,14 +185,14 @@ def bpe_dir(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def hf_bart_tokenizer(bpe_dir):
   """transformers' BART tokenizer built from the same vocab.json and merges.txt."""
-  from transformers import BartTokenizer
-  return BartTokenizer.from_pretrained(str(bpe_dir))
+  return upstream_tokenizer(bpe_dir)
 
 
 def write_bart_checkpoint(directory: pathlib.Path, bpe_dir: pathlib.Path, *, seed: int = 0,
                           generation: dict | None = None, eos_bias: float = 0.0,
-                          **overrides) -> pathlib.Path:
-  """Saves a random transformers BartForConditionalGeneration with its BPE files."""
+                          legacy: bool = False, **overrides) -> pathlib.Path:
+  """Saves a random transformers BartForConditionalGeneration with its tokenizer
+  (see save_tokenizer)."""
   import json
   import torch
   import transformers
@@ -175,8 +211,7 @@ def write_bart_checkpoint(directory: pathlib.Path, bpe_dir: pathlib.Path, *, see
   for key, value in (generation or {}).items():
     setattr(model.generation_config, key, value)
   model.save_pretrained(str(directory))
-  for name in ("vocab.json", "merges.txt"):
-    shutil.copy(bpe_dir / name, directory / name)
+  save_tokenizer(directory, bpe_dir, legacy=legacy)
   return directory
 
 

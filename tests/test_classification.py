@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import write_hf_checkpoint
+from conftest import write_hf_checkpoint, save_tokenizer
 from tfhub_models import XLMRobertaTextClassifier, optimizers
 from tfhub_models.checkpoints import CheckpointError
 
@@ -29,8 +29,7 @@ def _write_classifier(directory, sp_file, vocab_size, *, seed=0, **config):
     for parameter in model.parameters():
       parameter.add_(torch.randn_like(parameter) * 0.05)
   model.save_pretrained(str(directory))
-  import shutil
-  shutil.copy(sp_file, directory / "sentencepiece.bpe.model")
+  save_tokenizer(directory, sp_file)
   return directory
 
 
@@ -91,7 +90,7 @@ def test_backbone_needs_num_classes_and_head_mismatch_is_named(
   config = json.loads((xlmr_classifier_dir / "config.json").read_text())
   broken = tmp_path / "broken"
   broken.mkdir()
-  for name in ("model.safetensors", "sentencepiece.bpe.model"):
+  for name in ("model.safetensors", "tokenizer.json", "tokenizer_config.json"):
     (broken / name).symlink_to(xlmr_classifier_dir / name)
   config["id2label"] = {"0": "a", "1": "b"}
   config["label2id"] = {"a": 0, "b": 1}
@@ -146,7 +145,7 @@ def electra_classifier_dir(tmp_path_factory, wordpiece_dir, wordpiece_vocab):
     for parameter in model.parameters():
       parameter.add_(torch.randn_like(parameter) * 0.05)
   model.save_pretrained(str(directory))
-  shutil.copy(wordpiece_dir / "vocab.txt", directory / "vocab.txt")
+  save_tokenizer(directory, wordpiece_dir)
   return directory
 
 
@@ -250,7 +249,7 @@ def test_token_classifier_matches_transformers_trains_and_saves(
         intermediate_size=37, max_position_embeddings=130, type_vocab_size=1,
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, id2label=NER,
         label2id={v: k for k, v in NER.items()})
-    model_class, files = transformers.XLMRobertaForTokenClassification, [sp_file]
+    model_class, tokenizer_source = transformers.XLMRobertaForTokenClassification, sp_file
     texts = ["Anna wohnt in Berlin.", "Pierre visite Lyon", "nobody here"]
   else:
     config = transformers.ElectraConfig(
@@ -258,7 +257,7 @@ def test_token_classifier_matches_transformers_trains_and_saves(
         num_attention_heads=4, intermediate_size=37, max_position_embeddings=64,
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, id2label=NER,
         label2id={v: k for k, v in NER.items()})
-    model_class, files = transformers.ElectraForTokenClassification, [wordpiece_dir / "vocab.txt"]
+    model_class, tokenizer_source = transformers.ElectraForTokenClassification, wordpiece_dir
     texts = ["the cat sat on the mat", "a dog ran in the park", "birds sing"]
   torch.manual_seed(6)
   model = model_class(config).eval()
@@ -267,8 +266,7 @@ def test_token_classifier_matches_transformers_trains_and_saves(
       parameter.add_(torch.randn_like(parameter) * 0.05)
   source = tmp_path / "src"
   model.save_pretrained(str(source))
-  for f in files:
-    shutil.copy(f, source / f.name)
+  save_tokenizer(source, tokenizer_source)
   task = tfhub_models.load(source)
   assert task.task == "token_classification" and task.labels == tuple(NER.values())
   inputs = task.preprocessor(tf.constant(texts))

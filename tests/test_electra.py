@@ -309,16 +309,20 @@ def test_backbone_takes_keras_hub_arguments():
   assert outputs["sequence_output"].dtype == tf.bfloat16
 
 
-def test_loading_errors_are_clear(electra_checkpoints, tmp_path):
+def test_loading_errors_are_clear(electra_checkpoints, wordpiece_dir, tmp_path):
   import shutil
   directory = tmp_path / "ckpt"
   shutil.copytree(electra_checkpoints["discriminator"], directory)
-  vocabulary = (directory / "vocab.txt").read_text()
+  for name in ("tokenizer.json", "tokenizer_config.json"):
+    (directory / name).unlink()
+  vocabulary = (wordpiece_dir / "vocab.txt").read_text()
   (directory / "vocab.txt").write_text(vocabulary + "extra\n")
-  with pytest.raises(checkpoints.CheckpointError, match=r"vocab.txt has \d+ entries but"):
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r"vocab.txt: the tokenizer has \d+ entries but"):
     tfhub_models.load(directory)
   (directory / "vocab.txt").unlink()
-  with pytest.raises(checkpoints.CheckpointError, match="no vocab.txt"):
+  with pytest.raises(checkpoints.CheckpointError,
+                     match="no tokenizer files: neither tokenizer.json .* nor vocab.txt"):
     tfhub_models.load(directory)
   (directory / "vocab.txt").write_text(vocabulary)
   from safetensors.numpy import load_file, save_file

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 import tfhub_models
-from conftest import ROOT
+from conftest import ROOT, save_tokenizer
 from serving import client as serving_client
 from tfhub_models import export
 from tfhub_models.export.signatures import TokenClassification
@@ -48,11 +48,11 @@ def _write(directory, family, sp_file, vocab_size, wordpiece_dir, wordpiece_voca
   if family == "xlm_roberta":
     config = transformers.XLMRobertaConfig(vocab_size=vocab_size, max_position_embeddings=130,
                                            type_vocab_size=1, **common)
-    model_class, files = transformers.XLMRobertaForTokenClassification, [sp_file]
+    model_class, tokenizer_source = transformers.XLMRobertaForTokenClassification, sp_file
   else:
     config = transformers.ElectraConfig(vocab_size=len(wordpiece_vocab), embedding_size=24,
                                         max_position_embeddings=64, **common)
-    model_class, files = transformers.ElectraForTokenClassification, [wordpiece_dir / "vocab.txt"]
+    model_class, tokenizer_source = transformers.ElectraForTokenClassification, wordpiece_dir
   torch.manual_seed(11)
   model = model_class(config).eval()
   with torch.no_grad():
@@ -62,8 +62,7 @@ def _write(directory, family, sp_file, vocab_size, wordpiece_dir, wordpiece_voca
     model.classifier.weight.mul_(40.0)
     model.classifier.bias.copy_(torch.tensor([0.5, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0][:len(labels)]))
   model.save_pretrained(str(directory))
-  for f in files:
-    shutil.copy(f, directory / f.name)
+  save_tokenizer(directory, tokenizer_source)
   return directory
 
 

@@ -132,7 +132,8 @@ def test_masked_lm_fit_equals_torch_adamw(xlmr_dir, vocab_size, tmp_path):
   truth = XLMRobertaForMaskedLM.from_pretrained(str(xlmr_dir))
   _torch_steps(truth, range(steps), loss_of, torch.float64)
   truth.float().save_pretrained(str(tmp_path / "truth"))
-  os.link(xlmr_dir / "sentencepiece.bpe.model", tmp_path / "truth" / "sentencepiece.bpe.model")
+  for name in ("tokenizer.json", "tokenizer_config.json"):
+    os.link(xlmr_dir / name, tmp_path / "truth" / name)
   reference = XLMRobertaMaskedLM.from_preset(str(tmp_path / "truth"))
   _compare_weights(task, reference)
   # One variable for the word embeddings and the decoder, trained as one.
@@ -187,7 +188,7 @@ def test_seq2seq_fit_equals_torch_adamw(bart_dir, tmp_path):
   truth = BartForConditionalGeneration.from_pretrained(str(bart_dir))
   _torch_steps(truth, range(steps), loss_of, torch.float64)
   truth.float().save_pretrained(str(tmp_path / "truth"))
-  for name in ("vocab.json", "merges.txt"):
+  for name in ("tokenizer.json", "tokenizer_config.json"):
     shutil.copy(bart_dir / name, tmp_path / "truth" / name)
   reference = BartSeq2SeqLM.from_preset(str(tmp_path / "truth"))
   _compare_weights(task, reference,

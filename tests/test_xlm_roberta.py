@@ -220,10 +220,11 @@ def test_backbone_only_checkpoint_cannot_fill_masks(tmp_path, sp_file, vocab_siz
   assert backbone.config.hidden_dim == 32
 
 
-def test_missing_sentencepiece_model(hf_checkpoint, tmp_path):
+def test_missing_tokenizer(hf_checkpoint, tmp_path):
   directory = copy_checkpoint(hf_checkpoint, tmp_path)
-  (directory / "sentencepiece.bpe.model").unlink()
-  with pytest.raises(checkpoints.CheckpointError, match="no SentencePiece model"):
+  (directory / "tokenizer.json").unlink()
+  with pytest.raises(checkpoints.CheckpointError, match="no tokenizer files: neither "
+                     "tokenizer.json .* nor sentencepiece.bpe.model"):
     tfhub_models.load(directory)
 
 

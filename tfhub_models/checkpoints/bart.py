@@ -10,7 +10,7 @@ import dataclasses
 import numpy as np
 
 from tfhub_models.checkpoints import assign as a
-from tfhub_models.checkpoints import save
+from tfhub_models.checkpoints import save, tokenizer_files
 from tfhub_models.checkpoints.sources import Checkpoint, CheckpointError
 from tfhub_models.tokenizers import ByteLevelBPETokenizer
 
@@ -49,26 +49,29 @@ def config_fields(checkpoint: Checkpoint) -> dict:
 
 
 def tokenizer(checkpoint: Checkpoint, config) -> ByteLevelBPETokenizer:
-  """The in-graph byte-level BPE; its ids must fit the config's vocabulary."""
+  """The in-graph byte-level BPE (from tokenizer.json, vocab.json and merges.txt, or
+  keras-hub's assets); its ids must fit the config's vocabulary."""
   if checkpoint.format == "keras_hub":
-    vocabulary, merges, added = ("assets/tokenizer/vocabulary.json", "assets/tokenizer/merges.txt",
-                                 None)
+    vocabulary, merges = "assets/tokenizer/vocabulary.json", "assets/tokenizer/merges.txt"
+    for name in (vocabulary, merges):
+      if not checkpoint.exists(name):
+        raise CheckpointError(f"{checkpoint.directory}: no {name} (the in-graph BPE is built "
+                              "from it)")
+    try:
+      built = ByteLevelBPETokenizer.from_files(checkpoint.path(vocabulary),
+                                               checkpoint.path(merges))
+    except ValueError as e:
+      raise CheckpointError(str(e)) from None
+    source = checkpoint.path(vocabulary)
   else:
-    vocabulary, merges, added = "vocab.json", "merges.txt", "tokenizer.json"
-  for name in (vocabulary, merges):
-    if not checkpoint.exists(name):
-      raise CheckpointError(f"{checkpoint.directory}: no {name} (the in-graph BPE is built "
-                            "from it)")
-  try:
-    built = ByteLevelBPETokenizer.from_files(
-        checkpoint.path(vocabulary), checkpoint.path(merges),
-        checkpoint.path(added) if added and checkpoint.exists(added) else None)
-  except ValueError as e:
-    raise CheckpointError(str(e)) from None
+    built, source = tokenizer_files.build(
+        checkpoint, ("vocab.json", "merges.txt"),
+        from_json=ByteLevelBPETokenizer.from_tokenizer_json,
+        from_legacy=lambda paths, settings: ByteLevelBPETokenizer.from_files(*paths),
+        vocabulary=lambda t: [*sorted(t.vocabulary.items()), *t.merges])
   if built.vocabulary_size > config.vocabulary_size:
-    raise CheckpointError(f"{checkpoint.directory}: {vocabulary} has ids up to "
-                          f"{built.vocabulary_size - 1} but the config's vocab_size is "
-                          f"{config.vocabulary_size}")
+    raise CheckpointError(f"{source}: the tokenizer has ids up to {built.vocabulary_size - 1} "
+                          f"but the config's vocab_size is {config.vocabulary_size}")
   return built
 
 

@@ -7,9 +7,9 @@ keys and tokenizer files.  Duck-typed on the modules of
 from __future__ import annotations
 
 from tfhub_models.checkpoints import assign as a
-from tfhub_models.checkpoints import save
+from tfhub_models.checkpoints import save, tokenizer_files
 from tfhub_models.checkpoints.sources import Checkpoint, CheckpointError
-from tfhub_models.tokenizers import WordPieceTokenizer
+from tfhub_models.tokenizers import WordPieceTokenizer, tokenizer_json
 
 TASKS = ("replaced_token_detection", "fill_mask", "text_classification", "token_classification",
          "embedding", "backbone")
@@ -45,30 +45,44 @@ def config_fields(checkpoint: Checkpoint) -> dict:
     raise CheckpointError(f"{checkpoint.directory}/config.json: missing or bad {e}") from None
 
 
+def _legacy_options(settings: dict) -> dict:
+  """WordPieceTokenizer options of a vocab.txt checkpoint's tokenizer_config.json."""
+  options = dict(lowercase=bool(settings.get("do_lower_case", True)),
+                 strip_accents=settings.get("strip_accents"),
+                 split_cjk=bool(settings.get("tokenize_chinese_chars", True)))
+  for name in ("unk_token", "cls_token", "sep_token", "pad_token", "mask_token"):
+    if tokenizer_json.token_content(settings.get(name)):
+      options[name] = tokenizer_json.token_content(settings.get(name))
+  return options
+
+
 def tokenizer(checkpoint: Checkpoint, config) -> WordPieceTokenizer:
-  """The in-graph WordPiece tokenizer, its size checked against the config."""
+  """The in-graph WordPiece tokenizer (from tokenizer.json, vocab.txt or keras-hub's
+  vocabulary.txt), its size checked against the config."""
   if checkpoint.format == "keras_hub":
     name = "assets/tokenizer/vocabulary.txt"
     # keras-hub's ElectraTokenizer: lowercase and strip_accents default to False,
-    # and lowercasing does not strip accents.
+    # and lowercasing does not strip accents.  (Its tokenizer.json is keras-hub's
+    # own config, not the tokenizers library's.)
     settings = checkpoint.optional_json("tokenizer.json").get("config", {})
     options = dict(lowercase=bool(settings.get("lowercase", False)),
                    strip_accents=bool(settings.get("strip_accents", False)))
+    if not checkpoint.exists(name):
+      raise CheckpointError(f"{checkpoint.directory}: no {name} (the in-graph WordPiece "
+                            "tokenizer is built from it)")
+    try:
+      built, source = (WordPieceTokenizer.from_files(checkpoint.path(name), **options),
+                       checkpoint.path(name))
+    except ValueError as e:
+      raise CheckpointError(str(e)) from None
   else:
-    name = "vocab.txt"
-    settings = checkpoint.optional_json("tokenizer_config.json")
-    options = dict(lowercase=bool(settings.get("do_lower_case", True)),
-                   strip_accents=settings.get("strip_accents"),
-                   split_cjk=bool(settings.get("tokenize_chinese_chars", True)))
-  if not checkpoint.exists(name):
-    raise CheckpointError(f"{checkpoint.directory}: no {name} (the in-graph WordPiece "
-                          "tokenizer is built from it)")
-  try:
-    built = WordPieceTokenizer.from_files(checkpoint.path(name), **options)
-  except ValueError as e:
-    raise CheckpointError(str(e)) from None
+    built, source = tokenizer_files.build(
+        checkpoint, ("vocab.txt",), from_json=WordPieceTokenizer.from_tokenizer_json,
+        from_legacy=lambda paths, settings: WordPieceTokenizer.from_files(
+            paths[0], **_legacy_options(settings)),
+        vocabulary=lambda t: t.vocabulary[:t.base_vocabulary_size])
   if built.vocabulary_size != config.vocabulary_size:
-    raise CheckpointError(f"{checkpoint.directory}: {name} has {built.vocabulary_size} entries "
+    raise CheckpointError(f"{source}: the tokenizer has {built.vocabulary_size} entries "
                           f"but the config's vocab_size is {config.vocabulary_size}")
   return built
 

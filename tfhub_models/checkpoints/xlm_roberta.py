@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfhub_models.checkpoints import assign as a
-from tfhub_models.checkpoints import save
+from tfhub_models.checkpoints import save, tokenizer_files
 from tfhub_models.checkpoints.sources import Checkpoint, CheckpointError
 from tfhub_models.tokenizers import XLMRobertaTokenizer
 
@@ -40,20 +40,27 @@ def config_fields(checkpoint: Checkpoint) -> dict:
 
 
 def tokenizer(checkpoint: Checkpoint, config) -> XLMRobertaTokenizer:
-  """The in-graph SentencePiece tokenizer, its id count checked against the config."""
-  name = ("assets/tokenizer/vocabulary.spm" if checkpoint.format == "keras_hub"
-          else "sentencepiece.bpe.model")
-  if not checkpoint.exists(name):
-    raise CheckpointError(f"{checkpoint.directory}: no SentencePiece model {name} "
-                          "(the in-graph tokenizer is built from it)")
-  try:
-    built = XLMRobertaTokenizer.from_file(checkpoint.path(name))
-  except ValueError as e:
-    raise CheckpointError(str(e)) from None
+  """The in-graph SentencePiece tokenizer (from tokenizer.json, sentencepiece.bpe.model
+  or keras-hub's vocabulary.spm), its id count checked against the config."""
+  if checkpoint.format == "keras_hub":
+    name = "assets/tokenizer/vocabulary.spm"
+    if not checkpoint.exists(name):
+      raise CheckpointError(f"{checkpoint.directory}: no SentencePiece model {name} "
+                            "(the in-graph tokenizer is built from it)")
+    try:
+      built, source = XLMRobertaTokenizer.from_file(checkpoint.path(name)), checkpoint.path(name)
+    except ValueError as e:
+      raise CheckpointError(str(e)) from None
+  else:
+    built, source = tokenizer_files.build(
+        checkpoint, ("sentencepiece.bpe.model",),
+        from_json=XLMRobertaTokenizer.from_tokenizer_json,
+        from_legacy=lambda paths, settings: XLMRobertaTokenizer.from_file(paths[0]),
+        vocabulary=lambda t: [(p, float(np.float32(s))) for p, s in t.pieces()])
   if built.vocabulary_size != config.vocabulary_size:
     raise CheckpointError(
-        f"{checkpoint.path(name)}: the SentencePiece model gives {built.vocabulary_size} ids but "
-        f"the config's vocabulary size is {config.vocabulary_size}")
+        f"{source}: the tokenizer gives {built.vocabulary_size} ids but the config's vocabulary "
+        f"size is {config.vocabulary_size}")
   return built
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_text as tf_text
 
+from tfhub_models.tokenizers import tokenizer_json
 from tfhub_models.tokenizers.text import (WHITE_SPACE, clean_utf8, lookup_tokens, merge_pieces,
                                           ordinary_ids, sentencepiece_tokenizer,
                                           split_special_tokens)
@@ -79,7 +80,9 @@ class ByteLevelBPETokenizer(tf.Module):
 
   Special tokens written in text are recognised; those in `lstrip`/`rstrip`
   take the whitespace before/after them (a checkpoint's tokenizer.json says
-  which; built from vocab.json/merges.txt alone, none does);
+  which; built from vocab.json/merges.txt alone, none does), and so do the
+  `added_tokens` (tokenizer_json.AddedToken: a tokenizer.json's tokens past the
+  five specials, or with other ids);
   the rest is pre-split with GPT-2's regex, mapped byte by byte to GPT-2's
   printable alphabet and merged by a SentencePiece BPE model built from the
   merges.  No mutable tables: the maps are constants, the model a graph
@@ -89,24 +92,34 @@ class ByteLevelBPETokenizer(tf.Module):
   def __init__(self, vocabulary: dict, merges: Sequence[tuple], *, bos_token: str = "<s>",
                eos_token: str = "</s>", pad_token: str = "<pad>", unk_token: str = "<unk>",
                mask_token: str = "<mask>", lstrip: Sequence[str] = (),
-               rstrip: Sequence[str] = (), name: str | None = None):
+               rstrip: Sequence[str] = (), added_tokens: Sequence = (),
+               name: str | None = None):
     super().__init__(name=name)
-    missing = [t for t in (bos_token, eos_token, pad_token, unk_token, mask_token)
-               if t not in vocabulary]
+    self.vocabulary = dict(vocabulary)          # the BPE model's own (vocab.json)
+    self.merges = [tuple(m) for m in merges]
+    self.added_tokens = tuple(added_tokens)
+    clash = [t.content for t in self.added_tokens
+             if self.vocabulary.get(t.content, t.id) != t.id]
+    if clash:
+      raise ValueError(f"added tokens {clash} have other ids in the vocabulary")
+    ids = dict(self.vocabulary, **{t.content: t.id for t in self.added_tokens})
+    missing = [t for t in (bos_token, eos_token, pad_token, unk_token, mask_token) if t not in ids]
     if missing:
       raise ValueError(f"vocabulary lacks special tokens {missing}")
-    self.vocabulary = dict(vocabulary)
-    self.merges = [tuple(m) for m in merges]
-    self.vocabulary_size = max(vocabulary.values()) + 1
+    self.vocabulary_size = max(ids.values()) + 1
     self.bos_token, self.eos_token, self.pad_token = bos_token, eos_token, pad_token
     self.unk_token, self.mask_token = unk_token, mask_token
-    self.bos_token_id, self.eos_token_id = vocabulary[bos_token], vocabulary[eos_token]
-    self.pad_token_id, self.unk_token_id = vocabulary[pad_token], vocabulary[unk_token]
-    self.mask_token_id = vocabulary[mask_token]
-    self._specials = (bos_token, eos_token, pad_token, unk_token, mask_token)
-    self._special_ids = tuple(vocabulary[t] for t in self._specials)
-    self.lstrip, self.rstrip = tuple(lstrip), tuple(rstrip)
-    proto, to_vocabulary = bpe_sentencepiece_model(vocabulary, self.merges, self._specials)
+    self.bos_token_id, self.eos_token_id = ids[bos_token], ids[eos_token]
+    self.pad_token_id, self.unk_token_id = ids[pad_token], ids[unk_token]
+    self.mask_token_id = ids[mask_token]
+    standard = (bos_token, eos_token, pad_token, unk_token, mask_token)
+    self._specials = standard + tuple(t.content for t in self.added_tokens
+                                      if t.content not in standard)
+    self._special_ids = tuple(ids[t] for t in self._specials)
+    self.lstrip = tuple(lstrip) + tuple(t.content for t in self.added_tokens if t.lstrip)
+    self.rstrip = tuple(rstrip) + tuple(t.content for t in self.added_tokens if t.rstrip)
+    proto, to_vocabulary = bpe_sentencepiece_model(self.vocabulary, self.merges,
+                                                   self._specials)
     byte_map = bytes_to_unicode()
     self._nul_mapped = re.escape("".join(chr(byte_map[b]) for b in _NUL_STAND_IN.encode()))
     self._nul_char = chr(byte_map[0])
@@ -114,7 +127,7 @@ class ByteLevelBPETokenizer(tf.Module):
     for byte, code in byte_map.items():
       inverse[code] = byte
     tokens = [""] * self.vocabulary_size
-    for token, index in vocabulary.items():
+    for token, index in ids.items():
       tokens[index] = token
     with self.name_scope:
       self._bpe = sentencepiece_tokenizer(proto)
@@ -130,7 +143,7 @@ class ByteLevelBPETokenizer(tf.Module):
     """From `vocab.json` and `merges.txt`, and, when given, the `tokenizer.json`
     whose added tokens say which strip the spaces around them (upstream loads it
     in preference to the other two); ValueError naming the file that is unusable."""
-    vocabulary = _read_json(vocabulary_path)
+    vocabulary = tokenizer_json.read_json(vocabulary_path)
     try:
       with open(merges_path, encoding="utf-8") as f:
         lines = f.read().splitlines()
@@ -142,7 +155,7 @@ class ByteLevelBPETokenizer(tf.Module):
       raise ValueError(f"{merges_path}: a merge is two tokens separated by a space, not {bad[0]}")
     lstrip, rstrip = [], []
     if tokenizer_json_path is not None:
-      for added in _read_json(tokenizer_json_path).get("added_tokens", []):
+      for added in tokenizer_json.read_json(tokenizer_json_path).get("added_tokens", []):
         if added.get("lstrip"):
           lstrip.append(added.get("content"))
         if added.get("rstrip"):
@@ -152,13 +165,39 @@ class ByteLevelBPETokenizer(tf.Module):
     except ValueError as e:
       raise ValueError(f"{os.path.dirname(os.path.abspath(vocabulary_path))}: {e}") from None
 
+  @classmethod
+  def from_tokenizer_json(cls, path: str | os.PathLike,
+                          tokenizer_config: dict | None = None) -> "ByteLevelBPETokenizer":
+    """From a `tokenizers` tokenizer.json (and its tokenizer_config.json's
+    special tokens), as transformers' RobertaTokenizer reads it: the vocabulary,
+    merges and added tokens.  ValueError naming the file and the component it
+    cannot reproduce."""
+    source = tokenizer_json.TokenizerJson(path, tokenizer_config or {},
+                                          ("BartTokenizer", "RobertaTokenizer"))
+    vocabulary, merges, added = source.byte_level_bpe()
+    names = {name: source.special_token(name, default) for name, default in
+             (("bos_token", "<s>"), ("eos_token", "</s>"), ("pad_token", "<pad>"),
+              ("unk_token", "<unk>"), ("mask_token", "<mask>"))}
+    try:
+      return cls(vocabulary, merges, added_tokens=added, **names)
+    except ValueError as e:
+      raise ValueError(f"{path}: {e}") from None
+
   def save_assets(self, directory: str | os.PathLike) -> str:
-    """Writes directory/vocab.json and merges.txt; returns the vocabulary's path."""
+    """Writes directory/vocab.json and merges.txt, and tokenizer.json (what
+    transformers 5 reads); returns the vocabulary's path."""
     path = os.path.join(directory, "vocab.json")
     with open(path, "w", encoding="utf-8") as f:
       json.dump(self.vocabulary, f, ensure_ascii=False)
     with open(os.path.join(directory, "merges.txt"), "w", encoding="utf-8") as f:
       f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in self.merges))
+    given = {t.content: t for t in self.added_tokens}
+    tokens = [given.get(t) or tokenizer_json.AddedToken(t, i, lstrip=t in self.lstrip,
+                                                        rstrip=t in self.rstrip)
+              for t, i in zip(self._specials, self._special_ids)]
+    with open(os.path.join(directory, tokenizer_json.TOKENIZER_JSON), "w", encoding="utf-8") as f:
+      f.write(tokenizer_json.byte_level_bpe_json(self.vocabulary, self.merges, tokens,
+                                                 self.bos_token, self.eos_token))
     return path
 
   def _split(self, text: tf.Tensor) -> tf.RaggedTensor:
@@ -212,13 +251,3 @@ class ByteLevelBPETokenizer(tf.Module):
 
 
 _NUL_STAND_IN = "\ufdd1"   # stands for U+0000 until after the byte mapping
-
-
-def _read_json(path) -> dict:
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except OSError as e:
-    raise ValueError(f"{path}: {e.strerror}") from None
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f"{path}: not valid JSON ({e})") from None

@@ -5,11 +5,13 @@ from __future__ import annotations
 import functools
 import os
 import unicodedata
+from typing import Sequence
 
 import sentencepiece
 import tensorflow as tf
 import tensorflow_text as tf_text
 
+from tfhub_models.tokenizers import tokenizer_json
 from tfhub_models.tokenizers.text import (WHITE_SPACE, char_offsets, clean_utf8, join_tokens,
                                           merge_pieces, sentencepiece_tokenizer,
                                           split_special_tokens)
@@ -27,11 +29,44 @@ def _controls_and_spaces() -> tuple:
                if unicodedata.category(chr(c)) in ("Cc", "Cf", "Zs", "Zl", "Zp")) + ("\ufffd",)
 
 
+def unigram_model(pieces: Sequence[tuple], charsmap: bytes | None) -> bytes:
+  """A serialized SentencePiece Unigram model of XLM-RoBERTa's kind: `<unk>`,
+  `<s>`, `</s>`, then `pieces` [(piece, score)]; `charsmap` (a precompiled
+  normaliser, None for none), a dummy prefix, extra whitespace removed.
+
+  A piece with a `▁` inside it is marked unused: the upstream tokenizer
+  splits words before its Unigram model runs, so it can never produce one.
+  """
+  from sentencepiece import sentencepiece_model_pb2 as pb
+
+  model = pb.ModelProto()
+  model.trainer_spec.model_type = pb.TrainerSpec.UNIGRAM
+  model.trainer_spec.vocab_size = len(pieces) + 3
+  model.trainer_spec.unk_id, model.trainer_spec.bos_id, model.trainer_spec.eos_id = 0, 1, 2
+  model.trainer_spec.pad_id = -1
+  model.trainer_spec.byte_fallback = False
+  spec = model.normalizer_spec
+  spec.name = "nmt_nfkc" if charsmap else "identity"
+  if charsmap:
+    spec.precompiled_charsmap = charsmap
+  spec.add_dummy_prefix = spec.remove_extra_whitespaces = spec.escape_whitespaces = True
+  kinds = pb.ModelProto.SentencePiece
+  for piece, kind in (("<unk>", kinds.UNKNOWN), ("<s>", kinds.CONTROL), ("</s>", kinds.CONTROL)):
+    entry = model.pieces.add()
+    entry.piece, entry.type, entry.score = piece, kind, 0.0
+  for piece, score in pieces:
+    entry = model.pieces.add()
+    entry.piece, entry.score = piece, score
+    entry.type = kinds.UNUSED if "▁" in piece[1:] else kinds.NORMAL
+  return model.SerializeToString()
+
+
 class XLMRobertaTokenizer(tf.Module):
   """SentencePiece with the fairseq id layout that XLM-RoBERTa uses.
 
   `<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3, SentencePiece piece i >= 3 is i + 1,
-  `<mask>` is the last id.  The special tokens written literally in text are
+  `<mask>` follows them, then the `added_tokens` (a tokenizer.json's, past
+  `<mask>`; tokenizer_json.AddedToken).  The special tokens written literally in text are
   recognised as those tokens, as the upstream (Hugging Face) tokenizer does;
   whitespace around them is dropped (so `<mask>` absorbs the space before it).
   Invalid UTF-8 is replaced by U+FFFD before tokenizing.
@@ -42,7 +77,7 @@ class XLMRobertaTokenizer(tf.Module):
   mask_token = "<mask>"
   unk_token = "<unk>"
 
-  def __init__(self, proto: bytes, *, name: str | None = None):
+  def __init__(self, proto: bytes, *, added_tokens: Sequence = (), name: str | None = None):
     super().__init__(name=name)
     if not isinstance(proto, (bytes, bytearray)) or not proto:
       raise ValueError("XLMRobertaTokenizer needs the serialized SentencePiece model (bytes)")
@@ -62,9 +97,14 @@ class XLMRobertaTokenizer(tf.Module):
     self._blank = "[ " + "".join(f"\\x{{{ord(c):X}}}" for c in blank) + "]"
     # Piece ids 0..n-1 become 0..n (fairseq offset 1, <unk> moves to 3), then <mask>.
     self.mask_token_id = self.sp_vocabulary_size + 1
-    self.vocabulary_size = self.sp_vocabulary_size + 2
-    self._specials = self.special_tokens + ("<mask>",)
-    self._special_ids = (0, 1, 2, 3, self.mask_token_id)
+    self.added_tokens = tuple(added_tokens)
+    expected = list(range(self.mask_token_id + 1, self.mask_token_id + 1 + len(self.added_tokens)))
+    if [t.id for t in self.added_tokens] != expected:
+      raise ValueError(f"added tokens must take the ids after <mask> ({self.mask_token_id}) in "
+                       f"order, not {[t.id for t in self.added_tokens]}")
+    self.vocabulary_size = self.mask_token_id + 1 + len(self.added_tokens)
+    self._specials = self.special_tokens + ("<mask>",) + tuple(t.content for t in self.added_tokens)
+    self._special_ids = (0, 1, 2, 3, self.mask_token_id) + tuple(t.id for t in self.added_tokens)
 
   @classmethod
   def from_file(cls, path: str | os.PathLike) -> "XLMRobertaTokenizer":
@@ -80,11 +120,40 @@ class XLMRobertaTokenizer(tf.Module):
       reason = (str(e).strip().splitlines() or [type(e).__name__])[-1]
       raise ValueError(f"{path}: not a valid SentencePiece model ({reason[:200]})") from None
 
+  @classmethod
+  def from_tokenizer_json(cls, path: str | os.PathLike,
+                          tokenizer_config: dict | None = None) -> "XLMRobertaTokenizer":
+    """From a `tokenizers` tokenizer.json (and its tokenizer_config.json's
+    settings), as transformers' XLMRobertaTokenizer reads it: the Unigram
+    pieces and scores, the Precompiled charsmap, the added tokens.  ValueError
+    naming the file and the component it cannot reproduce."""
+    source = tokenizer_json.TokenizerJson(path, tokenizer_config or {}, ("XLMRobertaTokenizer",))
+    pieces, charsmap, added = source.unigram_pieces()
+    try:
+      return cls(unigram_model(pieces, charsmap), added_tokens=added)
+    except Exception as e:  # what the SentencePiece op says of the model
+      reason = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+      raise ValueError(f"{path}: its Unigram model is not usable ({reason[:200]})") from None
+
+  def pieces(self) -> list:
+    """The SentencePiece pieces past `<unk>`, `<s>`, `</s>`: [(piece, score)]."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+    model = pb.ModelProto.FromString(self.proto)
+    return [(p.piece, p.score) for p in model.pieces[3:]]
+
   def save_assets(self, directory: str | os.PathLike) -> str:
-    """Writes the SentencePiece model as directory/sentencepiece.bpe.model; returns its path."""
+    """Writes directory/sentencepiece.bpe.model (the SentencePiece model) and
+    tokenizer.json (what transformers 5 reads); returns the first's path."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
     path = os.path.join(directory, "sentencepiece.bpe.model")
     with open(path, "wb") as f:
       f.write(self.proto)
+    charsmap = pb.ModelProto.FromString(self.proto).normalizer_spec.precompiled_charsmap
+    specials = [tokenizer_json.AddedToken(t, i) for t, i in
+                zip(self.special_tokens + ("<mask>",), (0, 1, 2, 3, self.mask_token_id))]
+    with open(os.path.join(directory, tokenizer_json.TOKENIZER_JSON), "w", encoding="utf-8") as f:
+      f.write(tokenizer_json.unigram_json(self.pieces(), charsmap or None,
+                                          specials + list(self.added_tokens)))
     return path
 
   def tokenize(self, text: tf.Tensor) -> tf.RaggedTensor:

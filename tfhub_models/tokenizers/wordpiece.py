@@ -10,6 +10,7 @@ from typing import Sequence
 import tensorflow as tf
 import tensorflow_text as tf_text
 
+from tfhub_models.tokenizers import tokenizer_json
 from tfhub_models.tokenizers.text import (char_offsets, clean_utf8, join_tokens, lookup_tokens,
                                           merge_pieces, ordinary_ids, split_special_tokens)
 
@@ -52,9 +53,14 @@ class WordPieceTokenizer(tf.Module):
                max_chars_per_word: int = 100,
                unk_token: str = "[UNK]", cls_token: str = "[CLS]", sep_token: str = "[SEP]",
                pad_token: str = "[PAD]", mask_token: str = "[MASK]", suffix_indicator: str = "##",
-               name: str | None = None):
+               added_tokens: Sequence = (), name: str | None = None):
     super().__init__(name=name)
-    vocabulary = [str(v) for v in vocabulary]
+    self.added_tokens = tuple(added_tokens)   # tokenizer_json.AddedToken, ids past the vocabulary
+    self.base_vocabulary_size = len(vocabulary)
+    if [t.id for t in self.added_tokens] != list(range(len(vocabulary),
+                                                       len(vocabulary) + len(self.added_tokens))):
+      raise ValueError(f"added tokens must take the ids from {len(vocabulary)} on, in order")
+    vocabulary = [str(v) for v in vocabulary] + [t.content for t in self.added_tokens]
     index = {token: i for i, token in enumerate(vocabulary)}
     missing = [t for t in (unk_token, cls_token, sep_token, pad_token, mask_token) if t not in index]
     if missing:
@@ -72,6 +78,7 @@ class WordPieceTokenizer(tf.Module):
     self.sep_token_id, self.pad_token_id = index[sep_token], index[pad_token]
     self.mask_token_id = index[mask_token]
     self._specials = (unk_token, cls_token, sep_token, pad_token, mask_token)
+    self._specials += tuple(t.content for t in self.added_tokens)
     self._special_ids = tuple(index[t] for t in self._specials)
     with self.name_scope:
       self._wordpiece = tf_text.FastWordpieceTokenizer(
@@ -82,10 +89,11 @@ class WordPieceTokenizer(tf.Module):
 
   @classmethod
   def from_files(cls, vocabulary_path: str | os.PathLike, *, lowercase: bool = True,
-                 strip_accents: bool | None = None,
-                 split_cjk: bool = True) -> "WordPieceTokenizer":
-    """From a `vocab.txt` (one token a line); ValueError naming the file when it
-    is not usable."""
+                 strip_accents: bool | None = None, split_cjk: bool = True,
+                 **special_tokens) -> "WordPieceTokenizer":
+    """From a `vocab.txt` (one token a line); special_tokens: unk_token, cls_token,
+    sep_token, pad_token, mask_token when not BERT's.  ValueError naming the file
+    when it is not usable."""
     try:
       with open(vocabulary_path, "rb") as f:
         # One token a line, split on "\n" only, as upstream (a token may hold other breaks).
@@ -104,15 +112,41 @@ class WordPieceTokenizer(tf.Module):
                   for i, token in enumerate(vocabulary)]
     try:
       return cls(vocabulary, lowercase=lowercase, strip_accents=strip_accents,
-                 split_cjk=split_cjk)
+                 split_cjk=split_cjk, **special_tokens)
     except (ValueError, RuntimeError) as e:
       raise ValueError(f"{vocabulary_path}: {e}") from None
 
+  @classmethod
+  def from_tokenizer_json(cls, path: str | os.PathLike,
+                          tokenizer_config: dict | None = None) -> "WordPieceTokenizer":
+    """From a `tokenizers` tokenizer.json and its tokenizer_config.json, as
+    transformers' BertTokenizer reads them: the vocabulary and added tokens
+    from the first, the normalizer settings (do_lower_case, strip_accents,
+    tokenize_chinese_chars) from the second.  ValueError naming the file and the
+    component it cannot reproduce."""
+    source = tokenizer_json.TokenizerJson(path, tokenizer_config or {},
+                                          ("BertTokenizer", "ElectraTokenizer"))
+    vocabulary, options, added = source.wordpiece()
+    try:
+      return cls(vocabulary, added_tokens=added, **options)
+    except (ValueError, RuntimeError) as e:
+      raise ValueError(f"{path}: {e}") from None
+
   def save_assets(self, directory: str | os.PathLike) -> str:
-    """Writes the vocabulary as directory/vocab.txt (one token a line); returns its path."""
+    """Writes the vocabulary as directory/vocab.txt (one token a line) and
+    tokenizer.json (what transformers 5 reads); returns the first's path."""
     path = os.path.join(directory, "vocab.txt")
+    base = self.vocabulary[:self.base_vocabulary_size]
     with open(path, "w", encoding="utf-8") as f:
-      f.write("\n".join(self.vocabulary) + "\n")
+      f.write("\n".join(base) + "\n")
+    specials = [tokenizer_json.AddedToken(t, i)
+                for t, i in zip(self._specials[:5], self._special_ids[:5])]
+    with open(os.path.join(directory, tokenizer_json.TOKENIZER_JSON), "w", encoding="utf-8") as f:
+      f.write(tokenizer_json.wordpiece_json(
+          base, sorted(specials, key=lambda t: t.id) + list(self.added_tokens),
+          lowercase=self.lowercase, strip_accents=self.strip_accents, split_cjk=self.split_cjk,
+          unk=self.unk_token, cls=self.cls_token, sep=self.sep_token,
+          suffix_indicator=self.suffix_indicator, max_chars_per_word=self.max_chars_per_word))
     return path
 
   def normalize(self, text: tf.Tensor) -> tf.Tensor:

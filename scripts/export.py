@@ -120,6 +120,11 @@ def build_task(args):
   if args.checkpoint:
     model = models.load(args.checkpoint, task, dtype=args.dtype,
                         sequence_length=args.sequence_length)
+    if task is None and getattr(model, "task", None) is None:
+      raise CheckpointError(
+          f"{args.checkpoint}: a bare {type(model).__name__} checkpoint (no task head, e.g. "
+          "XLMRobertaModel): pass --task embedding to export sentence embeddings "
+          "(pooled_output, mean_output)")
     name = args.name or os.path.basename(os.path.normpath(args.checkpoint.split("://")[-1]))
     return model, name
   if args.preset not in models.PRESETS:

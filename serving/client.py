@@ -75,9 +75,11 @@ class TokenScore:
 
 @dataclasses.dataclass(frozen=True)
 class Embedding:
-  """One text's embedding: `pooled` [D] and `sequence` [tokens, D] (padding removed)."""
+  """One text's embedding: `pooled` [D], `sequence` [tokens, D] (padding removed)
+  and `mean` [D], the mean over its tokens (None from exports without mean_output)."""
   pooled: np.ndarray
   sequence: np.ndarray
+  mean: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,7 +336,9 @@ def entity_answers(out: dict) -> list[list[Entity]]:
 
 
 def embedding_answers(out: dict) -> list[Embedding]:
-  return [Embedding(out["pooled_output"][b], out["sequence_output"][b][out["padding_mask"][b] > 0])
+  mean = out.get("mean_output")
+  return [Embedding(out["pooled_output"][b], out["sequence_output"][b][out["padding_mask"][b] > 0],
+                    None if mean is None else mean[b])
           for b in range(out["pooled_output"].shape[0])]
 
 
@@ -448,7 +452,11 @@ def format_generations(texts: Sequence[str], answers: list[list[Generation]]) ->
 def format_embeddings(texts: Sequence[str], answers: list[Embedding]) -> str:
   lines = []
   for text, e in zip(texts, answers):
-    head = ", ".join(f"{v:.4f}" for v in e.pooled[:4])
-    lines.append(f"{text}\n  pooled [{e.pooled.shape[0]}]: {head}, ...  "
-                 f"(norm {float(np.linalg.norm(e.pooled)):.4f}); {e.sequence.shape[0]} tokens")
+    lines.append(text)
+    for name, vector in (("pooled", e.pooled), ("mean", e.mean)):
+      if vector is not None:
+        head = ", ".join(f"{v:.4f}" for v in vector[:4])
+        lines.append(f"  {name} [{vector.shape[0]}]: {head}, ...  "
+                     f"(norm {float(np.linalg.norm(vector)):.4f})")
+    lines.append(f"  {e.sequence.shape[0]} tokens")
   return "\n".join(lines)

@@ -182,6 +182,30 @@ def test_generate_api_on_lists_tensors_and_datasets(hf_bart_checkpoint):
   assert [t.decode() for t in task.generate(dataset, max_length=12).numpy()] == as_list
   unbounded = task.generate(TEXTS[:1], max_length=12, stop_token_ids=None)
   assert isinstance(unbounded[0], str)
+  # keras-hub's dict forms: raw text, and preprocessed ids (what a task built with
+  # preprocessor=None takes), which answer ids and their padding mask.
+  assert task.generate({"encoder_text": TEXTS}, max_length=12) == as_list
+  assert task.generate({"encoder_text": TEXTS[0]}, max_length=12) == as_list[0]
+  encoded = task.preprocessor(tf.constant(TEXTS))
+  out = task.generate({"encoder_token_ids": encoded["token_ids"],
+                       "encoder_padding_mask": encoded["padding_mask"]}, max_length=12)
+  ids, mask = out["decoder_token_ids"].numpy(), out["decoder_padding_mask"].numpy()
+  assert [t.decode() for t in task.tokenizer.detokenize(ids).numpy()] == as_list
+  for row, row_mask in zip(ids, mask):
+    ends = [i for i in range(1, len(row)) if row[i] == 2]
+    real = ends[0] + 1 if ends else len(row)
+    assert row_mask.tolist() == [1] * real + [0] * (len(row) - real)
+  bare = bart.BartSeq2SeqLM(task.backbone, None)
+  bare.compile("greedy")
+  again = bare.generate({"encoder_token_ids": encoded["token_ids"].numpy(),
+                         "encoder_padding_mask": encoded["padding_mask"].numpy()}, max_length=12)
+  np.testing.assert_array_equal(again["decoder_token_ids"].numpy(), ids)
+  with pytest.raises(ValueError, match="no preprocessor"):
+    bare.generate(TEXTS)
+  with pytest.raises(ValueError, match="no decoder prompt"):
+    task.generate({"encoder_text": TEXTS, "decoder_text": TEXTS})
+  with pytest.raises(ValueError, match="encoder_token_ids"):
+    task.generate({"token_ids": encoded["token_ids"]})
 
 
 # ---------------------------------------------------------------------------

@@ -149,3 +149,60 @@ def test_a_pair_needs_room_for_its_special_tokens(hf_checkpoint):
   assert preprocessor(tf.constant(["a b c"]))["token_ids"].shape == (1, 3)
   with pytest.raises(ValueError, match="sequence_length 3 leaves no room for a pair's 4"):
     preprocessor(tf.constant(["a"]), tf.constant(["b"]))
+
+
+@pytest.fixture
+def offline(monkeypatch):
+  """Hub clients that fail as they do without a network."""
+  import huggingface_hub
+  import kagglehub
+
+  def no_network(*args, **kwargs):
+    raise ConnectionError("no network here")
+  monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
+  monkeypatch.setattr(kagglehub, "model_download", no_network)
+
+
+def test_offline_preset_builds_from_its_config(offline):
+  """Offline, a preset name with load_weights=False is its config: a backbone, or a
+  task on token ids (preprocessor=None), with the public model's parameter count;
+  a task that needs the tokenizer says plainly why it cannot be built."""
+  import transformers
+  with pytest.raises(CheckpointError, match=r"(?s)not on this machine.*preprocessor=None"):
+    XLMRobertaMaskedLM.from_preset("xlm_roberta_base_multi", load_weights=False)
+  with pytest.raises(CheckpointError, match="not on this machine"):
+    XLMRobertaMaskedLM.from_preset("xlm_roberta_base_multi")     # the weights: no way round
+  backbone = ElectraBackbone.from_preset("electra_small_discriminator_uncased_en",
+                                         load_weights=False)
+  config = transformers.ElectraConfig(vocab_size=30522, embedding_size=128, hidden_size=256,
+                                      num_hidden_layers=12, num_attention_heads=4,
+                                      intermediate_size=1024)
+  assert backbone.count_params() == transformers.ElectraModel(config).num_parameters()
+  task = ElectraMaskedLM.from_preset("electra_small_generator_uncased_en", load_weights=False,
+                                     preprocessor=None)
+  assert task.preprocessor is None and task.backbone.config.hidden_dim == 256
+  bart = BartSeq2SeqLM.from_preset("bart_base_en", load_weights=False, preprocessor=None)
+  assert bart.backbone.config.generation.num_beams == 4
+
+
+def test_summary_and_count_params(hf_checkpoint):
+  """keras-hub's count_params and summary: each weight once (the tied LM head's
+  table too), per-module rows, totals that follow freezing."""
+  import transformers
+  task = XLMRobertaMaskedLM.from_preset(str(hf_checkpoint))
+  theirs = transformers.XLMRobertaForMaskedLM.from_pretrained(str(hf_checkpoint))
+  assert task.count_params() == sum(p.numel() for p in theirs.parameters())
+  lines = []
+  task.summary(print_fn=lines.append)
+  text = "\n".join(lines)
+  assert f"Total params: {task.count_params():,}" in text
+  assert "token_embedding (Embedding)" in text and "embeddings[" in text
+  assert text.count("token_embedding (Embedding)") == 1          # the tied table once
+  task.backbone.trainable = False
+  lines.clear()
+  task.summary(print_fn=lines.append, max_depth=1)
+  # The head's own weights; its tied table is the frozen backbone's.
+  head = sum(v.shape.num_elements() for v in task.head.variables
+             if v is not task.backbone.token_embedding.embeddings)
+  assert f"Trainable params: {head:,}" in "\n".join(lines)
+  assert "transformer_layers/0" not in "\n".join(lines)          # below max_depth

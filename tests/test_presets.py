@@ -218,11 +218,60 @@ def test_a_save_killed_midway_is_cleaned_up_by_the_next(xlmr_preset, tmp_path, c
 
 
 def test_save_needs_the_tokenizer(xlmr_preset, tmp_path):
+  """A task built from a bare config has no tokenizer files to save: fit says so
+  before it trains, save_to_preset refuses and writes nothing."""
   task, _ = xlmr_preset
   bare = XLMRobertaMaskedLM(task.backbone, None)
-  with pytest.raises(ValueError, match="no preprocessor"):
+  bare.compile(jit_compile=False)
+  x = {"token_ids": np.array([[0, 5, 6, 2]]), "padding_mask": np.ones([1, 4], np.int32),
+       "mask_positions": np.array([[1]])}
+  with pytest.warns(UserWarning, match="no tokenizer .* save_to_preset will refuse after fit"):
+    bare.fit(x, np.array([[7]]), epochs=1, batch_size=1, verbose=0)
+  with pytest.raises(ValueError, match="has no tokenizer .*from_preset"):
     bare.save_to_preset(tmp_path / "bare")
   assert not (tmp_path / "bare").exists()
+
+
+@pytest.mark.parametrize("family", ["xlm_roberta", "bart"])
+def test_preprocessed_fine_tune_saves_the_checkpoints_tokenizer(family, tmp_path, sp_file,
+                                                                 vocab_size, bpe_dir):
+  """keras-hub's integer path: from_preset(ckpt, preprocessor=None), fit on ids,
+  save_to_preset: the preset carries the checkpoint's tokenizer, transformers
+  loads it with equal logits, and export.py exports it."""
+  import transformers
+  from servers import script_main
+  if family == "xlm_roberta":
+    source = write_hf_checkpoint(tmp_path / "src", sp_file, vocab_size, seed=8)
+    task = XLMRobertaMaskedLM.from_preset(str(source), preprocessor=None)
+    x = {"token_ids": np.array([[0, 5, 6, 7, 2], [0, 8, 9, 2, 1]]),
+         "padding_mask": np.array([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]),
+         "mask_positions": np.array([[1], [2]])}
+    y = np.array([[11], [12]])
+  else:
+    source = write_bart_checkpoint(tmp_path / "src", bpe_dir, seed=8)
+    task = BartSeq2SeqLM.from_preset(str(source), preprocessor=None)
+    x = {"encoder_token_ids": np.array([[0, 50, 60, 2]]), "encoder_padding_mask": np.ones([1, 4]),
+         "decoder_token_ids": np.array([[2, 0, 70]]), "decoder_padding_mask": np.ones([1, 3])}
+    y = np.array([[0, 70, 2]])
+  assert task.preprocessor is None and task.tokenizer is None
+  before = [v.numpy().copy() for v in task.trainable_variables]
+  task.compile(jit_compile=False)
+  task.fit(x, y, epochs=2, batch_size=2, verbose=0)
+  assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, task.trainable_variables))
+  saved = task.save_to_preset(tmp_path / "saved")
+  assert (saved / "tokenizer.json").exists()
+  upstream = transformers.AutoTokenizer.from_pretrained(str(source))
+  again = transformers.AutoTokenizer.from_pretrained(str(saved))
+  assert again("the cat sat")["input_ids"] == upstream("the cat sat")["input_ids"]
+  reloaded = type(task).from_preset(str(saved))
+  for mine, loaded in zip(task.trainable_variables, reloaded.trainable_variables):
+    np.testing.assert_array_equal(mine.numpy(), loaded.numpy(), err_msg=mine.name)
+  if family == "xlm_roberta":   # BART's logits against transformers: test_bart_preset_keeps...
+    _compare_with_transformers(reloaded, saved, "AutoModelForMaskedLM")
+    code, out, err = script_main("export", "--checkpoint", saved, "--output", tmp_path / "out",
+                                 "--sequence-length", "16", "--warmup-batch-sizes", "1",
+                                 "--no-xla")
+    assert code == 0 and (tmp_path / "out" / "saved" / "1" / "saved_model.pb").exists(), err
 
 
 def test_export_refuses_a_task_without_preprocessor(xlmr_preset, tmp_path):

@@ -196,6 +196,10 @@ def test_replaced_token_detection_and_embedding(served):
   assert [e.sequence.shape[0] for e in embeddings] == [len(a) for a in answers]
   for e in embeddings:
     np.testing.assert_allclose(e.pooled, e.sequence[0], atol=1e-6)
+    np.testing.assert_allclose(e.mean, e.sequence.mean(axis=0), atol=1e-5)
+  printed = serving_client.format_embeddings(texts, embeddings).splitlines()
+  assert printed[0] == texts[0] and printed[1].startswith("  pooled [")
+  assert printed[2].startswith("  mean [")     # what scripts/predict.py prints
   table = serving_client.format_replaced(texts, answers)
   assert table.splitlines()[0] == texts[0] and "[CLS]" in table
 

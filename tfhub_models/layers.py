@@ -64,6 +64,66 @@ class Module(tf.Module):
               if isinstance(m, Module) and not m.trainable for v in m.variables}
     return tuple(v for v in super().trainable_variables if v.ref() not in frozen)
 
+  def count_params(self) -> int:
+    """How many weights the module holds, trainable or not, a shared (tied)
+    variable once (Keras' `count_params`)."""
+    return sum(v.shape.num_elements() for v in _unique(self.variables))
+
+  def summary(self, print_fn=print, max_depth: int | None = None) -> None:
+    """Prints the module tree as a table (Keras' `summary`): each module with its
+    own weights' shapes and the parameters under it (a shared variable counted
+    where it is first met), then the totals.  max_depth: deeper modules are
+    counted in their parent's row."""
+    rows, seen_modules, seen_variables = [], set(), set()
+
+    def walk(module, name, depth):
+      if id(module) in seen_modules:
+        return 0
+      seen_modules.add(id(module))
+      own = [v for v in module._flatten(recursive=False,   # pylint: disable=protected-access
+                                        predicate=lambda x: isinstance(x, tf.Variable))
+             if v.ref() not in seen_variables]
+      seen_variables.update(v.ref() for v in own)
+      row = [name, type(module).__name__, own, sum(v.shape.num_elements() for v in own)]
+      if max_depth is None or depth <= max_depth:
+        rows.append((depth, row))
+      children = module._flatten(recursive=False,   # pylint: disable=protected-access
+                                 predicate=lambda x: isinstance(x, tf.Module), with_path=True)
+      for path, child in children:
+        row[3] += walk(child, "/".join(map(str, path)), depth + 1)
+      return row[3]
+
+    walk(self, self.name, 0)
+    rows = [(d, r) for d, r in rows if r[3]]    # tokenizers and other weightless parts
+    shape = lambda v: v.name.split("/")[-1].split(":")[0] + str(v.shape.as_list())
+    table = [("  " * d + f"{r[0]} ({r[1]})", ", ".join(map(shape, r[2])) or "-", f"{r[3]:,}")
+             for d, r in rows]
+    header = ("Module (type)", "Own weights", "Params")
+    widths = [min(max(len(line[i]) for line in [header, *table]), 60) for i in range(3)]
+    rule = "-" * (sum(widths) + 4)
+    print_fn(f"{type(self).__name__} {self.name!r}")
+    print_fn(rule)
+    print_fn(f"{header[0]:<{widths[0]}}  {header[1]:<{widths[1]}}  {header[2]:>{widths[2]}}")
+    print_fn(rule)
+    for line in table:
+      print_fn(f"{line[0]:<{widths[0]}}  {line[1]:<{widths[1]}}  {line[2]:>{widths[2]}}")
+    total = self.count_params()
+    trainable = sum(v.shape.num_elements() for v in _unique(self.trainable_variables))
+    print_fn(rule)
+    print_fn(f"Total params: {total:,}")
+    print_fn(f"Trainable params: {trainable:,}")
+    print_fn(f"Non-trainable params: {total - trainable:,}")
+
+
+def _unique(variables) -> list:
+  """variables without repeats (a tied weight is one variable reached twice)."""
+  seen, out = set(), []
+  for v in variables:
+    if v.ref() not in seen:
+      seen.add(v.ref())
+      out.append(v)
+  return out
+
 
 def _init(shape, dtype, stddev=0.02):
   return tf.cast(tf.random.truncated_normal(shape, stddev=stddev), dtype)

@@ -35,6 +35,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -430,6 +431,10 @@ class Trainable:
     """
     if int(epochs) < 1:
       raise TrainingError(f"epochs must be >= 1, got {epochs}")
+    from tfhub_models import tasks   # tasks builds on this module
+    if hasattr(self, "save_to_preset") and tasks.preset_tokenizer(self) is None:
+      warnings.warn(tasks.no_tokenizer_message(self, "save_to_preset will refuse after fit"),
+                    stacklevel=2)
     compiled = self._training_state()
     batches = Batches(x, y, sample_weight, batch_size=batch_size)
     validation = (_validation_batches(validation_data, batch_size)

@@ -130,12 +130,11 @@ def hf_assignments(module, task: str) -> list:
   return out
 
 
-def hf_files(module, task: str) -> save.PresetFiles:
+def hf_files(module, task: str, tokenizer) -> save.PresetFiles:
   """config.json, weights, tokenizer_config.json and generation_config.json of a
   BartForConditionalGeneration, as transformers saves them."""
   b = a.backbone_of(module)
   c, g = b.config, b.config.generation
-  tokenizer = module.tokenizer
   generation = {k: v for k, v in dataclasses.asdict(g).items()
                 if k not in ("num_return_sequences",)}
   generation["early_stopping"] = g.early_stopping

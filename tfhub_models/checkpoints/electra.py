@@ -193,7 +193,7 @@ _ARCHITECTURES = {"fill_mask": "ElectraForMaskedLM",
                   "embedding": "ElectraModel", "backbone": "ElectraModel"}
 
 
-def hf_files(module, task: str) -> save.PresetFiles:
+def hf_files(module, task: str, tokenizer) -> save.PresetFiles:
   """config.json, weights and tokenizer_config.json of `module` as transformers saves them."""
   b = a.backbone_of(module)
   c = b.config
@@ -214,7 +214,6 @@ def hf_files(module, task: str) -> save.PresetFiles:
       "initializer_range": 0.02, "torch_dtype": "float32"}
   if task in a.CLASSIFIER_TASKS:
     config.update(a.hf_classifier_config(module))
-  tokenizer = module.tokenizer
   tokenizer_config = {
       "tokenizer_class": "ElectraTokenizer", "do_lower_case": tokenizer.lowercase,
       "strip_accents": tokenizer.strip_accents, "tokenize_chinese_chars": tokenizer.split_cjk,

@@ -33,8 +33,8 @@ class Family:
       (e.g. a pooler, a classifier's labels).
     build(config, tokenizer, task, *, dtype, sequence_length, **options) -> a module.
     assign(module, checkpoint, task, options) -> None: the weights, strictly.
-    save(module, task) -> checkpoints.save.PresetFiles: the module as a Hugging
-      Face checkpoint (`save_to_preset`).
+    save(module, task, tokenizer) -> checkpoints.save.PresetFiles: the module as a
+      Hugging Face checkpoint (`save_to_preset`), with its tokenizer's settings.
   """
   name: str
   hf_model_types: tuple
@@ -48,6 +48,7 @@ class Family:
   options: Callable = lambda checkpoint, task, load_weights: {}
   save: Callable | None = None
   handles: dict = dataclasses.field(default_factory=dict)   # preset name -> hub handles
+  presets: dict = dataclasses.field(default_factory=dict)   # preset name -> config
 
 
 def detect(checkpoint: Checkpoint, families) -> Family:
@@ -72,9 +73,26 @@ def detect(checkpoint: Checkpoint, families) -> Family:
                         f"(supported: {supported})")
 
 
+def _offline_preset(source, families, task: str | None, error: CheckpointError, *,
+                    needs_tokenizer: bool, dtype, sequence_length, options):
+  """The module of a preset name whose files are not on this machine, built from
+  the preset's config alone (random weights, no tokenizer), or the reason it
+  cannot be."""
+  family = next(f for f in families if source in f.presets)
+  if task is None or (needs_tokenizer and task != "backbone"):
+    raise CheckpointError(
+        f"{error}\nWithout its files, preset {source!r} is only its config: "
+        f"from_preset({source!r}, load_weights=False, preprocessor=None) builds a task that "
+        "takes token ids, and a backbone class's from_preset needs no tokenizer") from None
+  config = family.presets[source]
+  return family.build(config, None, task, dtype=dtype,
+                      sequence_length=sequence_length or config.max_sequence_length,
+                      **(options or {}))
+
+
 def load(source, families, *, task: str | None = None, dtype="float32",
          sequence_length: int | None = None, load_weights: bool = True,
-         options: dict | None = None):
+         options: dict | None = None, needs_tokenizer: bool = True):
   """Loads a checkpoint directory, hub handle or preset name as a module.
 
   Args:
@@ -87,10 +105,19 @@ def load(source, families, *, task: str | None = None, dtype="float32",
       downloads) no weight file.
     options: the task's keyword arguments (e.g. num_classes), over the ones the
       family reads from the checkpoint; `build` and `assign` both see them.
+    needs_tokenizer: False when the task is wanted without a preprocessor: a
+      preset name whose files cannot be had is then built from its config
+      (with load_weights=False).
   """
   families = (families,) if isinstance(families, Family) else tuple(families)
   handles = {name: h for family in families for name, h in family.handles.items()}
-  checkpoint = open_checkpoint(source, handles, load_weights=load_weights)
+  try:
+    checkpoint = open_checkpoint(source, handles, load_weights=load_weights)
+  except CheckpointError as e:
+    if load_weights or not any(str(source) in f.presets for f in families):
+      raise
+    return _offline_preset(str(source), families, task, e, needs_tokenizer=needs_tokenizer,
+                           dtype=dtype, sequence_length=sequence_length, options=options)
   family = detect(checkpoint, families)
   if task is not None and task not in family.tasks:
     raise CheckpointError(f"unknown task {task!r} for {family.name} ({', '.join(family.tasks)})")

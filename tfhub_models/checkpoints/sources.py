@@ -59,8 +59,9 @@ def resolve(source: str | os.PathLike, handles: dict | None = None, *,
         return resolve(handle, load_weights=load_weights)
       except CheckpointError as e:
         errors.append(str(e))
-    raise CheckpointError(f"preset {source!r} has no weights on this machine and could not be "
-                          "downloaded:\n  " + "\n  ".join(errors))
+    what = "files" if load_weights else "config and tokenizer files"
+    raise CheckpointError(f"preset {source!r}: its {what} are not on this machine and could not "
+                          "be downloaded:\n  " + "\n  ".join(errors))
   for scheme, (module_name, hub, download) in _HUBS.items():
     if source.startswith(scheme):
       try:

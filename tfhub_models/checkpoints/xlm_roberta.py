@@ -16,6 +16,9 @@ from tfhub_models.tokenizers import XLMRobertaTokenizer
 
 TASKS = ("fill_mask", "text_classification", "token_classification", "backbone", "embedding")
 HEAD_TASKS = ("fill_mask",)
+# The tasks of transformers' XLMRobertaModel, which has the pooler; the others'
+# classes have none (transformers leaves a checkpoint's pooler unused too).
+POOLER_TASKS = ("backbone", "embedding")
 
 
 def config_fields(checkpoint: Checkpoint) -> dict:
@@ -97,17 +100,22 @@ def task(checkpoint: Checkpoint, requested: str | None, load_weights: bool) -> s
 
 
 def options(checkpoint: Checkpoint, task: str, load_weights: bool) -> dict:
-  """A classifier's num_classes, labels and problem_type from config.json."""
-  if task not in a.CLASSIFIER_TASKS:
-    return {}
+  """A classifier's num_classes, labels and problem_type from config.json; a
+  pooler for the backbone and embedding when the weights have one."""
   if checkpoint.format == "keras_hub":
+    return {}
+  if task in POOLER_TASKS:
+    return {"pooler": load_weights and any(k.startswith("pooler.")
+                                           for k in _hf_weights(checkpoint))}
+  if task not in a.CLASSIFIER_TASKS:
     return {}
   return a.hf_classifier_options(checkpoint.config,
                                  _hf_weights(checkpoint) if load_weights else None)
 
 
-def _ignored_hf(key: str) -> bool:
-  return (key.startswith("pooler.") or key.endswith("position_ids")
+def _ignored_hf(key: str, task: str) -> bool:
+  """Buffers, tied copies, and a pooler where the task's class has none."""
+  return ((key.startswith("pooler.") and task not in POOLER_TASKS) or key.endswith("position_ids")
           or key in ("lm_head.decoder.weight", "lm_head.decoder.bias"))
 
 
@@ -136,7 +144,7 @@ def assign(module, checkpoint: Checkpoint, task: str, options: dict | None = Non
                                                checkpoint.directory)
     heads += (a.CLASSIFIER_PREFIX,)   # a fresh head leaves the checkpoint's unused
   a.assign_strict(assignments, weights,
-                  ignored=lambda k: _ignored_hf(k) or k.startswith(heads),
+                  ignored=lambda k: _ignored_hf(k, task) or k.startswith(heads),
                   where=str(checkpoint.directory), dtype=b.dtype)
 
 
@@ -150,6 +158,8 @@ def hf_assignments(module, task: str, with_classifier: bool = True) -> list:
       ("embeddings.token_type_embeddings.weight", b.type_embedding.embeddings, a.same),
       *a.hf_norm("embeddings.LayerNorm", b.embeddings_layer_norm),
       *a.hf_bert_layers(b.transformer_layers)]
+  if b.pooler is not None:
+    assignments += a.hf_dense("pooler.dense", b.pooler)
   if task in HEAD_TASKS:
     h = module.head
     assignments += [*a.hf_dense("lm_head.dense", h.dense),
@@ -166,8 +176,9 @@ _ARCHITECTURES = {"fill_mask": ("XLMRobertaForMaskedLM", "roberta."),
                   "backbone": ("XLMRobertaModel", ""), "embedding": ("XLMRobertaModel", "")}
 
 
-def hf_files(module, task: str) -> save.PresetFiles:
+def hf_files(module, task: str, tokenizer) -> save.PresetFiles:
   """config.json, weights and tokenizer_config.json of `module` as transformers saves them."""
+  del tokenizer   # XLM-RoBERTa's special tokens are fixed
   architecture, prefix = _ARCHITECTURES[task]
   c = a.backbone_of(module).config
   config = {
@@ -188,7 +199,7 @@ def hf_files(module, task: str) -> save.PresetFiles:
       # Upstream's <mask> takes the space before it.
       "mask_token": {"content": "<mask>", "lstrip": True, "rstrip": False, "normalized": False,
                      "single_word": False, "special": True, "__type": "AddedToken"},
-      "model_max_length": c.max_sequence_length}
+      "add_prefix_space": True, "model_max_length": c.max_sequence_length}
   return save.PresetFiles(config, save.state(hf_assignments(module, task), prefix,
                                              ("lm_head.", a.CLASSIFIER_PREFIX)),
                           tokenizer_config)

@@ -438,11 +438,14 @@ class BartSeq2SeqLM(layers.Module, training.Trainable):
     return self._compiled.functions[key]
 
   def generate(self, inputs, max_length: int | None = None, stop_token_ids="auto", seed=None):
-    """Generates text for a string, a list of strings, a string tensor [B] or a
-    tf.data.Dataset.
+    """Generates text for a string, a list of strings, a string tensor [B], a
+    tf.data.Dataset of those, or keras-hub's dicts.
 
     Args:
-      inputs: the texts (a Dataset is generated batch by batch, results concatenated).
+      inputs: the texts (a Dataset is generated batch by batch, results
+        concatenated); {"encoder_text": texts} as keras-hub takes them; or
+        preprocessed {"encoder_token_ids", "encoder_padding_mask": int [B, S]}
+        (a task built with preprocessor=None takes only these).
       max_length: decoder ids, the start token included (default: the config's).
       stop_token_ids: "auto" (end of sequence), None (run to max_length) or ids.
       seed: None (the samplers that draw sample differently on each call) or an
@@ -450,27 +453,58 @@ class BartSeq2SeqLM(layers.Module, training.Trainable):
         earlier versions took, is one 64-bit seed.
 
     Returns:
-      A string for a string, a list of strings for a list, else a string tensor [B].
+      A string for a string, a list of strings for a list, else a string tensor
+      [B]; for preprocessed inputs {"decoder_token_ids": int32 [B·R, max_length]
+      (the start token first, padding after the end), "decoder_padding_mask"}.
     """
+    if isinstance(inputs, dict):
+      return self._generate_dict(inputs, max_length, stop_token_ids, seed)
     if isinstance(inputs, str):
       return self.generate([inputs], max_length, stop_token_ids, seed)[0]
     if isinstance(inputs, tf.data.Dataset):
       parts = [self.generate(batch, max_length, stop_token_ids, seed) for batch in inputs]
       return tf.concat(parts, axis=0) if parts else tf.constant([], tf.string)
+    tasks.require_preprocessor(self, "generate on text")
     as_list = isinstance(inputs, (list, tuple))
     text = tf.constant(list(inputs), tf.string) if as_list else tf.convert_to_tensor(inputs)
-    stops = (None if stop_token_ids == "auto" else (list(stop_token_ids or [])))
-    length = max_length or self.backbone.config.generation.max_length
     encoded = self.preprocessor(text)
-    if seed is None:     # 0 in every row: fresh ones
-      seeds = generation.row_seeds(tf.zeros(tf.shape(text)[:1], tf.int64))
-    else:
-      seeds = tf.fill(tf.shape(text)[:1], tf.constant(generation.seed_int(seed), tf.int64))
-    ids, _ = self._function(length, None if stops is None else tuple(stops))(
-        encoded["token_ids"], encoded["padding_mask"], seeds)
+    ids = self._generate_ids(encoded["token_ids"], encoded["padding_mask"], max_length,
+                             stop_token_ids, seed)
     out = self.tokenizer.detokenize(ids)
     return [t.decode("utf-8") for t in out.numpy()] if as_list else out
 
+  def _generate_ids(self, token_ids, padding_mask, max_length, stop_token_ids, seed):
+    stops = (None if stop_token_ids == "auto" else (list(stop_token_ids or [])))
+    length = max_length or self.backbone.config.generation.max_length
+    rows = tf.shape(token_ids)[:1]
+    if seed is None:     # 0 in every row: fresh ones
+      seeds = generation.row_seeds(tf.zeros(rows, tf.int64))
+    else:
+      seeds = tf.fill(rows, tf.constant(generation.seed_int(seed), tf.int64))
+    ids, _ = self._function(length, None if stops is None else tuple(stops))(
+        tf.cast(token_ids, tf.int32), tf.cast(padding_mask, tf.int32), seeds)
+    return ids
+
+  def _generate_dict(self, inputs: dict, max_length, stop_token_ids, seed):
+    """keras-hub's dict forms of generate's inputs."""
+    keys = set(inputs)
+    if "decoder_text" in keys or "decoder_token_ids" in keys:
+      raise ValueError("generate takes no decoder prompt (decoder_text / decoder_token_ids): "
+                       "decoding starts from the decoder start token")
+    if keys == {"encoder_text"}:
+      return self.generate(inputs["encoder_text"], max_length, stop_token_ids, seed)
+    if keys == {"encoder_token_ids", "encoder_padding_mask"}:
+      ids = self._generate_ids(inputs["encoder_token_ids"], inputs["encoder_padding_mask"],
+                               max_length, stop_token_ids, seed)
+      stops = (self.backbone.config.generation.eos_token_ids if stop_token_ids == "auto"
+               else list(stop_token_ids or []))
+      # Real up to a row's first stop token (after the start token), padding after it.
+      is_stop = tf.reduce_any(ids[:, 1:, None] == tf.constant(stops or [-1], tf.int32), axis=-1)
+      ended = tf.cumsum(tf.cast(is_stop, tf.int32), axis=1, exclusive=True) > 0    # [B, T-1]
+      mask = tf.concat([tf.ones_like(ids[:, :1]), tf.cast(~ended, tf.int32)], axis=1)
+      return {"decoder_token_ids": ids, "decoder_padding_mask": mask}
+    raise ValueError(f"generate takes {{\"encoder_text\"}} or {{\"encoder_token_ids\", "
+                     f"\"encoder_padding_mask\"}}, not {{{', '.join(sorted(map(repr, keys)))}}}")
 
 def build(config: BartConfig, tokenizer: ByteLevelBPETokenizer, task: str = "generate", *,
           dtype="float32", sequence_length: int | None = None):
@@ -478,8 +512,8 @@ def build(config: BartConfig, tokenizer: ByteLevelBPETokenizer, task: str = "gen
   backbone = BartBackbone(config, dtype=dtype)
   if task == "backbone":
     return backbone
-  if task == "generate":
-    return BartSeq2SeqLM(backbone, BartPreprocessor(
+  if task == "generate":   # without a tokenizer: a task on token ids
+    return BartSeq2SeqLM(backbone, None if tokenizer is None else BartPreprocessor(
         tokenizer, sequence_length or config.max_sequence_length))
   raise ValueError(f"unknown BART task {task!r} ({', '.join(files.TASKS)})")
 
@@ -493,7 +527,7 @@ FAMILY = loader.Family(
     name="BART", hf_model_types=("bart",), keras_hub_classes=("BartBackbone",), tasks=files.TASKS,
     config=_config, tokenizer=files.tokenizer, task=files.task, build=build, assign=files.assign,
     save=files.hf_files,
-    handles=PRESET_HANDLES)
+    handles=PRESET_HANDLES, presets=PRESETS)
 
 __all__ = ["BartConfig", "BartBackbone", "BartSeq2SeqLM", "DecoderLayer", "DecoderState",
            "PRESETS", "PRESET_HANDLES", "FAMILY", "build"]

@@ -347,7 +347,8 @@ def build(config: ElectraConfig, tokenizer: WordPieceTokenizer,
   backbone = ElectraBackbone(config, pooler=pooler, dtype=dtype)
   if task == "backbone":
     return backbone
-  preprocessor = BertPreprocessor(tokenizer, sequence_length or config.max_sequence_length)
+  preprocessor = (None if tokenizer is None else   # None: a task on token ids
+                  BertPreprocessor(tokenizer, sequence_length or config.max_sequence_length))
   if task == "replaced_token_detection":
     return ElectraDiscriminator(backbone, preprocessor)
   if task == "fill_mask":
@@ -367,7 +368,7 @@ FAMILY = loader.Family(
     tasks=files.TASKS, config=lambda checkpoint: ElectraConfig(**files.config_fields(checkpoint)),
     tokenizer=files.tokenizer, task=files.task, build=build, assign=files.assign,
     save=files.hf_files,
-    options=files.options, handles=PRESET_HANDLES)
+    options=files.options, handles=PRESET_HANDLES, presets=PRESETS)
 ElectraTextClassifier.family = ElectraTokenClassifier.family = FAMILY
 
 __all__ = ["ElectraConfig", "ElectraBackbone", "ElectraDiscriminatorHead", "ElectraEncoder",

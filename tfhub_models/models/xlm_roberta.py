@@ -56,7 +56,12 @@ PRESET_HANDLES = {
 
 
 class XLMRobertaBackbone(layers.Module):
-  """Token + position (+ type) embeddings, layer norm, post-norm encoder stack."""
+  """Token + position (+ type) embeddings, layer norm, post-norm encoder stack.
+
+  `pooled_output` is tanh(dense(`<s>` state)) when built with `pooler=True` (an
+  `XLMRobertaModel` checkpoint with `pooler.dense.*`, as transformers'
+  `pooler_output`), else the `<s>` state itself.
+  """
 
   presets = PRESETS
 
@@ -64,7 +69,8 @@ class XLMRobertaBackbone(layers.Module):
                vocabulary_size: int | None = None, num_layers: int | None = None,
                num_heads: int | None = None, hidden_dim: int | None = None,
                intermediate_dim: int | None = None, dropout: float | None = None,
-               max_sequence_length: int | None = None, dtype="float32", name: str = "backbone"):
+               max_sequence_length: int | None = None, pooler: bool = False, dtype="float32",
+               name: str = "backbone"):
     """Takes a config, or keras-hub's argument names (unset ones keep the config's)."""
     super().__init__(name=name)
     named = dict(vocabulary_size=vocabulary_size, num_layers=num_layers, num_heads=num_heads,
@@ -91,6 +97,8 @@ class XLMRobertaBackbone(layers.Module):
               dtype=dtype, name=f"transformer_layer_{i}")
           for i in range(c.num_layers)
       ]
+      self.pooler = (layers.Dense(c.hidden_dim, c.hidden_dim, dtype=dtype, name="pooler")
+                     if pooler else None)
 
   @classmethod
   def from_preset(cls, preset: str, load_weights: bool = True, *,
@@ -106,8 +114,8 @@ class XLMRobertaBackbone(layers.Module):
       training: enables dropout.
 
     Returns:
-      {"sequence_output": [B, L, D], "pooled_output": [B, D] (the `<s>` state)}, in
-      the backbone's dtype.
+      {"sequence_output": [B, L, D], "pooled_output": [B, D] (the `<s>` state, through
+      the pooler when there is one)}, in the backbone's dtype.
     """
     token_ids = tf.cast(inputs["token_ids"], tf.int32)
     real = tf.cast(tf.cast(inputs["padding_mask"], tf.bool), tf.int32)    # [B, L]
@@ -121,7 +129,9 @@ class XLMRobertaBackbone(layers.Module):
     x = layers.dropout(self.embeddings_layer_norm(x), self.config.dropout, training)
     for layer in self.transformer_layers:
       x = layer(x, real, training=training)
-    return {"sequence_output": x, "pooled_output": x[:, 0]}
+    first = x[:, 0]
+    pooled = tf.math.tanh(self.pooler(first)) if self.pooler is not None else first
+    return {"sequence_output": x, "pooled_output": pooled}
 
 
 class XLMRobertaMaskedLM(layers.Module, training.Trainable):
@@ -218,6 +228,11 @@ class XLMRobertaEncoder(layers.Module):
     """
     return tasks.load_preset(FAMILY, cls.task, preset, load_weights, preprocessor, **overrides)
 
+  def save_to_preset(self, preset_dir, overwrite: bool = False):
+    """Writes an XLMRobertaModel checkpoint directory (its pooler included);
+    see XLMRobertaMaskedLM.save_to_preset."""
+    return tasks.save_preset(FAMILY, self, preset_dir, overwrite=overwrite)
+
 
 class XLMRobertaTextClassifier(classification.TextClassifier):
   """`XLMRobertaForSequenceClassification`: dense + tanh + out_proj on `<s>`."""
@@ -245,14 +260,16 @@ class XLMRobertaTokenClassifier(classification.TokenClassifier):
 
 def build(config: XLMRobertaConfig, tokenizer: XLMRobertaTokenizer, task: str = "fill_mask", *,
           dtype="float32", sequence_length: int | None = None, num_classes: int = 2, labels=None,
-          problem_type: str = "single_label_classification", fresh_head: bool = False):
+          problem_type: str = "single_label_classification", fresh_head: bool = False,
+          pooler: bool = False):
   """The module of `task` (fill_mask, text_classification, embedding, backbone) with
-  random weights."""
+  random weights; `pooler` for the tasks of an XLMRobertaModel (backbone, embedding)."""
   del fresh_head   # the loader's concern (assign)
-  backbone = XLMRobertaBackbone(config, dtype=dtype)
+  backbone = XLMRobertaBackbone(config, pooler=pooler, dtype=dtype)
   if task == "backbone":
     return backbone
-  preprocessor = XLMRobertaPreprocessor(tokenizer, sequence_length or config.max_sequence_length)
+  preprocessor = (None if tokenizer is None else   # None: a task on token ids
+                  XLMRobertaPreprocessor(tokenizer, sequence_length or config.max_sequence_length))
   if task == "fill_mask":
     return XLMRobertaMaskedLM(backbone, preprocessor)
   if task == "embedding":
@@ -271,7 +288,7 @@ FAMILY = loader.Family(
     config=lambda checkpoint: XLMRobertaConfig(**files.config_fields(checkpoint)),
     tokenizer=files.tokenizer, task=files.task, build=build, assign=files.assign,
     save=files.hf_files, options=files.options,
-    handles=PRESET_HANDLES)
+    handles=PRESET_HANDLES, presets=PRESETS)
 XLMRobertaTextClassifier.family = XLMRobertaTokenClassifier.family = FAMILY
 
 __all__ = ["XLMRobertaConfig", "XLMRobertaBackbone", "XLMRobertaMaskedLM", "XLMRobertaEncoder",

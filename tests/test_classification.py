@@ -129,7 +129,6 @@ def test_fine_tuned_classifier_learns_and_saves_for_transformers(tmp_path, sp_fi
 
 @pytest.fixture(scope="module")
 def electra_classifier_dir(tmp_path_factory, wordpiece_dir, wordpiece_vocab):
-  import shutil
   import torch
   import transformers
   directory = tmp_path_factory.mktemp("electra_cls")
@@ -239,7 +238,6 @@ NER = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}
 @pytest.mark.parametrize("family", ["xlm_roberta", "electra"])
 def test_token_classifier_matches_transformers_trains_and_saves(
     family, tmp_path, sp_file, vocab_size, wordpiece_dir, wordpiece_vocab):
-  import shutil
   import torch
   import transformers
   import tfhub_models

@@ -3,7 +3,6 @@ them, with character offsets, from the Python API and from exports, served."""
 
 import dataclasses
 import os
-import shutil
 import subprocess
 import sys
 

@@ -48,7 +48,7 @@ def load_preset(family: loader.Family, task: str, preset, load_weights: bool,
     raise ValueError(f"a {type(module).__name__} has no preprocessor to replace")
   # save_to_preset writes the checkpoint's tokenizer files, whatever preprocesses.
   if module.tokenizer is not None:
-    module.__dict__["_checkpoint_tokenizer"] = _Unsaved(module.tokenizer)
+    training.keep_checkpoint_tokenizer(module, module.tokenizer)
   check_compatible(module.backbone, preprocessor,
                    exact_vocabulary=getattr(module, "exact_vocabulary", True))
   module.preprocessor = preprocessor
@@ -57,38 +57,14 @@ def load_preset(family: loader.Family, task: str, preset, load_weights: bool,
   return module
 
 
-class _Unsaved:
-  """Holds a value out of sight of tf.Module's walks, checkpoints and SavedModels."""
-
-  def __init__(self, value):
-    self.value = value
-
-
-def preset_tokenizer(task):
-  """The tokenizer whose files save_to_preset writes: the preprocessor's, else
-  that of the checkpoint a task built with preprocessor=None was loaded from;
-  None for a task built from a bare config."""
-  if getattr(task, "preprocessor", None) is not None:
-    return task.preprocessor.tokenizer
-  held = task.__dict__.get("_checkpoint_tokenizer")
-  return held.value if held is not None else None
-
-
-def no_tokenizer_message(task, consequence: str = "save_to_preset refuses") -> str:
-  return (f"{type(task).__name__} has no tokenizer (built from a bare config, without a "
-          f"preprocessor or a checkpoint), so {consequence}: a preset carries its tokenizer's "
-          "files. Build it with from_preset(CHECKPOINT, preprocessor=None), or with a "
-          "preprocessor")
-
-
 def save_preset(family: loader.Family, task, directory, *, overwrite: bool = False):
   """`save_to_preset` of every task: a Hugging Face checkpoint directory that
   transformers' AutoModelFor* / AutoTokenizer and our from_preset load,
   written atomically (a hidden sibling, then a rename).  Returns its path."""
   from tfhub_models.checkpoints import save
-  tokenizer = preset_tokenizer(task)
+  tokenizer = training.preset_tokenizer(task)
   if tokenizer is None:
-    raise ValueError(no_tokenizer_message(task))
+    raise ValueError(training.no_tokenizer_message(task))
   return save.write(family.save(task, task.task, tokenizer), tokenizer, directory,
                     overwrite=overwrite)
 

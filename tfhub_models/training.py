@@ -212,6 +212,37 @@ def _element_dict(*element) -> dict:
 # ---------------------------------------------------------------------------
 # The mixin.
 
+class _Unsaved:
+  """Holds a value out of sight of tf.Module's walks, checkpoints and SavedModels."""
+
+  def __init__(self, value):
+    self.value = value
+
+
+def keep_checkpoint_tokenizer(task, tokenizer) -> None:
+  """Remembers the tokenizer of the checkpoint a task was loaded from, for
+  save_to_preset, when the task is built without a preprocessor."""
+  task.__dict__["_checkpoint_tokenizer"] = _Unsaved(tokenizer)
+
+
+def preset_tokenizer(task):
+  """The tokenizer whose files save_to_preset writes: the preprocessor's, else
+  that of the checkpoint a task built with preprocessor=None was loaded from;
+  None for a task built from a bare config."""
+  if getattr(task, "preprocessor", None) is not None:
+    return task.preprocessor.tokenizer
+  held = task.__dict__.get("_checkpoint_tokenizer")
+  return held.value if held is not None else None
+
+
+def no_tokenizer_message(task, consequence: str = "save_to_preset refuses") -> str:
+  return (f"{type(task).__name__} has no tokenizer (built from a bare config, without a "
+          f"preprocessor or a checkpoint), so {consequence}: a preset carries its tokenizer's "
+          "files. Build it with from_preset(CHECKPOINT, preprocessor=None), or with a "
+          "preprocessor")
+
+
+
 class Trainable:
   """compile, fit, evaluate and predict (keras-hub's names and defaults)."""
 
@@ -431,9 +462,8 @@ class Trainable:
     """
     if int(epochs) < 1:
       raise TrainingError(f"epochs must be >= 1, got {epochs}")
-    from tfhub_models import tasks   # tasks builds on this module
-    if hasattr(self, "save_to_preset") and tasks.preset_tokenizer(self) is None:
-      warnings.warn(tasks.no_tokenizer_message(self, "save_to_preset will refuse after fit"),
+    if hasattr(self, "save_to_preset") and preset_tokenizer(self) is None:
+      warnings.warn(no_tokenizer_message(self, "save_to_preset will refuse after fit"),
                     stacklevel=2)
     compiled = self._training_state()
     batches = Batches(x, y, sample_weight, batch_size=batch_size)

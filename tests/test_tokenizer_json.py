@@ -179,6 +179,10 @@ def test_save_to_preset_writes_what_transformers_reads(saved, tmp_path):
     assert (theirs(lines, add_special_tokens=False)["input_ids"]
             == expected(lines, add_special_tokens=False)["input_ids"]), family
     assert ours(from_json(family, target), lines) == ours(tokenizer, lines), family
+    (target / "tokenizer.json").unlink()          # what readers of the legacy files see
+    legacy = transformers.AutoTokenizer.from_pretrained(str(target))
+    assert (legacy(lines, add_special_tokens=False)["input_ids"]
+            == expected(lines, add_special_tokens=False)["input_ids"]), family
 
 
 @pytest.mark.parametrize("family", ["xlm_roberta", "electra", "bart"])

@@ -16,6 +16,13 @@ entry, run once, and every output is split back by rows:
 
 As in TF Serving, every output's 0th dimension must be the batch's: a
 signature whose outputs are not per-row cannot be batched.
+
+Clients stay apart: without `pad_variable_length_inputs` only requests whose
+inputs have the same shapes past the 0th dimension share a queue (others wait
+in their own, instead of failing together); and when a merged batch fails on
+its input (INVALID_ARGUMENT, OUT_OF_RANGE, FAILED_PRECONDITION: one request's
+bad row), each request runs again alone, so only the bad one fails, with an
+error about its own rows.
 """
 
 from __future__ import annotations
@@ -77,6 +84,11 @@ class BatchingOptions:
                pad_variable_length_inputs=params.pad_variable_length_inputs)
 
 
+# The codes a run answers when its input is at fault (TensorFlow's checks of values).
+_INPUT_CODES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE,
+                          grpc.StatusCode.FAILED_PRECONDITION})
+
+
 class _Task:
   __slots__ = ("inputs", "size", "done", "result", "error", "enqueued")
 
@@ -123,7 +135,9 @@ class Batcher:
     if size > self.options.max_batch_size:
       raise invalid(f"Task size {size} is larger than maximum input batch size "
                     f"{self.options.max_batch_size}")
-    key = (signature, tuple(sorted(inputs)), tuple(outputs))
+    shapes = () if self.options.pad_variable_length_inputs else tuple(
+        (k, inputs[k].shape[1:]) for k in sorted(inputs))
+    key = (signature, tuple(sorted(inputs)), tuple(outputs), shapes)
     task = _Task(inputs, size)
     with self._cond:
       if self._stopped:
@@ -190,25 +204,13 @@ class Batcher:
       self._process(key, tasks)
 
   def _process(self, key, tasks: list[_Task]) -> None:
-    signature, _, outputs = key
     try:
-      inputs, total, padded = self._merge(tasks)
-      if self._on_batch:
-        self._on_batch(padded)
-      result = self._run(signature, inputs, outputs)
-      start = 0
-      for name, value in result.items():
-        if value.ndim == 0 or value.shape[0] != padded:
-          raise ServingError(
-              grpc.StatusCode.FAILED_PRECONDITION,
-              "Batched output tensor's 0th dimension does not equal the sum of the 0th "
-              f"dimension sizes of the input tensors (output {name}: "
-              f"{value.shape[0] if value.ndim else 'a scalar'}, batch {padded}); signature "
-              f"{signature} cannot be batched")
-      for task in tasks:
-        task.result = {k: v[start:start + task.size] for k, v in result.items()}
-        start += task.size
+      self._run_batch(key, tasks)
     except ServingError as e:
+      if len(tasks) > 1 and e.code in _INPUT_CODES:   # whose rows? each runs alone
+        for task in tasks:
+          self._process(key, [task])
+        return
       for task in tasks:
         task.error = e
     except Exception as e:  # never leave a caller waiting
@@ -216,6 +218,26 @@ class Batcher:
         task.error = ServingError(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
     for task in tasks:
       task.done.set()
+
+  def _run_batch(self, key, tasks: list[_Task]) -> None:
+    """Runs tasks as one batch and gives each its rows; raises ServingError."""
+    signature, _, outputs, _ = key
+    inputs, total, padded = self._merge(tasks)
+    if self._on_batch:
+      self._on_batch(padded)
+    result = self._run(signature, inputs, outputs)
+    start = 0
+    for name, value in result.items():
+      if value.ndim == 0 or value.shape[0] != padded:
+        raise ServingError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "Batched output tensor's 0th dimension does not equal the sum of the 0th "
+            f"dimension sizes of the input tensors (output {name}: "
+            f"{value.shape[0] if value.ndim else 'a scalar'}, batch {padded}); signature "
+            f"{signature} cannot be batched")
+    for task in tasks:
+      task.result = {k: v[start:start + task.size] for k, v in result.items()}
+      start += task.size
 
   def _merge(self, tasks: list[_Task]):
     total = sum(t.size for t in tasks)

@@ -11,6 +11,19 @@ from typing import Iterable
 
 from tensorflow_serving.config import model_server_config_pb2
 
+from serving.errors import shown
+
+INT64_MAX = 2 ** 63 - 1
+
+
+def version_of(directory_name: str) -> int | None:
+  """The version a directory under a base path holds, as TF Serving parses its name
+  (an int64; leading zeros allowed: `0007` is version 7), or None: not a version."""
+  if not (directory_name.isascii() and directory_name.isdigit()) or len(directory_name) > 40:
+    return None
+  version = int(directory_name)
+  return version if version <= INT64_MAX else None
+
 
 def check_config(config: model_server_config_pb2.ModelServerConfig) -> None:
   """Rejects configs TF Serving would reject, naming the problem; raises ValueError."""
@@ -18,24 +31,27 @@ def check_config(config: model_server_config_pb2.ModelServerConfig) -> None:
     raise ValueError("custom_model_config is not supported; use model_config_list")
   names = set()
   for model in config.model_config_list.config:
+    name = shown(model.name)
     if not model.name:
       raise ValueError("a model config has no name")
     if model.name in names:
-      raise ValueError(f"model {model.name} is configured twice")
+      raise ValueError(f"model {name} is configured twice")
     names.add(model.name)
     if not model.base_path:
-      raise ValueError(f"model {model.name} has no base_path")
+      raise ValueError(f"model {name} has no base_path")
     if model.model_platform not in ("", "tensorflow"):
-      raise ValueError(f"model {model.name}: model_platform {model.model_platform!r} is not "
-                       "supported (only tensorflow)")
+      raise ValueError(f"model {name}: model_platform {shown(repr(model.model_platform))} is "
+                       "not supported (only tensorflow)")
     policy = model.model_version_policy
     if policy.WhichOneof("policy_choice") == "specific" and not policy.specific.versions:
-      raise ValueError(f"model {model.name}: a specific version policy lists no versions")
+      raise ValueError(f"model {name}: a specific version policy lists no versions")
+    if policy.WhichOneof("policy_choice") == "specific" and min(policy.specific.versions) < 0:
+      raise ValueError(f"model {name}: a specific version policy lists a negative version")
     if policy.WhichOneof("policy_choice") == "latest" and policy.latest.num_versions < 0:
-      raise ValueError(f"model {model.name}: latest.num_versions must be positive")
+      raise ValueError(f"model {name}: latest.num_versions must be positive")
     for label, version in model.version_labels.items():
       if version <= 0:
-        raise ValueError(f"model {model.name}: label {label} points to version {version}")
+        raise ValueError(f"model {name}: label {shown(label)} points to version {version}")
 
 
 def wanted_versions(policy, on_disk: Iterable[int]) -> set[int]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pathlib
 import threading
 import time
 from typing import Callable, NamedTuple, Sequence
@@ -28,9 +29,9 @@ from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving.config import check_config
-from serving.errors import ServingError, invalid
+from serving.errors import ServingError, invalid, shown
 from serving.metrics import Metrics
-from serving.registry import Registry
+from serving.registry import Registry, version_directories
 from serving.servable import Signature
 
 log = logging.getLogger("serving.core")
@@ -101,7 +102,8 @@ class ServingCore:
     """The signatures of the version `model_spec` names (`fields` must be [signature_def])."""
     with _Counted(self.metrics, model_spec.name, "GetModelMetadata", entrypoint):
       if list(fields) != ["signature_def"]:
-        raise invalid(f"Metadata field must be exactly [\"signature_def\"], got {list(fields)}")
+        raise invalid("Metadata field must be exactly [\"signature_def\"], got "
+                      f"{shown(list(fields))}")
       with self.registry.acquire(model_spec) as servable:
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         for name, signature in servable.signatures.items():
@@ -137,15 +139,35 @@ class ServingCore:
           if os.path.realpath(model.base_path) not in self.allowed_base_paths:
             raise ServingError(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"model {model.name}: base path {model.base_path} is not one of the server's "
+                f"model {shown(model.name)}: base path {shown(model.base_path, 256)} is not "
+                "one of the server's "
                 "configured base paths; base paths come only from --model_base_path or "
                 "--model_config_file")
+        _check_specific_versions(models)
       else:
         self.allowed_base_paths |= {os.path.realpath(m.base_path) for m in models}
       added = self.registry.set_config(config)
       self.registry.poll()
     failed = [name for name in added if not self.registry.available().get(name)]
-    if failed and from_request:
-      raise ServingError(grpc.StatusCode.UNKNOWN,
+    if failed and from_request:   # on disk but not loadable: the request's, not UNKNOWN
+      raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
                          f"{len(failed)} model(s) did not become available: "
-                         + "; ".join(f"{n}: {self.registry.problem(n)}" for n in failed))
+                         + "; ".join(f"{shown(n)}: {self.registry.problem(n)}"
+                                     for n in failed[:8]))
+
+
+def _check_specific_versions(models) -> None:
+  """NOT_FOUND, before anything changes, when a request's specific version policy
+  names versions its base path does not hold."""
+  for model in models:
+    policy = model.model_version_policy
+    if policy.WhichOneof("policy_choice") != "specific":
+      continue
+    base = pathlib.Path(model.base_path)
+    on_disk = version_directories(base)[0] if base.is_dir() else {}
+    missing = sorted(set(policy.specific.versions) - set(on_disk))
+    if missing:
+      raise ServingError(grpc.StatusCode.NOT_FOUND,
+                         f"model {shown(model.name)}: version(s) {shown(missing)} not found "
+                         f"under {shown(model.base_path, 256)} (it has "
+                         f"{shown(sorted(on_disk)) if on_disk else 'none'}); nothing changed")

@@ -10,6 +10,12 @@ is found.  INTERNAL means a fault of ours: `core._Counted` (and the REST front
 end for its own framing code) turns an unexpected exception into it and logs it
 once, with its traceback.  A model's own failure on valid input keeps the code
 TensorFlow gave it (`code_of`).
+
+What a client sent is echoed only through `shown` (a name, label or number
+cut to a few dozen characters, saying how much was left out), and no message
+is longer than `MAX_MESSAGE_BYTES` in UTF-8: gRPC carries the message in a
+header, percent-encoded (up to 3 times longer), and one past its metadata limit
+(8 to 16 KB) turns the answer into RESOURCE_EXHAUSTED "Stream removed".
 """
 
 from __future__ import annotations
@@ -31,10 +37,33 @@ _HTTP_STATUS = {
 _BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
+MAX_MESSAGE_BYTES = 2000
+SHOWN_CHARS = 64
+
+
+def shown(value, limit: int = SHOWN_CHARS) -> str:
+  """A client's value (a name, label, number) for an error message: as it is when
+  short, else its first `limit` characters and how many more there were."""
+  text = value if isinstance(value, str) else str(value)
+  if len(text) <= limit:
+    return text
+  return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def _bounded(message: str) -> str:
+  """message cut to MAX_MESSAGE_BYTES of UTF-8, saying how much was left out."""
+  if len(message.encode("utf-8", "replace")) <= MAX_MESSAGE_BYTES:
+    return message
+  kept = message.encode("utf-8", "replace")[:MAX_MESSAGE_BYTES - 60].decode("utf-8", "ignore")
+  return f"{kept}... ({len(message) - len(kept)} more characters)"
+
+
 class ServingError(Exception):
-  """An error answered with the gRPC status code TF Serving would use."""
+  """An error answered with the gRPC status code TF Serving would use; its message
+  is cut to MAX_MESSAGE_BYTES."""
 
   def __init__(self, code: grpc.StatusCode, message: str):
+    message = _bounded(message)
     super().__init__(message)
     self.code = code
     self.message = message

@@ -11,13 +11,15 @@ from __future__ import annotations
 from concurrent import futures
 
 import grpc
+from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2_grpc
-from tensorflow_serving.apis import (model_management_pb2, model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (model_management_pb2, model_service_pb2,
+                                     model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2, prediction_service_pb2_grpc)
 
 from serving import tensors
 from serving.core import ServingCore
-from serving.errors import ServingError
+from serving.errors import ServingError, shown
 
 # TF Serving accepts messages up to 2 GB; generation outputs need more than gRPC's 4 MB.
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
@@ -41,6 +43,12 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     limit = self._max_request_bytes
 
     def read_inputs(signature):
+      # Names, dtypes and declared shapes against the signature before any value
+      # is decoded: what a request declares costs nothing to send.
+      signature.check_names(request.inputs)
+      for key, tensor in request.inputs.items():
+        signature.check_declared(key, tensor.dtype, [d.size for d in tensor.tensor_shape.dim]
+                                 if not tensor.tensor_shape.unknown_rank else None)
       return {key: tensors.from_proto(key, tensor, limit) for key, tensor in request.inputs.items()}
 
     try:
@@ -90,6 +98,48 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     return model_management_pb2.ReloadConfigResponse()
 
 
+class _Undecodable:
+  """What a request's bytes became when they are not its message."""
+
+  def __init__(self, message_name: str, error: Exception):
+    self.message_name, self.error = message_name, error
+
+
+def _lenient(message_class):
+  """A request deserializer that never raises (grpcio answers INTERNAL and logs a
+  traceback when one does): bytes that are not the message become _Undecodable."""
+  def deserialize(data: bytes):
+    try:
+      return message_class.FromString(data)
+    except Exception as e:  # noqa: BLE001  (DecodeError, RecursionError: the bytes' fault)
+      return _Undecodable(message_class.DESCRIPTOR.name, e)
+  return deserialize
+
+
+def _refusing_undecodable(method):
+  def handle(request, context):
+    if isinstance(request, _Undecodable):
+      context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the request is not a valid {request.message_name}: "
+                    f"{shown(f'{type(request.error).__name__}: {request.error}', 200)}")
+    return method(request, context)
+  return handle
+
+
+def _add_service(server, servicer, service_descriptor) -> None:
+  """Registers every (unary) method of a service, as the generated
+  add_*Servicer_to_server does, but with lenient request deserializers."""
+  handlers = {}
+  for method in service_descriptor.methods:
+    request = message_factory.GetMessageClass(method.input_type)
+    response = message_factory.GetMessageClass(method.output_type)
+    handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+        _refusing_undecodable(getattr(servicer, method.name)),
+        request_deserializer=_lenient(request), response_serializer=response.SerializeToString)
+  server.add_generic_rpc_handlers(
+      (grpc.method_handlers_generic_handler(service_descriptor.full_name, handlers),))
+
+
 def build_grpc(core: ServingCore, host: str, port: int, *, max_workers: int = 64,
                credentials=None, channel_arguments=(), max_request_bytes: int = MAX_MESSAGE_BYTES):
   """An unstarted grpc.Server with every service; returns (server, bound port, health).
@@ -99,9 +149,10 @@ def build_grpc(core: ServingCore, host: str, port: int, *, max_workers: int = 64
   options = [("grpc.max_receive_message_length", max_request_bytes),
              ("grpc.max_send_message_length", MAX_MESSAGE_BYTES), *channel_arguments]
   server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options)
-  prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-      PredictionService(core, max_request_bytes), server)
-  model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), server)
+  _add_service(server, PredictionService(core, max_request_bytes),
+               prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"])
+  _add_service(server, ModelService(core),
+               model_service_pb2.DESCRIPTOR.services_by_name["ModelService"])
   health_servicer = health.HealthServicer()
   health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
   address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -32,8 +32,8 @@ from typing import Callable, Iterator
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.config import check_config, wanted_versions
-from serving.errors import invalid, not_found
+from serving.config import check_config, version_of, wanted_versions
+from serving.errors import invalid, not_found, shown
 from serving.servable import Servable
 
 log = logging.getLogger("serving.registry")
@@ -60,6 +60,7 @@ class Model:
     self.servables: dict[int, Servable] = {}
     self.statuses: dict[int, VersionStatus] = {}
     self.problem = ""  # why no version can be found (e.g. a missing base path)
+    self.ignored: frozenset = frozenset()  # directory names that are not versions, logged once
 
   @property
   def name(self) -> str:
@@ -68,6 +69,28 @@ class Model:
   def wanted(self, on_disk: list[int]) -> set[int]:
     """The versions the model's version policy asks for, among `on_disk`."""
     return wanted_versions(self.config.model_version_policy, on_disk)
+
+
+def version_directories(base: pathlib.Path) -> tuple[dict[int, str], set[str]]:
+  """({version: directory name}, numeric names that are no version) under `base`.
+
+  Names are parsed as TF Serving parses them (config.version_of): `0007` is
+  version 7, loaded from `0007`; a number beyond int64 is no version; of two
+  names for one version (`7`, `007`) the shorter is taken.
+  """
+  found, ignored = {}, set()
+  for path in base.iterdir():
+    if not path.is_dir() or path.name.startswith("."):
+      continue
+    version = version_of(path.name)
+    if version is None:
+      if path.name.isascii() and path.name.isdigit():
+        ignored.add(path.name)
+      continue
+    if version not in found or (len(path.name), path.name) < (len(found[version]),
+                                                               found[version]):
+      found[version] = path.name
+  return found, ignored
 
 
 def _fingerprint(path: pathlib.Path) -> tuple:
@@ -139,8 +162,8 @@ class Registry:
       # As TF Serving: a missing base path changes nothing (what serves keeps serving).
       self._report(model, f"base path {base} does not exist or is not a directory")
       return
-    on_disk = sorted({int(p.name) for p in base.iterdir()
-                      if p.is_dir() and p.name.isascii() and p.name.isdigit()})
+    directories = self._version_directories(model, base)
+    on_disk = sorted(directories)
     self._report(model, "" if on_disk else f"no numeric version directory under {base}")
     # The policy picks among everything on disk, failed versions included, so a
     # newest version that fails keeps the previous one serving (as TF Serving's
@@ -149,7 +172,7 @@ class Registry:
     wanted = model.wanted(on_disk)
     for version in sorted(wanted - set(model.servables), reverse=True):
       status = model.statuses.get(version)
-      path = base / str(version)
+      path = base / directories[version]
       if status and status.state == State.END and status.error and (
           status.fingerprint == _fingerprint(path)):
         continue
@@ -161,6 +184,18 @@ class Registry:
       if version not in on_disk and version not in model.servables and (
           model.statuses[version].state != State.END or model.statuses[version].error):
         del model.statuses[version]
+
+  @staticmethod
+  def _version_directories(model: Model, base: pathlib.Path) -> dict[int, str]:
+    """version_directories(base), the names it ignores logged once."""
+    found, ignored = version_directories(base)
+    new = ignored - model.ignored
+    if new:
+      log.warning("model %s: ignoring %s under %s: not a version number (versions are "
+                  "int64, at most %d)", model.name, ", ".join(shown(n, 24) for n in sorted(new)),
+                  base, 2 ** 63 - 1)
+    model.ignored = frozenset(ignored)
+    return found
 
   @staticmethod
   def _report(model: Model, problem: str) -> None:
@@ -236,8 +271,8 @@ class Registry:
   # --- lookups -----------------------------------------------------------------
 
   def _resolve(self, model_spec) -> Servable:
-    name = model_spec.name
-    model = self.models.get(name)
+    model = self.models.get(model_spec.name)
+    name = shown(model_spec.name)
     has_version = model_spec.HasField("version")
     if has_version and model_spec.version_label:
       raise invalid("model_spec has both a version and a version_label; give one")
@@ -251,8 +286,8 @@ class Registry:
                         f"{model_spec.version.value})")
       return servable
     if model_spec.version_label:
-      label = model_spec.version_label
-      version = model.config.version_labels.get(label)
+      version = model.config.version_labels.get(model_spec.version_label)
+      label = shown(model_spec.version_label)
       if version is None:
         raise not_found(f"Unrecognized servable version label: {label} (model {name} has "
                         f"labels: {', '.join(sorted(model.config.version_labels)) or 'none'})")
@@ -279,9 +314,9 @@ class Registry:
 
   def status(self, model_spec) -> get_model_status_pb2.GetModelStatusResponse:
     """Every version ever seen, newest first (like TF Serving, a label is ignored)."""
-    name = model_spec.name
+    name = shown(model_spec.name)
     with self._lock:
-      model = self.models.get(name)
+      model = self.models.get(model_spec.name)
       if model is None:
         raise not_found(f"Could not find any versions of model {name}")
       statuses = dict(model.statuses)

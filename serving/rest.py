@@ -13,12 +13,20 @@ raw, which is not valid JSON).  Errors answer `{"error": "..."}` with the HTTP
 status TF Serving maps the gRPC code to, http.server's own refusals (bad request
 lines, oversized headers, unknown methods) included; a body shorter than its
 Content-Length is 400, one that stalls 408 (`serving.errors` states the rule).
+
+Slow clients cannot hold the server: a request must arrive whole (request
+line, headers, body) within the REST timeout of its first byte, whatever it
+trickles (a `Deadlines` thread cuts off the read and the client gets 408), and
+it is read before it takes one of the slots that run models.  The listen
+backlog is `RestServer.request_queue_size` (1024; socketserver's default is 5,
+so bursts of connections waited on SYN retransmits).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import heapq
 import http.server
 import json
 import logging
@@ -28,6 +36,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 import urllib.parse
 import zlib
 
@@ -38,7 +47,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import model_pb2
 
 from serving.core import ServingCore
-from serving.errors import ServingError, http_status, invalid
+from serving.errors import ServingError, http_status, invalid, shown
 from serving.metrics import CONTENT_TYPE
 
 log = logging.getLogger("serving.rest")
@@ -201,7 +210,8 @@ def parse_predict(body: dict, signature_inputs: dict) -> dict[str, np.ndarray]:
   arrays = {}
   for key, value in values.items():
     if key not in signature_inputs:
-      raise invalid(f"input(s) not in the signature: {key} (it takes {', '.join(names)})")
+      raise invalid(f"input(s) not in the signature: {shown(key)} (it takes "
+                    f"{', '.join(names)})")
     arrays[key] = to_array(value, key, signature_inputs[key].dtype)
   return arrays
 
@@ -275,6 +285,8 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
     """http.server's own refusals (request lines and headers it cannot parse, or too
     long; unknown methods) answered as every other error: `{"error": ...}`, not an
     HTML page; the connection is closed, as http.server does."""
+    if self._late():   # what http.server could not parse was cut off by the deadline
+      code, message = 408, self._late_message()
     short = self.responses.get(code, ("error",))[0]
     self.log_error("code %d, message %s", code, message or short)
     self.close_connection = True
@@ -300,43 +312,80 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
   def _error(self, error: ServingError) -> None:
     self._send_json(http_status(error.code), {"error": error.message})
 
+  def handle_one_request(self) -> None:
+    """One request, which must arrive whole within the deadline of its first byte
+    (an idle keep-alive connection waits under the per-read timeout)."""
+    self._deadline = None
+    try:
+      if not self.rfile.peek(1):   # the client closed an idle connection
+        self.close_connection = True
+        return
+    except (TimeoutError, ConnectionError):
+      self.close_connection = True
+      return
+    self._deadline = self.server.deadlines.arm(self.connection, self.timeout)
+    try:
+      super().handle_one_request()
+    finally:
+      self.server.deadlines.disarm(self._deadline)
+
+  def _late(self) -> bool:
+    deadline = getattr(self, "_deadline", None)
+    return deadline is not None and deadline.expired
+
+  def _late_message(self) -> str:
+    return (f"the request did not arrive whole within {self.timeout:g} s of its first byte "
+            "(the REST timeout)")
+
   def _handle(self) -> None:
+    """Reads the request (outside the slots that run models), then answers it in one."""
+    try:
+      body = self._read_body(self.server.max_body_bytes)
+    except TimeoutError:  # a client that stalls mid-body: its fault, and the end of it
+      self.close_connection = True
+      self._send_json(408, {"error": f"the request body did not arrive: nothing read for "
+                                     f"{self.timeout:g} s"})
+      return
+    except ConnectionError:  # the client went away: nobody to answer
+      self.close_connection = True
+      return
+    except ServingError as e:
+      if not self._late():
+        self._error(e)
+        return
+      body = b""
+    if self._late():
+      self.close_connection = True
+      self._send_json(408, {"error": self._late_message()})
+      return
+    self.server.deadlines.disarm(self._deadline)   # read whole: the run is not timed here
     with self.server.requests:
-      self._handle_request(self.command)
+      self._handle_request(self.command, body)
 
   # Every method TF Serving's routing sees; all but GET and POST are a malformed
   # request there (HEAD answers that status and its headers, without the body).
   # Methods not listed get http.server's 501, as JSON (send_error).
   do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = do_TRACE = _handle
 
-  def _handle_request(self, method: str) -> None:
+  def _handle_request(self, method: str, body: bytes) -> None:
     core: ServingCore = self.server.core
     path = self.path.split("?", 1)[0]
     try:
-      try:
-        body = self._read_body(self.server.max_body_bytes)
-      except TimeoutError:  # a client that stalls mid-body: its fault, and the end of it
-        self.close_connection = True
-        self._send_json(408, {"error": f"the request body did not arrive: nothing read for "
-                                       f"{self.timeout:g} s"})
-        return
-      except ConnectionError:  # the client went away: nobody to answer
-        self.close_connection = True
-        return
       if method == "GET" and self.server.metrics_path and path == self.server.metrics_path:
         self._send(200, core.metrics.render(), CONTENT_TYPE)
         return
       if not path.startswith("/v1/"):
-        raise ServingError(grpc.StatusCode.NOT_FOUND, f"Not found: {path} (the API is under "
-                           "/v1/models/)")
+        raise ServingError(grpc.StatusCode.NOT_FOUND, f"Not found: {shown(path)} (the API is "
+                           "under /v1/models/)")
       match = _MODEL_PATH.match(path)
       verb = match and (match["verb"] or "")
       if not match or (method, verb.startswith(":")) not in (("GET", False), ("POST", True)):
-        raise invalid(f"Malformed request: {method} {path}")
+        raise invalid(f"Malformed request: {shown(method)} {shown(path)}")
       spec = model_pb2.ModelSpec(name=urllib.parse.unquote(match["name"]))
       if match["version"] is not None:
-        if int(match["version"]) > _INT64_MAX:
-          raise invalid(f"Failed to convert version: {match['version']} to numeric.")
+        # int() of thousands of digits hits Python's digit limit: the length first.
+        if len(match["version"]) > 19 or int(match["version"]) > _INT64_MAX:
+          raise invalid(f"Failed to convert version: {shown(match['version'])} to numeric.")
         spec.version.value = int(match["version"])
       if match["label"] is not None:
         spec.version_label = urllib.parse.unquote(match["label"])
@@ -467,10 +516,63 @@ def _predict(core: ServingCore, spec: model_pb2.ModelSpec, body: bytes) -> dict:
   return format_predict(outputs, row="instances" in doc)
 
 
+class Deadline:
+  """One request's: `expired` once the Deadlines thread has cut its read off."""
+
+  __slots__ = ("at", "connection", "expired", "cancelled")
+
+  def __init__(self, at: float, connection):
+    self.at, self.connection = at, connection
+    self.expired = self.cancelled = False
+
+  def __lt__(self, other: "Deadline") -> bool:
+    return self.at < other.at
+
+
+class Deadlines:
+  """One thread that ends the reads of requests that did not arrive in time: it
+  shuts the connection's reading side, so the blocked read returns at once and
+  the handler can still answer 408 (TLS included: the SSL object is kept)."""
+
+  def __init__(self):
+    self._heap: list[Deadline] = []
+    self._cond = threading.Condition()
+    self._thread = threading.Thread(target=self._watch, name="rest-deadlines", daemon=True)
+    self._thread.start()
+
+  def arm(self, connection, seconds: float) -> Deadline:
+    deadline = Deadline(time.monotonic() + seconds, connection)
+    with self._cond:
+      heapq.heappush(self._heap, deadline)
+      if self._heap[0] is deadline:
+        self._cond.notify()
+    return deadline
+
+  @staticmethod
+  def disarm(deadline: Deadline | None) -> None:
+    if deadline is not None:
+      deadline.cancelled = True   # dropped from the heap when its time comes
+
+  def _watch(self) -> None:
+    while True:
+      with self._cond:
+        while not self._heap or self._heap[0].at > time.monotonic():
+          self._cond.wait(self._heap[0].at - time.monotonic() if self._heap else None)
+        deadline = heapq.heappop(self._heap)
+        if deadline.cancelled:
+          continue
+        deadline.expired = True
+      try:   # the plain socket's shutdown: SSLSocket.shutdown would drop TLS first
+        socket.socket.shutdown(deadline.connection, socket.SHUT_RD)
+      except OSError:   # already closed
+        pass
+
+
 class RestServer(http.server.ThreadingHTTPServer):
   """A thread per connection; at most `max_threads` requests run at once, and at most
   16 times as many connections are open (further ones wait to be accepted)."""
   daemon_threads = True
+  request_queue_size = 1024   # the listen backlog
 
   def __init__(self, address, core: ServingCore, *, ssl_context=None, timeout: float = 30.0,
                max_threads: int = 16, max_body_bytes: int = 32 * 1024 * 1024,
@@ -482,6 +584,7 @@ class RestServer(http.server.ThreadingHTTPServer):
     handler = type("Handler", (RestHandler,), {"timeout": timeout})
     super().__init__(address, handler)
     self.core = core
+    self.deadlines = Deadlines()   # each request must arrive whole within `timeout`
     self.max_body_bytes = max_body_bytes
     self.metrics_path = metrics_path  # Prometheus metrics here, when set
     if ssl_context is not None:

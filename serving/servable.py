@@ -25,7 +25,8 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
 from serving.c_api import XLA_DISABLED, XLA_FLAG
-from serving.errors import ServingError, code_of, invalid, not_found
+from serving.errors import ServingError, code_of, invalid, not_found, shown
+from serving.tensors import dtype_label
 
 log = logging.getLogger("serving.servable")
 
@@ -34,6 +35,7 @@ MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
 
 def dtype_name(dtype: int) -> str:
   return types_pb2.DataType.Name(dtype)
+
 
 
 class _Input(NamedTuple):
@@ -68,46 +70,60 @@ class Signature:
   def __str__(self) -> str:
     return self.name
 
+  def check_names(self, names) -> None:
+    """The input names a request sends against the signature's; INVALID_ARGUMENT."""
+    specs = self.input_specs
+    if specs.keys() != set(names):  # TF Serving's message, which names both sides
+      extra = sorted(set(names) - set(specs))
+      missing = sorted(set(specs) - set(names))
+      raise invalid(
+          f"input size does not match signature: {len(names)}!={len(specs)} "
+          f"len({{{_names(names)}}}) != len({{{','.join(sorted(specs))}}})"
+          f". Sent extra: {{{_names(extra)}}}. Missing but required: "
+          f"{{{','.join(missing)}}}.")
+
+  def check_declared(self, key: str, dtype: int, dims: list[int] | None) -> None:
+    """One input's dtype (DataType enum) and shape against the signature, before its
+    values are read; INVALID_ARGUMENT naming it."""
+    spec = self.input_specs[key]
+    if dtype != spec.dtype:
+      raise invalid(f"input {key} has dtype {dtype_label(dtype)}, the signature expects "
+                    f"{dtype_name(spec.dtype)}")
+    expected = spec.dims
+    if expected is None or dims is None:
+      return
+    if len(expected) != len(dims) or any(e not in (-1, v) for e, v in zip(expected, dims)):
+      raise invalid(f"input {key} has shape {list(dims)}, the signature expects "
+                    f"{['?' if e == -1 else e for e in expected]}")
+    if expected and dims[0] == 0:
+      raise invalid(f"input {key} is an empty batch (its 0th dimension is 0)")
+
   def check_inputs(self, inputs: dict[str, np.ndarray]) -> None:
     """Names, dtypes and shapes of `inputs` against the signature; raises INVALID_ARGUMENT."""
-    specs = self.input_specs
-    if specs.keys() != inputs.keys():  # TF Serving's message, which names both sides
-      extra = sorted(set(inputs) - set(specs))
-      missing = sorted(set(specs) - set(inputs))
-      raise invalid(
-          f"input size does not match signature: {len(inputs)}!={len(specs)} "
-          f"len({{{','.join(sorted(inputs))}}}) != len({{{','.join(sorted(specs))}}})"
-          f". Sent extra: {{{','.join(extra)}}}. Missing but required: "
-          f"{{{','.join(missing)}}}.")
+    self.check_names(inputs)
     for key, value in inputs.items():
-      spec = specs[key]
       got_string = value.dtype == object or value.dtype.kind in "SU"
-      if (spec.dtype == types_pb2.DT_STRING) != got_string or (
-          not got_string and value.dtype != spec.numpy_dtype):
-        got = "DT_STRING" if got_string else dtype_name(tf.dtypes.as_dtype(value.dtype)
-                                                        .as_datatype_enum)
-        raise invalid(f"input {key} has dtype {got}, the signature expects "
-                      f"{dtype_name(spec.dtype)}")
-      expected = spec.dims
-      if expected is None:
-        continue
-      if len(expected) != value.ndim or any(
-          e not in (-1, v) for e, v in zip(expected, value.shape)):
-        raise invalid(f"input {key} has shape {list(value.shape)}, the signature expects "
-                      f"{['?' if e == -1 else e for e in expected]}")
-      if expected and value.shape[0] == 0:
-        raise invalid(f"input {key} is an empty batch (its 0th dimension is 0)")
+      dtype = (types_pb2.DT_STRING if got_string
+               else tf.dtypes.as_dtype(value.dtype).as_datatype_enum)
+      self.check_declared(key, dtype, list(value.shape))
 
   def output_names(self, output_filter) -> tuple[str, ...]:
     """The outputs a request asks for (all, sorted, when `output_filter` is empty)."""
     wanted = list(output_filter) or sorted(self.outputs)
     for i, alias in enumerate(wanted):
       if alias not in self.outputs:
-        raise invalid(f"output tensor alias not found in signature: {alias} Outputs expected "
-                      f"to be in the set {{{','.join(sorted(self.outputs))}}}.")
+        raise invalid(f"output tensor alias not found in signature: {shown(alias)} Outputs "
+                      f"expected to be in the set {{{','.join(sorted(self.outputs))}}}.")
       if alias in wanted[:i]:
-        raise invalid(f"duplicate output tensor alias: {alias}")
+        raise invalid(f"duplicate output tensor alias: {shown(alias)}")
     return tuple(wanted)
+
+
+def _names(names, most: int = 8) -> str:
+  """Names a client sent, each cut (errors.shown), at most `most` of them."""
+  names = sorted(names)
+  listed = ",".join(shown(n) for n in names[:most])
+  return listed + (f",... ({len(names) - most} more)" if len(names) > most else "")
 
 
 class Servable:
@@ -138,7 +154,7 @@ class Servable:
     name = name or "serving_default"
     signature = self.signatures.get(name)
     if signature is None:
-      raise not_found(f"Serving signature name: \"{name}\" not found in signature def "
+      raise not_found(f"Serving signature name: \"{shown(name)}\" not found in signature def "
                       f"(model {self.name} version {self.version} has "
                       f"{', '.join(sorted(self.signatures))})")
     return signature

@@ -4,7 +4,10 @@
 ...), as TF Serving answers by default (not `tensor_content`), so clients that
 read `response.outputs[k].float_val` work; it is also several times faster
 than `tf.make_tensor_proto`.  `from_proto` checks a request tensor's declared
-size before decoding it, so a few bytes cannot ask for gigabytes.
+size before decoding it, so a few bytes cannot ask for gigabytes: a tensor
+that carries fewer values than its shape holds (TensorFlow repeats the last
+one) may expand to at most `BROADCAST_FACTOR` times the proto's own size plus
+`BROADCAST_FIXED_BYTES`, and a repeated string is one object, not one a row.
 """
 
 from __future__ import annotations
@@ -56,10 +59,35 @@ _VALUE_DTYPES = frozenset(v for v in types_pb2.DataType.values()
                                        types_pb2.DT_VARIANT) and v < 100)
 
 
+BROADCAST_FACTOR = 64
+BROADCAST_FIXED_BYTES = 1 << 20
+# The TensorProto fields that carry values (all repeated), tensor_content aside.
+_VALUE_FIELDS = tuple(f.name for f in tensor_pb2.TensorProto.DESCRIPTOR.fields
+                      if f.is_repeated) + ("float8_val",)   # float8_val: one byte a value
+
+
 def _size(dtype: int) -> int:
   if dtype == types_pb2.DT_STRING:
     return 2  # the least a string_val entry costs on the wire
   return tf.dtypes.as_dtype(dtype).size
+
+
+def _values_sent(proto: tensor_pb2.TensorProto) -> int:
+  """How many values a TensorProto carries (complex ones count their two parts)."""
+  if proto.tensor_content and proto.dtype != types_pb2.DT_STRING:
+    return len(proto.tensor_content) // max(tf.dtypes.as_dtype(proto.dtype).size, 1)
+  return sum(len(getattr(proto, field)) for field in _VALUE_FIELDS)
+
+
+def _strings(proto: tensor_pb2.TensorProto, dims: list, elements: int) -> np.ndarray:
+  """A string tensor; the last value repeated (one object) when fewer are sent."""
+  values = list(proto.string_val)
+  if len(values) > elements:
+    raise ValueError(f"{len(values)} values for {elements} elements")
+  array = np.empty(elements, dtype=object)
+  array[:len(values)] = values
+  array[len(values):] = values[-1] if values else b""
+  return array.reshape(dims)
 
 
 def dtype_label(dtype: int) -> str:
@@ -84,10 +112,19 @@ def from_proto(name: str, proto: tensor_pb2.TensorProto, max_bytes: int) -> np.n
   if elements * _size(proto.dtype) > max_bytes:
     raise invalid(f"input {name} of shape {dims} would take more than {max_bytes} bytes "
                   "(the request size limit) once decoded")
+  sent = _values_sent(proto)
+  if elements > sent:   # the last value repeated: bounded by what was sent
+    item = 8 if proto.dtype == types_pb2.DT_STRING else _size(proto.dtype)
+    bound = BROADCAST_FACTOR * proto.ByteSize() + BROADCAST_FIXED_BYTES
+    if elements * item > bound:
+      raise invalid(f"input {name} declares shape {dims} ({elements} values) but carries "
+                    f"{sent}: repeating the last to fill it would take {elements * item} "
+                    f"bytes, more than a tensor of {proto.ByteSize()} bytes may expand to "
+                    f"({bound}); send the values")
   try:
-    if proto.dtype == types_pb2.DT_STRING and not proto.string_val and not proto.tensor_content:
+    if proto.dtype == types_pb2.DT_STRING and not proto.tensor_content:
       # No values: TensorFlow's default, the empty string (make_ndarray would give a str).
-      return np.full(dims, b"", dtype=object)
+      return _strings(proto, dims, elements)
     array = tf.make_ndarray(proto)
   except Exception as e:  # noqa: BLE001  (any failure to decode is the proto's)
     raise invalid(f"input {name} is not a valid {dtype_label(proto.dtype)} TensorProto of "

@@ -351,3 +351,143 @@ def test_a_live_exports_staging_is_never_removed(tmp_path):
   assert versioned.remove_stale_staging(model_dir, time.time()) == [] and staging.is_dir()
   assert versioned.remove_stale_staging(model_dir, time.time() + 10) == [staging]
   assert not staging.exists()
+
+
+# --- second probe: echoed values, undecodable bytes, declared sizes, slow clients ----------
+
+def test_a_version_of_thousands_of_digits_is_a_client_error(unharmed):
+  digits = b"9" * 5000
+  status, answer = _http(unharmed["server"].rest,
+                         b"POST /v1/models/xlmr/versions/" + digits + b":predict HTTP/1.1\r\n",
+                         json.dumps({"instances": TEXTS}).encode())
+  assert status == 400 and "Failed to convert version" in answer["error"]
+  assert len(answer["error"]) < 300 and "more characters" in answer["error"]
+
+
+@pytest.mark.parametrize("field", ["name", "signature_name", "version_label", "output_filter"])
+def test_long_names_are_not_echoed_whole(unharmed, field):
+  """A name of 100 KB is answered NOT_FOUND / INVALID_ARGUMENT with a short message
+  (echoed whole, it outgrew gRPC's metadata limit: RESOURCE_EXHAUSTED "Stream removed")."""
+  channel = grpc.insecure_channel(unharmed["server"].grpc)
+  stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+  request = predict_pb2.PredictRequest()
+  request.model_spec.name = "xlmr"
+  request.inputs["text"].CopyFrom(_strings([b"Hello <mask>."]))
+  long = "\u00e9" * 100_000        # two bytes each in UTF-8, six once percent-encoded
+  if field == "output_filter":
+    request.output_filter.append(long)
+  else:
+    setattr(request.model_spec, field, long)
+  with pytest.raises(grpc.RpcError) as error:
+    stub.Predict(request, timeout=60)
+  channel.close()
+  expected = {"name": grpc.StatusCode.NOT_FOUND, "signature_name": grpc.StatusCode.NOT_FOUND,
+              "version_label": grpc.StatusCode.NOT_FOUND,
+              "output_filter": grpc.StatusCode.INVALID_ARGUMENT}[field]
+  assert error.value.code() == expected, (error.value.code(), error.value.details()[:200])
+  assert len(error.value.details()) < 1000 and "more characters" in error.value.details()
+
+
+def _strings(values):
+  from tensorflow.core.framework import tensor_pb2
+  proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING)
+  proto.tensor_shape.dim.add(size=len(values))
+  proto.string_val.extend(values)
+  return proto
+
+
+@pytest.mark.parametrize("method", ["/tensorflow.serving.PredictionService/Predict",
+                                    "/tensorflow.serving.PredictionService/GetModelMetadata",
+                                    "/tensorflow.serving.ModelService/GetModelStatus"])
+def test_bytes_that_are_not_the_request_message_are_invalid_argument(unharmed, method):
+  channel = grpc.insecure_channel(unharmed["server"].grpc)
+  call = channel.unary_unary(method, request_serializer=lambda b: b,
+                             response_deserializer=lambda b: b)
+  for garbage in (b"\xff\xff\xff\xff", b"\x0a\x05ab", b"\x08" + b"\xff" * 11):
+    with pytest.raises(grpc.RpcError) as error:
+      call(garbage, timeout=30)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, error.value.details()
+    assert "is not a valid" in error.value.details()
+  channel.close()
+
+
+def test_a_few_bytes_cannot_declare_millions_of_rows(unharmed):
+  """A 21-byte string TensorProto declaring 50 million rows is refused before it is
+  decoded (decoded, it took about a gigabyte of Python objects)."""
+  server = unharmed["server"]
+  before = server.rss_bytes()
+  channel = grpc.insecure_channel(server.grpc)
+  stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+  request = predict_pb2.PredictRequest()
+  request.model_spec.name = "xlmr"
+  request.inputs["text"].CopyFrom(_strings([b"Hello <mask>."]))
+  request.inputs["text"].tensor_shape.dim[0].size = 50_000_000
+  started = time.monotonic()
+  with pytest.raises(grpc.RpcError) as error:
+    stub.Predict(request, timeout=60)
+  channel.close()
+  assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+  assert "50000000" in error.value.details() and "carries 1" in error.value.details()
+  assert time.monotonic() - started < 5
+  assert server.rss_bytes() - before < 50 * 2 ** 20
+
+
+def test_trickling_clients_cannot_starve_a_good_request(unharmed):
+  """Twelve clients sending a byte at a time (each byte in time for the per-read
+  timeout) hold no slot that runs models and are cut off at the REST timeout with
+  408; a good request meanwhile is answered at once."""
+  rest = unharmed["server"].rest
+  request = (b"POST /v1/models/xlmr:predict HTTP/1.1\r\nContent-Length: 40\r\n\r\n"
+             + b'{"instances": ["a <mask>."]}' + b" " * 12)
+  tricklers = [_connect(rest) for _ in range(12)]
+  answers = {}
+
+  def trickle(index, sock):
+    try:
+      for byte in request:
+        sock.sendall(bytes([byte]))
+        time.sleep(0.25)          # well within the 2 s per-read timeout
+    except OSError:               # cut off: what is wanted
+      pass
+    try:
+      answers[index] = _read_answer(sock)
+    except (OSError, ConnectionError) as e:
+      answers[index] = e
+
+  import threading
+  threads = [threading.Thread(target=trickle, args=(i, s)) for i, s in enumerate(tricklers)]
+  for thread in threads:
+    thread.start()
+  time.sleep(1.0)
+  started = time.monotonic()
+  status, answer = _http(rest, b"POST /v1/models/xlmr:predict HTTP/1.1\r\n",
+                         json.dumps({"instances": TEXTS}).encode())
+  assert status == 200 and time.monotonic() - started < 1.5, time.monotonic() - started
+  for thread in threads:
+    thread.join(timeout=REST_TIMEOUT_S + 30)
+  for sock in tricklers:
+    sock.close()
+  for index in range(12):
+    got = answers[index]
+    assert not isinstance(got, Exception), got
+    status, headers, body = got
+    assert status == 408 and "did not arrive whole" in _json_error(status, headers, body)
+
+
+def test_a_burst_of_connections_is_accepted_without_syn_retries(unharmed):
+  """64 connections at once are all accepted promptly (a listen backlog of 5 made
+  some wait 1 to 3 s for SYN retransmits)."""
+  from concurrent import futures
+  host, port = unharmed["server"].rest.rsplit(":", 1)
+
+  def connect():
+    started = time.monotonic()
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    return sock, time.monotonic() - started
+
+  with futures.ThreadPoolExecutor(64) as pool:
+    made = list(pool.map(lambda _: connect(), range(64)))
+  for sock, _ in made:
+    sock.close()
+  slowest = max(seconds for _, seconds in made)
+  assert slowest < 0.9, slowest      # a SYN retransmit waits 1 s

@@ -95,15 +95,19 @@ def test_a_full_queue_answers_unavailable_and_the_batcher_recovers():
   pool.shutdown()
 
 
-def test_variable_lengths_need_pad_variable_length_inputs():
+def test_variable_lengths_batch_apart_unless_padded():
+  """Without pad_variable_length_inputs, requests of other shapes wait in their own
+  batches (both answered; before, both failed with FAILED_PRECONDITION); with it,
+  they are padded into one."""
   tasks = [np.array([[1, 2]], np.int32), np.array([[3, 4, 5]], np.int32)]
   options = dict(max_batch_size=8, batch_timeout_micros=300_000, num_batch_threads=1)
-  batcher = Batcher(FakeSignature(), BatchingOptions(**options))
-  with pytest.raises(ServingError) as error:
-    run_concurrently(batcher, tasks, ("y",))
+  fake = FakeSignature()
+  batcher = Batcher(fake, BatchingOptions(**options))
+  results = run_concurrently(batcher, tasks, ("y",))
   batcher.stop()
-  assert error.value.code == grpc.StatusCode.FAILED_PRECONDITION
-  assert "Tensors with name 'x'" in error.value.message
+  assert sorted(b["x"].shape for b in fake.batches) == [(1, 2), (1, 3)]
+  for task, result in zip(tasks, results):
+    np.testing.assert_array_equal(result["y"], task * 2)
 
   fake = FakeSignature()
   batcher = Batcher(fake, BatchingOptions(pad_variable_length_inputs=True, **options))
@@ -175,3 +179,28 @@ def test_options_from_a_batching_parameters_file(tmp_path):
   path.write_text("max_batch_size: 8")  # a wrapper message, not a number
   with pytest.raises(protos.ConfigError, match="batching.config"):
     protos.parse_text(protos.BatchingParameters, path)
+
+
+def test_a_bad_request_merged_with_good_ones_fails_alone():
+  """One client's bad row fails that client only, with an error about its own
+  input; the requests merged with it are answered (each runs again alone)."""
+  def checking(signature_name, inputs, outputs):
+    x = inputs["x"]
+    if (x < 0).any():
+      raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"x must not be negative, got {x[x < 0].tolist()}")
+    return {"y": x * 2}
+
+  batcher = Batcher(checking, BatchingOptions(max_batch_size=16, batch_timeout_micros=300_000,
+                                              num_batch_threads=1))
+  tasks = [np.array([1.0, 2.0]), np.array([-7.0]), np.array([3.0]), np.array([4.0, -9.0])]
+  with futures.ThreadPoolExecutor(len(tasks)) as pool:
+    calls = [pool.submit(batcher.run, "serving_default", {"x": t}, ("y",)) for t in tasks]
+    futures.wait(calls, timeout=60)
+  batcher.stop()
+  np.testing.assert_array_equal(calls[0].result()["y"], [2.0, 4.0])
+  np.testing.assert_array_equal(calls[2].result()["y"], [6.0])
+  for call, own in ((calls[1], "[-7.0]"), (calls[3], "[-9.0]")):
+    error = call.exception()
+    assert isinstance(error, ServingError) and error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.message.endswith(own), error.message      # its own values, no one else's

@@ -198,3 +198,15 @@ def test_a_reload_request_may_name_only_the_operators_base_paths(served, base, t
   assert core.registry.available() == {"m": [1]}  # neither request changed anything
   core.reload_config(model_config(("again", base / "m")), from_request=True)  # a known path
   assert core.registry.available() == {"again": [1]}
+
+
+def test_a_reload_naming_a_missing_version_is_a_client_error(served, base):
+  """A HandleReloadConfigRequest whose specific version policy names a version that
+  is not on disk answers NOT_FOUND (was UNKNOWN); the request's own fault."""
+  core, _ = served
+  text = (f'model_config_list {{ config {{ name: "m" base_path: "{base / "m"}" '
+          'model_version_policy { specific { versions: 7 } } } }')
+  with pytest.raises(ServingError) as error:
+    core.reload_config(text_format.Parse(text, model_server_config_pb2.ModelServerConfig()),
+                       from_request=True)
+  assert error.value.code == grpc.StatusCode.NOT_FOUND and "[7] not found" in error.value.message

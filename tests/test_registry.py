@@ -210,3 +210,40 @@ def test_version_policies_pick_among_the_versions_on_disk(fake, tmp_path):
     r.set_config(config(("m", tmp_path / "m", policy)))
     r.poll()
     assert r.available() == {"m": served}, policy
+
+
+def test_version_names_are_read_as_tf_serving_reads_them(fake, tmp_path, caplog):
+  """Leading zeros parse to the number and load from their own directory; a name
+  beyond int64 is ignored (logged once) and never becomes "latest"; a failed
+  version stops mattering once its directory is gone."""
+  version(tmp_path, "m", 3)
+  (tmp_path / "m" / "0007").mkdir()
+  (tmp_path / "m" / "0007" / "saved_model.pb").write_text("x")
+  huge = tmp_path / "m" / ("9" * 25)
+  huge.mkdir()
+  r = registry.Registry(fake, warmup=False)
+  r.set_config(config(("m", tmp_path / "m", "")))
+  with caplog.at_level("WARNING", logger="serving.registry"):
+    r.poll()
+    r.poll()
+  assert r.available() == {"m": [7]}
+  assert fake.opened[-1].path == tmp_path / "m" / "0007"
+  assert caplog.text.count("not a version number") == 1 and "99999" in caplog.text
+  # A newer version that fails keeps 7 serving; removed, it leaves no trace.
+  version(tmp_path, "m", 8, corrupt=True)
+  r.poll()
+  assert r.available() == {"m": [7]}
+  shutil.rmtree(tmp_path / "m" / "8")
+  r.poll()
+  assert r.available() == {"m": [7]} and "version 8" not in r.problem("m")
+  statuses = r.status(spec("m")).model_version_status
+  assert [s.version for s in statuses] == [7]
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("0", 0), ("7", 7), ("0007", 7), (str(2 ** 63 - 1), 2 ** 63 - 1), (str(2 ** 63), None),
+    ("9" * 5000, None), ("-1", None), ("+1", None), (" 1", None), ("1e3", None), ("²", None),
+    ("٣", None), ("", None)])
+def test_version_of(name, expected):
+  from serving.config import version_of
+  assert version_of(name) == expected

@@ -257,6 +257,19 @@ def test_batched_requests_with_different_settings_each_get_their_own(served):
       if _batches_of_16(served) > before:
         break
     assert _batches_of_16(served) > before, "the batcher never merged two requests"
+    # A bad request among them (max_new_tokens past the export's 8) fails alone:
+    # the others, merged with it or not, get their answers.
+    bad = client.generation_inputs(texts, max_new_tokens=99)
+    for _ in range(3):
+      with concurrent.futures.ThreadPoolExecutor(len(requests) + 1) as pool:
+        calls = [pool.submit(client.predict, r, "generate_with_options")
+                 for r in [bad, *requests]]
+        concurrent.futures.wait(calls, timeout=300)
+      error = calls[0].exception()
+      assert isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.INVALID_ARGUMENT
+      assert "max_new_tokens" in error.details(), error.details()
+      for call, want in zip(calls[1:], alone):
+        np.testing.assert_array_equal(call.result()["generated_ids"], want["generated_ids"])
     # The client's generate() with settings; REST takes the same inputs.
     assert client.generate(texts, **settings[2]) == [t.decode()
                                                      for t in alone[2]["generated_text"]]

@@ -301,3 +301,39 @@ def test_any_tensor_proto_is_its_array_or_an_error_naming_the_input(proto):
     else:
       want = np.array(values[:flat.size] + [values[-1]] * (flat.size - len(values)))
       np.testing.assert_array_equal(flat, want.astype(flat.dtype))
+
+
+def _memory(array: np.ndarray) -> int:
+  """What a decoded array holds: its buffer, and each distinct object it points to."""
+  if array.dtype != object:
+    return array.nbytes
+  import sys
+  return array.nbytes + sum(sys.getsizeof(o) for o in {id(o): o for o in array.ravel()}.values())
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from([types_pb2.DT_STRING, types_pb2.DT_INT32, types_pb2.DT_FLOAT,
+                        types_pb2.DT_INT64]),
+       st.lists(st.integers(1, 10 ** 5), min_size=1, max_size=3),
+       st.integers(0, 40))
+def test_decoded_size_is_bounded_by_the_request_size(dtype, dims, values):
+  """Whatever shape a TensorProto declares, decoding it takes at most
+  BROADCAST_FACTOR times its own size plus a fixed BROADCAST_FIXED_BYTES beyond the
+  values it carries (the last value repeated is one object, not one per row), or
+  it is refused as the client's error."""
+  proto = tensor_pb2.TensorProto(dtype=dtype)
+  proto.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in dims)
+  if dtype == types_pb2.DT_STRING:
+    proto.string_val.extend(b"word %d" % i for i in range(values))
+  else:
+    getattr(proto, _FIELD_OF[dtype]).extend(range(values))
+  sent = sum(len(v) + 40 for v in proto.string_val) + 8 * values   # the values' own cost
+  try:
+    got = tensors.from_proto("x", proto, 256 * 2 ** 20)   # the server's request limit
+  except ServingError as e:
+    _client_error(e, "x")
+    event("refused")
+    return
+  event("decoded")
+  bound = tensors.BROADCAST_FACTOR * proto.ByteSize() + tensors.BROADCAST_FIXED_BYTES + sent
+  assert _memory(got) <= bound, (_memory(got), bound, dims, values)

@@ -22,6 +22,8 @@ from tfhub_models import atomic
 log = logging.getLogger("tfhub_models.export")
 
 STAGING_PREFIX = ".tmp-"
+# TF Serving reads a version directory's name as an int64 and ignores others.
+MAX_VERSION = 2 ** 63 - 1
 
 
 def remove_stale_staging(model_dir: pathlib.Path, started: float) -> list[pathlib.Path]:
@@ -32,10 +34,10 @@ def remove_stale_staging(model_dir: pathlib.Path, started: float) -> list[pathli
 
 
 def next_version(model_dir: pathlib.Path) -> int:
-  """One more than the largest numeric version directory (1 if none)."""
-  versions = [int(p.name) for p in model_dir.iterdir()
-              if p.is_dir() and p.name.isdigit()] if model_dir.exists() else []
-  return max(versions, default=0) + 1
+  """One more than the largest version directory TF Serving would read (1 if none)."""
+  names = [p.name for p in model_dir.iterdir() if p.is_dir()] if model_dir.exists() else []
+  versions = [int(n) for n in names if n.isascii() and n.isdigit() and len(n) <= 19]
+  return max([v for v in versions if v <= MAX_VERSION], default=0) + 1
 
 
 def write_atomically(base: str | os.PathLike, name: str, version: int | None,
@@ -53,8 +55,9 @@ def write_atomically(base: str | os.PathLike, name: str, version: int | None,
   model_dir.mkdir(parents=True, exist_ok=True)
   if version is None:
     version = next_version(model_dir)
-  if int(version) < 1:
-    raise ValueError(f"version must be a positive integer, got {version}")
+  if not 1 <= int(version) <= MAX_VERSION:
+    raise ValueError(f"version must be an integer from 1 to {MAX_VERSION} (TF Serving reads "
+                     f"versions as int64), got {version}")
   final = model_dir / str(int(version))
   if final.exists():
     raise FileExistsError(f"{final} already exists; versions are never overwritten")

@@ -21,6 +21,8 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tfhub_models.cli import AT_LEAST_ONE, FINITE, POSITIVE, number  # noqa: E402
+
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -33,15 +35,17 @@ def parse_args(argv):
   parser.add_argument("--top-k", type=int, default=None,
                       help="fill-mask: fillers per mask (default 5); BART: the k of top-k "
                            "(and top-p) sampling")
-  parser.add_argument("--sequence-length", type=int,
+  parser.add_argument("--sequence-length", type=AT_LEAST_ONE,
                       help="longest input in tokens, specials included (default: the model's)")
   generation = parser.add_argument_group(
       "BART generation (defaults: the checkpoint's generation_config.json)")
   generation.add_argument("--sampler",
                           choices=["greedy", "random", "top_k", "top_p", "beam", "contrastive"])
-  generation.add_argument("--alpha", type=float, help="contrastive search's degeneration penalty")
-  generation.add_argument("--num-beams", type=int)
-  generation.add_argument("--max-new-tokens", type=int,
+  generation.add_argument("--alpha", type=number(float, "a number in [0, 1]",
+                                                  lambda v: 0 <= v <= 1),
+                          help="contrastive search's degeneration penalty")
+  generation.add_argument("--num-beams", type=AT_LEAST_ONE)
+  generation.add_argument("--max-new-tokens", type=AT_LEAST_ONE,
                           help="the most new tokens a request gets (default: the config's "
                                "max_length - 1); generate_with_options takes 1 to this")
   generation.add_argument("--max-no-repeat-ngram-size", type=int, default=4,
@@ -49,12 +53,13 @@ def parse_args(argv):
                                "(default 4)")
   generation.add_argument("--max-top-k", type=int, default=50,
                           help="the largest top_k generate_with_options takes (default 50)")
-  generation.add_argument("--max-input-length", type=int,
+  generation.add_argument("--max-input-length", type=AT_LEAST_ONE,
                           help="encoder tokens, <s> and </s> included (truncated keeping </s>)")
-  generation.add_argument("--top-p", type=float)
-  generation.add_argument("--temperature", type=float)
-  generation.add_argument("--length-penalty", type=float)
-  generation.add_argument("--num-return-sequences", type=int)
+  generation.add_argument("--top-p", type=number(float, "a number in (0, 1]",
+                                                  lambda v: 0 < v <= 1))
+  generation.add_argument("--temperature", type=POSITIVE)
+  generation.add_argument("--length-penalty", type=FINITE)
+  generation.add_argument("--num-return-sequences", type=AT_LEAST_ONE)
   generation.add_argument("--seed", type=int, default=None,
                           help="fixes serving_default's sampling seed: the same text always "
                                "gets the same output (default: a fresh seed per request row)")
@@ -99,8 +104,9 @@ def parse_args(argv):
     if args.sequence_length is not None and args.sequence_length != args.max_input_length:
       parser.error("--max-input-length and --sequence-length differ")
     args.sequence_length = args.max_input_length
-  if args.version is not None and args.version < 1:
-    parser.error("--version must be a positive integer")
+  if args.version is not None and not 1 <= args.version <= 2 ** 63 - 1:
+    parser.error("--version must be an integer from 1 to 2^63-1 (TF Serving reads versions "
+                 "as int64)")
   try:
     args.warmup_batch_sizes = tuple(int(b) for b in args.warmup_batch_sizes.split(",") if b)
   except ValueError:

@@ -14,6 +14,8 @@ The result is a Hugging Face checkpoint directory (config.json,
 model.safetensors, tokenizer files) written atomically to --output; its path is
 printed last.  With --checkpoint-dir the run saves its state every
 --checkpoint-every steps and the same command resumes an interrupted run.
+A loss that becomes NaN or infinite stops the run with exit status 1 and nothing
+written to --output; --checkpoint-dir keeps the last state saved before it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tfhub_models.cli import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, number  # noqa: E402
+
 TASKS = {"fill_mask": "text lines", "generate": "JSON Lines with source and target"}
+COUNT = number(int, "an integer >= 0", lambda v: v >= 0)
 
 
 def parse_args(argv):
@@ -37,36 +42,31 @@ def parse_args(argv):
   parser.add_argument("--validation", help="validation data, same format, scored each epoch")
   parser.add_argument("--output", required=True, help="preset directory to write (new or empty)")
   parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
-  parser.add_argument("--epochs", type=int, default=1)
-  parser.add_argument("--batch-size", type=int, default=16)
-  parser.add_argument("--sequence-length", type=int,
+  parser.add_argument("--epochs", type=AT_LEAST_ONE, default=1)
+  parser.add_argument("--batch-size", type=AT_LEAST_ONE, default=16)
+  parser.add_argument("--sequence-length", type=AT_LEAST_ONE,
                       help="longest input in tokens, specials included (default: the model's)")
   parser.add_argument("--optimizer", choices=["adamw", "adam"], default="adamw")
-  parser.add_argument("--learning-rate", type=float, default=None,
+  parser.add_argument("--learning-rate", type=POSITIVE, default=None,
                       help="peak learning rate (default: the task's upstream default, 5e-5 for "
                            "masked LM, 2e-5 for seq2seq)")
-  parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW only")
+  parser.add_argument("--weight-decay", type=NON_NEGATIVE, default=0.01, help="AdamW only")
   parser.add_argument("--schedule", choices=["constant", "linear", "cosine"], default="linear",
                       help="learning rate after --warmup-steps of linear warmup: constant, "
                            "linear decay to 0 or cosine decay to 0 at the last step")
-  parser.add_argument("--warmup-steps", type=int, default=0)
-  parser.add_argument("--clipnorm", type=float, help="clip the global gradient norm to this")
+  parser.add_argument("--warmup-steps", type=COUNT, default=0)
+  parser.add_argument("--clipnorm", type=POSITIVE, help="clip the global gradient norm to this")
   parser.add_argument("--freeze-backbone", action="store_true",
                       help="train the head only (backbone.trainable = False)")
   parser.add_argument("--checkpoint-dir", help="training state, for resuming")
-  parser.add_argument("--checkpoint-every", type=int, default=100, help="steps between saves")
+  parser.add_argument("--checkpoint-every", type=AT_LEAST_ONE, default=100,
+                      help="steps between saves")
   parser.add_argument("--seed", type=int, default=0, help="the batches' order")
   parser.add_argument("--no-xla", action="store_true", help="do not compile steps with XLA")
   parser.add_argument("--verbose", type=int, choices=[0, 1, 2], default=None,
                       help="0 silent, 1 progress bar, 2 a line per epoch (default: bar on a "
                            "terminal)")
-  args = parser.parse_args(argv)
-  for name in ("epochs", "batch_size"):
-    if getattr(args, name) < 1:
-      parser.error(f"--{name.replace('_', '-')} must be >= 1")
-  if args.warmup_steps < 0:
-    parser.error("--warmup-steps must be >= 0")
-  return args
+  return parser.parse_args(argv)
 
 
 def read_texts(path: str) -> list:

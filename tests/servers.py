@@ -231,12 +231,16 @@ def script_module(script: str):
 
 def script_main(script: str, *args) -> tuple:
   """scripts/SCRIPT.py's main(ARGS) in this process: (exit code, stdout, stderr).  For
-  runs of a command-line path that a subprocess run elsewhere already goes through."""
+  runs of a command-line path that a subprocess run elsewhere already goes through.
+  An argparse refusal (SystemExit) gives its exit code, 2, as on the command line."""
   import contextlib
   import io
   out, err = io.StringIO(), io.StringIO()
   with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-    code = script_module(script).main([str(a) for a in args])
+    try:
+      code = script_module(script).main([str(a) for a in args])
+    except SystemExit as e:
+      code = e.code
   return code, out.getvalue(), err.getvalue()
 
 

@@ -287,11 +287,12 @@ def test_cli_generation_flags(hf_bart_checkpoint, tmp_path):
   assert out["generated_ids"].shape == (2, 7)
   again = loaded.signatures["serving_default"](text=tf.constant(["hello", "world"]))
   np.testing.assert_array_equal(out["generated_ids"].numpy(), again["generated_ids"].numpy())
-  # The refusal, through main() in this process (the command line ran just above).
+  # The refusal, through main() in this process (the command line ran just above):
+  # argparse's, before the checkpoint is read.
   from servers import export_main
   code, _, stderr = export_main("--checkpoint", hf_bart_checkpoint, "--output", tmp_path,
                                 "--sampler", "top_p", "--top-p", "1.5", "--name", "bad")
-  assert code == 1 and "p must be in (0, 1]" in stderr
+  assert code == 2 and "argument --top-p: must be a number in (0, 1], got 1.5" in stderr
 
 
 def test_contrastive_search(hf_bart_checkpoint):

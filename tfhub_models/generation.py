@@ -15,6 +15,7 @@ the loop: a row's draw at a step depends only on its seed and the step
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
 from typing import NamedTuple, Protocol
 
@@ -168,8 +169,10 @@ class Sampler:
   def __post_init__(self):
     if self.name not in SAMPLERS:
       raise ValueError(f"unknown sampler {self.name!r}; known: {', '.join(SAMPLERS)}")
-    if self.temperature <= 0:
-      raise ValueError("temperature must be > 0")
+    if not (math.isfinite(self.temperature) and self.temperature > 0):
+      raise ValueError(f"temperature must be finite and > 0, got {self.temperature}")
+    if not math.isfinite(self.length_penalty):
+      raise ValueError(f"length_penalty must be finite, got {self.length_penalty}")
     if self.k is not None and self.k < 1:
       raise ValueError("k must be >= 1")
     if not 0 <= self.alpha <= 1:

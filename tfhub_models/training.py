@@ -462,6 +462,8 @@ class Trainable:
     """
     if int(epochs) < 1:
       raise TrainingError(f"epochs must be >= 1, got {epochs}")
+    if checkpoint_dir is not None and int(checkpoint_every) < 1:
+      raise TrainingError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     if hasattr(self, "save_to_preset") and preset_tokenizer(self) is None:
       warnings.warn(no_tokenizer_message(self, "save_to_preset will refuse after fit"),
                     stacklevel=2)
@@ -485,6 +487,9 @@ class Trainable:
     history = {"loss": [], "accuracy": []}
     manager = resumed = None
     if checkpoint_dir is not None:
+      # Made now: the side files go there before the first checkpoint does, and a
+      # path that cannot be a directory fails here rather than after the first steps.
+      os.makedirs(checkpoint_dir, exist_ok=True)
       checkpoint = tf.train.Checkpoint(model=self, optimizer=optimizer, position=position)
       manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=keep_checkpoints)
       if manager.latest_checkpoint:

@@ -2,12 +2,14 @@
 the families share (Hugging Face BERT-style layers, keras-hub layers).
 
 An assignment is (source key, variable, transform).  `assign_strict` assigns a
-whole list or nothing: a weight that is missing, unexpected or of the wrong
-shape is an error that names it.
+whole list or nothing: a weight that is missing, unexpected, of the wrong
+shape or not a float is an error that names it.  (Reading refuses NaN and
+infinite values: `sources.check_finite`.)
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
@@ -73,6 +75,10 @@ def assign_strict(assignments: list, source: dict, *, ignored: Callable[[str], b
   for key, variable, transform in assignments:
     if key not in source:
       continue
+    stored = np.asarray(source[key]).dtype
+    if stored.kind != "f" and variable.dtype.is_floating:   # ints, bools would cast silently
+      problems.append(f"{key}: dtype {stored} where a float weight belongs")
+      continue
     value = transform(np.asarray(source[key]))
     if tuple(value.shape) != tuple(variable.shape):
       problems.append(f"{key}: shape {tuple(np.asarray(source[key]).shape)} does not fit "
@@ -96,6 +102,35 @@ def require_tied(weights: dict, copy: str, original: str, where, *,
 def backbone_of(module):
   """The backbone of a task module, or the module itself when it is one."""
   return module.backbone if hasattr(module, "backbone") else module
+
+
+# Our config names -> the Hugging Face BERT family's (XLM-RoBERTa, ELECTRA), for messages.
+HF_BERT_NAMES = {"num_heads": "num_attention_heads", "hidden_dim": "hidden_size",
+                 "layer_norm_epsilon": "layer_norm_eps"}
+
+
+def check_config(where, fields: dict, names: dict) -> None:
+  """CheckpointError naming the config field that would break every output:
+  num_heads < 1, a hidden_dim that is not a positive multiple of it, a
+  layer_norm_epsilon (when read) that is not finite and > 0.
+
+  Args:
+    where: the config file, for messages.
+    fields: the family config's keyword arguments, by our names.
+    names: our name -> the config file's name for it (the same when left out).
+  """
+  heads, hidden = fields["num_heads"], fields["hidden_dim"]
+  heads_name, hidden_name = names.get("num_heads", "num_heads"), names.get("hidden_dim",
+                                                                           "hidden_dim")
+  if heads < 1:
+    raise CheckpointError(f"{where}: {heads_name} must be >= 1, got {heads}")
+  if hidden < 1 or hidden % heads:
+    raise CheckpointError(f"{where}: {hidden_name} {hidden} is not a positive multiple of "
+                          f"{heads_name} {heads}")
+  epsilon = fields.get("layer_norm_epsilon")
+  if epsilon is not None and not (math.isfinite(epsilon) and epsilon > 0):
+    raise CheckpointError(f"{where}: {names.get('layer_norm_epsilon', 'layer_norm_epsilon')} "
+                          f"must be a finite number > 0, got {epsilon}")
 
 
 def keras_hub_sizes(config: dict) -> dict:

@@ -22,30 +22,38 @@ def config_fields(checkpoint: Checkpoint) -> dict:
   """BartConfig keyword arguments from config.json (and generation_config.json);
   `generation` holds the generation settings by their Hugging Face names."""
   c = checkpoint.config
+  where = checkpoint.path("config.json")
   try:
     if checkpoint.format == "keras_hub":
       c = c["config"]
       # keras-hub has no generation settings; its generate starts the decoder
       # with `</s><s>`, so `<s>` is forced first.
-      return dict(a.keras_hub_sizes(c),
-                  max_sequence_length=int(c.get("max_sequence_length", 1024)),
-                  generation={"forced_bos_token_id": 0})
-    if (c["encoder_attention_heads"] != c["decoder_attention_heads"]
-        or c["encoder_ffn_dim"] != c["decoder_ffn_dim"]):
-      raise ValueError("encoder and decoder with different head counts or feed-forward sizes "
-                       "are not supported")
-    generation = dict(c)
-    generation.update(checkpoint.optional_json("generation_config.json"))
-    return dict(vocabulary_size=int(c["vocab_size"]), num_layers=int(c["encoder_layers"]),
-                num_decoder_layers=int(c["decoder_layers"]),
-                num_heads=int(c["encoder_attention_heads"]), hidden_dim=int(c["d_model"]),
-                intermediate_dim=int(c["encoder_ffn_dim"]), dropout=float(c.get("dropout", 0.1)),
-                max_sequence_length=int(c.get("max_position_embeddings", 1024)),
-                scale_embedding=bool(c.get("scale_embedding", False)),
-                activation=str(c.get("activation_function", "gelu")),
-                generation=generation)   # token ids too: generation_config.json's win
+      fields = dict(a.keras_hub_sizes(c),
+                    max_sequence_length=int(c.get("max_sequence_length", 1024)),
+                    generation={"forced_bos_token_id": 0})
+    else:
+      if (c["encoder_attention_heads"] != c["decoder_attention_heads"]
+          or c["encoder_ffn_dim"] != c["decoder_ffn_dim"]):
+        raise ValueError("encoder and decoder with different head counts or feed-forward "
+                         "sizes are not supported")
+      generation = dict(c)
+      generation.update(checkpoint.optional_json("generation_config.json"))
+      fields = dict(vocabulary_size=int(c["vocab_size"]), num_layers=int(c["encoder_layers"]),
+                    num_decoder_layers=int(c["decoder_layers"]),
+                    num_heads=int(c["encoder_attention_heads"]), hidden_dim=int(c["d_model"]),
+                    intermediate_dim=int(c["encoder_ffn_dim"]),
+                    dropout=float(c.get("dropout", 0.1)),
+                    max_sequence_length=int(c.get("max_position_embeddings", 1024)),
+                    scale_embedding=bool(c.get("scale_embedding", False)),
+                    activation=str(c.get("activation_function", "gelu")),
+                    generation=generation)   # token ids too: generation_config.json's win
+  except CheckpointError:   # generation_config.json's, naming it
+    raise
   except (KeyError, TypeError, ValueError) as e:
-    raise CheckpointError(f"{checkpoint.directory}/config.json: {e}") from None
+    raise CheckpointError(f"{where}: {e}") from None
+  a.check_config(where, fields, {} if checkpoint.format == "keras_hub" else
+                 {"num_heads": "encoder_attention_heads", "hidden_dim": "d_model"})
+  return fields
 
 
 def tokenizer(checkpoint: Checkpoint, config) -> ByteLevelBPETokenizer:

@@ -34,6 +34,8 @@ def state(assignments: list, prefix: str = "", unprefixed: tuple = ()) -> dict:
   Keys get `prefix` (the model's attribute, e.g. "roberta.") unless they start
   with one of `unprefixed` (heads that sit beside the model upstream).  A
   variable listed twice (tied weights) is written once, under its first key.
+  ValueError naming the key of a weight that is NaN or infinite anywhere: the
+  loader would refuse the checkpoint.
   """
   out, seen = {}, set()
   for key, variable, transform in assignments:
@@ -44,7 +46,10 @@ def state(assignments: list, prefix: str = "", unprefixed: tuple = ()) -> dict:
     if inverse is None:
       raise ValueError(f"{key}: its transform {transform.__name__} has no inverse")
     value = inverse(np.asarray(variable.numpy(), np.float32))
-    out[key if key.startswith(unprefixed) else prefix + key] = np.ascontiguousarray(value)
+    name = key if key.startswith(unprefixed) else prefix + key
+    if not np.isfinite(value).all():
+      raise ValueError(f"weight {name} holds NaN or infinite values; nothing written")
+    out[name] = np.ascontiguousarray(value)
   return out
 
 

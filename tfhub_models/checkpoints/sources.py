@@ -83,12 +83,35 @@ def resolve(source: str | os.PathLike, handles: dict | None = None, *,
 
 
 def read_json(path: pathlib.Path) -> dict:
+  """A checkpoint's JSON file, which must hold an object (every one of them does)."""
   try:
-    return json.loads(path.read_text(encoding="utf-8"))
+    value = json.loads(path.read_text(encoding="utf-8"))
   except FileNotFoundError:
     raise CheckpointError(f"{path.parent}: no {path.name}") from None
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+  if not isinstance(value, dict):
+    raise CheckpointError(f"{path}: must hold a JSON object, not a JSON "
+                          f"{_JSON_TYPES.get(type(value), type(value).__name__)}")
+  return value
+
+
+_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
+def check_finite(arrays: dict, where) -> None:
+  """CheckpointError naming the first float tensor of `arrays` ({key: array}, as
+  read from the file `where`) with a NaN or infinite value."""
+  for key, array in arrays.items():
+    # A float64 sum of float32 or float16 values cannot overflow, so it is finite
+    # exactly when every value is; and it needs no temporary array.
+    if array.dtype.kind != "f" or np.isfinite(array.sum(dtype=np.float64)):
+      continue
+    bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+    if bad:   # (a float64 tensor's sum may overflow with every value finite)
+      raise CheckpointError(f"{where}: tensor {key} holds {bad} NaN or infinite value"
+                            f"{'s' if bad > 1 else ''} (of {array.size})")
 
 
 def _safetensors_files(directory: pathlib.Path, index: dict | None) -> list:
@@ -111,18 +134,21 @@ def _safetensors_files(directory: pathlib.Path, index: dict | None) -> list:
 
 
 def read_safetensors(directory: pathlib.Path, index: dict | None = None) -> dict:
-  """All tensors of a Hugging Face checkpoint directory as numpy arrays."""
+  """All tensors of a Hugging Face checkpoint directory as numpy arrays; a float
+  tensor with a NaN or infinite value is a CheckpointError naming it and its file."""
   from safetensors import SafetensorError
   from safetensors.numpy import load_file
 
   weights = {}
   for name in _safetensors_files(directory, index):
     try:
-      weights.update(load_file(str(directory / name)))
+      read = load_file(str(directory / name))
     except FileNotFoundError:
       raise CheckpointError(f"{directory}: weight file {name} is missing") from None
     except (SafetensorError, OSError, ValueError) as e:
       raise CheckpointError(f"{directory / name}: not a readable safetensors file ({e})") from None
+    check_finite(read, directory / name)
+    weights.update(read)
   return weights
 
 
@@ -160,6 +186,7 @@ def read_keras_h5(path: pathlib.Path) -> dict:
 
   with handle:
     walk(handle["layers"] if "layers" in handle else handle, "")
+  check_finite(out, path)
   return out
 
 

@@ -107,6 +107,17 @@ class Compiled:
     return tf.nest.map_structure(lambda y: y[:batch * self.rows_per_input], outputs)
 
 
+def id_checks(token_ids, name: str, vocabulary_size: int) -> list:
+  """Assertions (INVALID_ARGUMENT naming the input `name`) that every id of
+  token_ids is in 0..vocabulary_size - 1, to depend on."""
+  return [
+      tf.debugging.assert_non_negative(token_ids, message=f"{name} must be >= 0"),
+      tf.debugging.assert_less(token_ids, vocabulary_size,
+                               message=f"{name} must be < the vocabulary size "
+                                       f"{vocabulary_size}"),
+  ]
+
+
 def checked_ids(token_ids, padding_mask, *, names: tuple, vocabulary_size: int,
                 buckets: Sequence[int], pad_id: int, bucketed: bool):
   """Preprocessed ids [B, L] and mask checked (XLA would clamp bad indices
@@ -122,10 +133,7 @@ def checked_ids(token_ids, padding_mask, *, names: tuple, vocabulary_size: int,
                                 message=f"{ids_name} and {mask_name} must have the same shape"),
       tf.debugging.assert_less_equal(shape[1], buckets[-1],
                                      message=f"{ids_name} may hold at most {buckets[-1]} tokens"),
-      tf.debugging.assert_non_negative(token_ids, message=f"{ids_name} must be >= 0"),
-      tf.debugging.assert_less(token_ids, vocabulary_size,
-                               message=f"{ids_name} must be < the vocabulary size "
-                                       f"{vocabulary_size}"),
+      *id_checks(token_ids, ids_name, vocabulary_size),
   ]
   with tf.control_dependencies(checks):
     token_ids, padding_mask = tf.identity(token_ids), tf.identity(padding_mask)
@@ -436,7 +444,11 @@ class TokenClassification(tf.Module):
 
 
 class Detokenize(tf.Module):
-  """detokenize: token_ids int32 [B, T] -> text string [B], special tokens dropped."""
+  """detokenize: token_ids int32 [B, T] -> text string [B], special tokens dropped.
+
+  An id outside 0..V-1 (V: the model's vocabulary size, whose ids generate_ids
+  gives) is INVALID_ARGUMENT naming token_ids, as in generate_ids and logits.
+  """
 
   def __init__(self, task, options: ExportOptions):
     super().__init__(name="detokenize")
@@ -445,6 +457,9 @@ class Detokenize(tf.Module):
 
   @_signature([tf.TensorSpec([None, None], tf.int32, name="token_ids")])
   def detokenize(self, token_ids):
+    checks = id_checks(token_ids, "token_ids", self.task.backbone.config.vocabulary_size)
+    with tf.control_dependencies(checks):    # plain graph ops: string ops never compile
+      token_ids = tf.identity(token_ids)
     return {"text": self.task.tokenizer.detokenize(token_ids)}
 
   def signatures(self) -> dict:
@@ -481,7 +496,8 @@ class Generate(tf.Module):
     self.task = task
     self.jit_compile = options.jit_compile
     config, sampler = task.backbone.config.generation, task.sampler
-    new_tokens = options.max_new_tokens or config.max_length - 1
+    new_tokens = (config.max_length - 1 if options.max_new_tokens is None
+                  else options.max_new_tokens)
     if new_tokens < 1:
       raise ValueError("max_new_tokens must be at least 1")
     if options.max_no_repeat_ngram_size < 0 or options.max_top_k < 0:

@@ -22,6 +22,7 @@ the update count are variables, so `tf.train.Checkpoint` saves and restores them
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import tensorflow as tf
@@ -54,18 +55,19 @@ class AdamW(tf.Module):
       clipnorm, global_clipnorm: clip each gradient / all gradients to this norm.
     """
     super().__init__(name=name)
-    if not callable(learning_rate) and not float(learning_rate) > 0:
-      raise ValueError(f"learning_rate must be positive or a schedule, got {learning_rate!r}")
-    if weight_decay < 0:
-      raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    if not callable(learning_rate) and not 0 < float(learning_rate) < math.inf:
+      raise ValueError(f"learning_rate must be finite and positive, or a schedule, got "
+                       f"{learning_rate!r}")
+    if not 0 <= weight_decay < math.inf:   # NaN too: it would turn decay off silently
+      raise ValueError(f"weight_decay must be finite and >= 0, got {weight_decay}")
     for label, beta in (("beta_1", beta_1), ("beta_2", beta_2)):
       if not 0.0 <= beta < 1.0:
         raise ValueError(f"{label} must be in [0, 1), got {beta}")
     if not epsilon > 0:
       raise ValueError(f"epsilon must be positive, got {epsilon}")
     for label, norm in (("clipnorm", clipnorm), ("global_clipnorm", global_clipnorm)):
-      if norm is not None and not norm > 0:
-        raise ValueError(f"{label} must be positive, got {norm}")
+      if norm is not None and not 0 < norm < math.inf:
+        raise ValueError(f"{label} must be finite and positive, got {norm}")
     if isinstance(exclude_from_weight_decay, str):
       exclude_from_weight_decay = [exclude_from_weight_decay]
     self.learning_rate = learning_rate if callable(learning_rate) else float(learning_rate)

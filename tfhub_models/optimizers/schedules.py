@@ -14,8 +14,8 @@ import tensorflow as tf
 
 
 def _check(peak: float, warmup_steps: int, total_steps: int) -> None:
-  if not peak > 0:
-    raise ValueError(f"peak learning rate must be positive, got {peak}")
+  if not 0 < peak < math.inf:
+    raise ValueError(f"peak learning rate must be finite and positive, got {peak}")
   if warmup_steps < 0 or total_steps < 1 or warmup_steps > total_steps:
     raise ValueError(f"need 0 <= warmup_steps <= total_steps and total_steps >= 1, got "
                      f"warmup_steps={warmup_steps}, total_steps={total_steps}")

@@ -37,14 +37,30 @@ LEGACY_TOKENIZER_FILES = {"XLMRobertaTokenizer": ("sentencepiece.bpe.model",),
                           "BartTokenizer": ("vocab.json", "merges.txt")}
 
 
-@functools.cache
-def upstream_tokenizer(source: pathlib.Path):
-  """transformers' tokenizer of a folder of legacy tokenizer files (loaded once)."""
+def _load_upstream(source: pathlib.Path):
   import transformers
   for name, files in LEGACY_TOKENIZER_FILES.items():
     if all((source / f).exists() for f in files):
       return getattr(transformers, name).from_pretrained(str(source))
   raise FileNotFoundError(f"{source}: no legacy tokenizer files")
+
+
+@functools.cache
+def upstream_tokenizer(source: pathlib.Path):
+  """transformers' tokenizer of a folder of legacy tokenizer files (loaded once,
+  shared by the tests that compare with it)."""
+  return _load_upstream(source)
+
+
+@functools.cache
+def _saved_tokenizer(source: pathlib.Path) -> tuple:
+  """(name, bytes) of the files transformers 5 saves for the tokenizer of
+  `source`, from a tokenizer of their own: a shared one may have been called
+  with truncation, which a fast tokenizer keeps and would save."""
+  import tempfile
+  with tempfile.TemporaryDirectory() as scratch:
+    _load_upstream(source).save_pretrained(scratch)
+    return tuple((p.name, p.read_bytes()) for p in sorted(pathlib.Path(scratch).iterdir()))
 
 
 def save_tokenizer(directory: pathlib.Path, source: pathlib.Path, *, legacy: bool = False) -> None:
@@ -60,7 +76,8 @@ def save_tokenizer(directory: pathlib.Path, source: pathlib.Path, *, legacy: boo
         if (source / name).exists():
           shutil.copy(source / name, pathlib.Path(directory) / name)
     return
-  upstream_tokenizer(source).save_pretrained(str(directory))
+  for name, data in _saved_tokenizer(source):
+    (pathlib.Path(directory) / name).write_bytes(data)
 
 
 @pytest.fixture(scope="session")

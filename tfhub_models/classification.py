@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import tensorflow as tf
 
-from tfhub_models import entities, layers, tasks, training
+from tfhub_models import entities, labelled, layers, metrics, tasks, training
 
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
@@ -125,6 +126,35 @@ class TextClassifier(layers.Module, training.Trainable):
   def default_metrics(self) -> tuple:
     return () if self.problem_type == "regression" else ("accuracy",)
 
+  @property
+  def collects_predictions(self) -> bool:
+    return self.problem_type != "regression"
+
+  def predicted_classes(self, logits: tf.Tensor) -> tf.Tensor:
+    """Classes int32 [B] (argmax), or [B, C] 0/1 for multi-label (sigmoid > 0.5)."""
+    if self.problem_type == "multi_label_classification":
+      return tf.cast(logits > 0, tf.int32)
+    return tf.argmax(logits, axis=-1, output_type=tf.int32)
+
+  def evaluation_metrics(self, predicted, labels, weights) -> dict:
+    """accuracy and f1_macro (see tfhub_models.metrics)."""
+    return metrics.classification_metrics(predicted, np.rint(labels).astype(np.int64),
+                                          self.num_classes, weights)
+
+  def training_examples(self, x, y):
+    """Labels may be class names (a list of names per row for multi-label): they
+    become ids (or 0/1 rows) through `labels`; an unknown name is an error
+    naming it and its row, before any step."""
+    if y is None or isinstance(x, tf.data.Dataset) or not _has_names(y):
+      return x, y
+    rows = list(y)
+    examples = labelled.Examples("y", [None] * len(rows), rows,
+                                 [f"row {i}" for i in range(len(rows))])
+    try:
+      return x, labelled.encode_labels(examples, self.labels, self.problem_type)
+    except ValueError as e:
+      raise training.TrainingError(str(e)) from None
+
   @classmethod
   def from_preset(cls, preset: str, load_weights: bool = True, preprocessor="auto", *,
                   num_classes: int | None = None, labels=None, problem_type: str | None = None,
@@ -222,6 +252,15 @@ class TextClassifier(layers.Module, training.Trainable):
     return answers
 
 
+def _has_names(y) -> bool:
+  """Whether labels y hold a class name (a string, or a list with one)."""
+  if isinstance(y, (tf.Tensor, np.ndarray)) and np.asarray(y).dtype.kind not in "OUS":
+    return False
+  values = list(np.asarray(y, dtype=object).ravel()) if isinstance(y, np.ndarray) else list(y)
+  return any(isinstance(v, str) or (isinstance(v, (list, tuple))
+                                    and any(isinstance(e, str) for e in v)) for v in values)
+
+
 class TokenClassificationHead(layers.Module):
   """dropout, then one dense layer (D -> C) at every token (`*ForTokenClassification`)."""
 
@@ -251,6 +290,9 @@ class TokenClassifier(layers.Module, training.Trainable):
   family = None
   presets = {}
   default_metrics = ("accuracy",)
+  collects_predictions = True
+  # fit on words: every sub-token of a word gets the word's tag (else its first).
+  label_all_tokens = False
 
   def __init__(self, backbone, preprocessor, num_classes: int, *, labels=None,
                head: TokenClassificationHead | None = None, name: str = "token_classifier"):
@@ -316,6 +358,86 @@ class TokenClassifier(layers.Module, training.Trainable):
     with tf.control_dependencies(checks):
       return inputs, tf.maximum(tf.identity(labels), 0), tf.identity(weights)
 
+  def evaluation_metrics(self, predicted, labels, weights) -> dict:
+    """Entity-level precision, recall and f1 over the counted tokens (the words'
+    first sub-tokens), as seqeval computes them on IOB2 tags; nothing for label
+    sets that are not IOB2 (token accuracy is the "accuracy" beside it)."""
+    try:
+      entities.check_scheme(self.labels, "simple")
+    except ValueError:
+      return {}
+    names = np.array(self.labels, dtype=object)
+    true, guessed = [], []
+    for row_predicted, row_labels, row_weights in zip(predicted, labels, weights):
+      counted = row_weights > 0
+      true.append(list(names[row_labels[counted]]))
+      guessed.append(list(names[row_predicted[counted]]))
+    return metrics.entity_metrics(true, guessed)
+
+  def align(self, words, tags=None, *, label_all_tokens: bool | None = None):
+    """Words and their tags as token-level training inputs (transformers'
+    token-classification recipe): the words are joined by spaces and tokenized
+    (with offsets, in the graph); each word's tag goes to its first sub-token,
+    the others (and the special tokens) get -100, which does not count.
+
+    Args:
+      words: a list of word lists (strings without surrounding spaces).
+      tags: a list of tag lists, one per word (ids, or names of `labels`); None
+        for inputs alone.
+      label_all_tokens: every sub-token gets its word's tag (default: the
+        task's `label_all_tokens`).
+
+    Returns:
+      ({"token_ids", "padding_mask"[, "segment_ids"]}: int32 [N, L], labels
+      int32 [N, L] or None); words past the sequence length are cut.
+    """
+    tasks.require_preprocessor(self, "align")
+    every = self.label_all_tokens if label_all_tokens is None else label_all_tokens
+    rows = [list(w) for w in words]
+    bad = next((i for i, w in enumerate(rows) if not w or not all(
+        isinstance(t, str) and t.strip() and t == t.strip() for t in w)), None)
+    if bad is not None:
+      raise training.TrainingError(f"x row {bad}: a row is a non-empty list of words (strings "
+                                   f"without surrounding spaces), got {str(rows[bad])[:80]}")
+    ids = None
+    if tags is not None:
+      tags = [list(t) for t in tags]
+      if len(tags) != len(rows):
+        raise training.TrainingError(f"{len(tags)} tag lists for {len(rows)} rows of words")
+      examples = labelled.Examples("y", rows, tags, [f"row {i}" for i in range(len(rows))])
+      for i, (w, t) in enumerate(zip(rows, tags)):
+        if len(w) != len(t):
+          raise training.TrainingError(f"y row {i}: {len(t)} tags for {len(w)} words")
+      try:
+        ids = labelled.encode_labels(examples, self.labels, "", tagged=True)
+      except ValueError as e:
+        raise training.TrainingError(str(e)) from None
+    texts = [" ".join(w) for w in rows]
+    parts, labels = [], []
+    for start in range(0, len(texts), 256):    # bounded graph inputs
+      inputs, offsets = self.preprocessor.with_offsets(tf.constant(texts[start:start + 256]))
+      parts.append({k: v.numpy() for k, v in inputs.items()})
+      if ids is not None:
+        starts = offsets["start"].numpy()
+        for row in range(starts.shape[0]):
+          labels.append(_token_labels(rows[start + row], ids[start + row], starts[row], every))
+    width = max(p["token_ids"].shape[1] for p in parts)
+    pad = {"token_ids": self.tokenizer.pad_token_id}
+    merged = {k: np.concatenate([np.pad(p[k], [(0, 0), (0, width - p[k].shape[1])],
+                                        constant_values=pad.get(k, 0)) for p in parts])
+              for k in parts[0]}
+    if ids is None:
+      return merged, None
+    return merged, np.array([row + [IGNORED_LABEL] * (width - len(row)) for row in labels],
+                            np.int32)
+
+  def training_examples(self, x, y):
+    """Words (a list of word lists) with tags become token inputs and labels
+    (see align); other inputs pass as they are."""
+    if isinstance(x, tf.data.Dataset) or not _word_lists(x):
+      return x, y
+    return self.align(x, y)
+
   def entities(self, text: tf.Tensor, aggregation: str = "simple") -> dict:
     """The entities of texts string [B], grouped as the transformers pipeline's
     `aggregation_strategy` (see tfhub_models.entities for the outputs)."""
@@ -356,6 +478,31 @@ class TokenClassifier(layers.Module, training.Trainable):
     return [[(tokens[b, i].decode("utf-8"), self.labels[int(probabilities[b, i].argmax())],
               float(probabilities[b, i].max())) for i in range(n)]
             for b, n in enumerate(lengths)]
+
+
+def _word_lists(x) -> bool:
+  """Whether x is a list of word lists (what TokenClassifier.align takes)."""
+  return (isinstance(x, (list, tuple)) and bool(x) and isinstance(x[0], (list, tuple))
+          and bool(x[0]) and isinstance(x[0][0], str))
+
+
+def _token_labels(words: list, tags: list, starts: np.ndarray, every: bool) -> list:
+  """One row's token labels: the word each token starts in (by character
+  offsets into the words joined by spaces) gives its tag, to its first token
+  only unless `every`; -100 elsewhere.  starts: int [L], -1 at specials."""
+  ends = np.cumsum([len(w) + 1 for w in words]) - 1        # each word's end (exclusive)
+  labels, previous = [], -1
+  for start in starts:
+    if start < 0:
+      labels.append(IGNORED_LABEL)
+      continue
+    word = int(np.searchsorted(ends, start, side="right"))
+    if word >= len(words):
+      labels.append(IGNORED_LABEL)
+      continue
+    labels.append(tags[word] if every or word != previous else IGNORED_LABEL)
+    previous = word
+  return labels
 
 
 __all__ = ["ClassificationHead", "TextClassifier", "TokenClassificationHead", "TokenClassifier",

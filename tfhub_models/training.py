@@ -295,8 +295,10 @@ class Trainable:
 
   def _terms(self, inputs, labels, weights, training: bool):
     """(sum of weighted losses, sum of weights, weighted hits, real tokens): scalars."""
+    return self._terms_of(self(inputs, training=training), inputs, labels, weights)
+
+  def _terms_of(self, logits, inputs, labels, weights):
     compiled = self._training_state()
-    logits = self(inputs, training=training)
     weights = tf.cast(weights, tf.float32)
     losses = compiled.loss(labels, logits)
     hits = (self.hits(labels, logits) if hasattr(self, "hits") else
@@ -365,10 +367,35 @@ class Trainable:
   def _eval_function(self):
     compiled = self._training_state()
     if "evaluate" not in compiled.functions:
-      compiled.functions["evaluate"] = tf.function(
-          lambda inputs, labels, weights: self._terms(inputs, labels, weights, False),
-          jit_compile=compiled.jit_compile, autograph=False)
+      def evaluate(inputs, labels, weights):
+        logits = self(inputs, training=False)
+        predicted = (self.predicted_classes(logits) if self.collects_predictions
+                     else tf.zeros([0], tf.int32))
+        return (*self._terms_of(logits, inputs, labels, weights), predicted)
+      compiled.functions["evaluate"] = tf.function(evaluate, jit_compile=compiled.jit_compile,
+                                                   autograph=False)
     return compiled.functions["evaluate"]
+
+  # -- what evaluation reports beyond loss and accuracy (tasks override) -------
+
+  # Whether evaluation keeps each batch's predictions for evaluation_metrics.
+  collects_predictions = False
+
+  def predicted_classes(self, logits: tf.Tensor) -> tf.Tensor:
+    """What evaluation keeps of a batch's logits: int32 classes (argmax)."""
+    return tf.argmax(logits, axis=-1, output_type=tf.int32)
+
+  def evaluation_metrics(self, predicted: np.ndarray, labels: np.ndarray,
+                         weights: np.ndarray) -> dict:
+    """Figures of a whole evaluation from its predicted classes, labels and
+    weights (rows, or rows x tokens; weight 0 where nothing counts)."""
+    del predicted, labels, weights
+    return {}
+
+  def training_examples(self, x, y):
+    """The user's (x, y) as batches take them: a task may accept friendlier
+    forms (label names, words with tags) and turn them into arrays here."""
+    return x, y
 
   def _predict_function(self):
     compiled = self._training_state()
@@ -468,8 +495,9 @@ class Trainable:
       warnings.warn(no_tokenizer_message(self, "save_to_preset will refuse after fit"),
                     stacklevel=2)
     compiled = self._training_state()
+    x, y = self.training_examples(x, y)
     batches = Batches(x, y, sample_weight, batch_size=batch_size)
-    validation = (_validation_batches(validation_data, batch_size)
+    validation = (_validation_batches(validation_data, batch_size, self.training_examples)
                   if validation_data is not None else None)
     for data in (batches, validation):
       self._check_data(data)
@@ -532,8 +560,6 @@ class Trainable:
         if manager is not None and step % checkpoint_every == 0:
           position.assign([epoch, step, position[2]])
           _save(manager, checkpoint_dir, history, epoch, (losses, weight_total, hits_total))
-      if bar is not None:
-        bar.close()
       if not losses:
         raise TrainingError("the data set is empty")
       history["loss"].append(float(np.mean(losses)))
@@ -541,9 +567,11 @@ class Trainable:
         history["accuracy"].append(hits_total / weight_total if weight_total else 0.0)
       if validation_epochs is not None:
         scores = self._evaluate_batches(next(validation_epochs)[1])
-        history.setdefault("val_loss", []).append(scores["loss"])
-        if "accuracy" in scores:
-          history.setdefault("val_accuracy", []).append(scores["accuracy"])
+        for key, value in scores.items():
+          history.setdefault(f"val_{key}", []).append(value)
+      if bar is not None:   # the epoch's figures on its progress line
+        bar.set_postfix({k: f"{v[-1]:.4f}" for k, v in history.items() if v})
+        bar.close()
       if manager is not None:
         position.assign([epoch + 1, 0, position[2]])
         _save(manager, checkpoint_dir, history, epoch + 1, ([], 0.0, 0.0))
@@ -558,23 +586,33 @@ class Trainable:
     """Scores of prepared (inputs, labels, weights) batches."""
     evaluate = self._eval_function()
     loss_total = weight_total = hits_total = 0.0
+    kept = []
     for inputs, labels, weights in prepared:
-      loss_sum, weight_sum, hits, _ = (float(t) for t in evaluate(inputs, labels, weights))
+      *terms, predicted = evaluate(inputs, labels, weights)
+      loss_sum, weight_sum, hits, _ = (float(t) for t in terms)
       loss_total, weight_total, hits_total = (loss_total + loss_sum, weight_total + weight_sum,
                                               hits_total + hits)
+      if self.collects_predictions:
+        kept.append((predicted.numpy(), labels.numpy(), weights.numpy()))
     scores = {"loss": loss_total / weight_total if weight_total else 0.0}
     if "accuracy" in self._training_state().metrics:
       scores["accuracy"] = hits_total / weight_total if weight_total else 0.0
+    if kept:
+      predicted, labels, weights = (stack_padded(list(part)) for part in zip(*kept))
+      scores.update(self.evaluation_metrics(predicted, labels, weights))
     return scores
 
   def evaluate(self, x=None, y=None, sample_weight=None, batch_size=None) -> dict:
-    """{"loss": sum(weight · loss) / sum(weight) over all batches, "accuracy"}, dropout off."""
+    """{"loss": sum(weight · loss) / sum(weight) over all batches, "accuracy", and the
+    task's figures (classifiers: f1_macro; taggers: entity precision, recall, f1)},
+    dropout off."""
+    x, y = self.training_examples(x, y)
     batches = Batches(x, y, sample_weight, batch_size=batch_size)
     return self._evaluate_batches(_guarded(self._prepared(batches.epoch(None, 0), "evaluate")))
 
   def predict(self, x, batch_size=None) -> np.ndarray:
     """Logits of every batch, concatenated (padded with 0 to the longest along axis 1)."""
-    batches = Batches(x, batch_size=batch_size)
+    batches = Batches(self.training_examples(x, None)[0], batch_size=batch_size)
     predict = self._predict_function()
     parts = [predict(inputs).numpy()
              for inputs in _guarded(self._prepared(batches.epoch(None, 0), "predict"))]
@@ -587,7 +625,19 @@ class Trainable:
     return np.concatenate(parts, axis=0)
 
 
-def _validation_batches(data, batch_size) -> Batches:
+def stack_padded(parts: list) -> np.ndarray:
+  """Batches' arrays [b, ...] stacked; axis 1 padded with 0 to the longest (bucketed
+  token lengths differ from batch to batch)."""
+  if parts[0].ndim >= 2 and len({p.shape[1:] for p in parts}) > 1:
+    longest = max(p.shape[1] for p in parts)
+    parts = [np.pad(p, [(0, 0), (0, longest - p.shape[1])] + [(0, 0)] * (p.ndim - 2))
+             for p in parts]
+  return np.concatenate(parts, axis=0)
+
+
+def _validation_batches(data, batch_size, examples) -> Batches:
+  """Batches of validation_data: x, (x, y) or (x, y, sample_weight), or a Dataset;
+  `examples` (the task's training_examples) turns the user's x, y into arrays."""
   if isinstance(data, tf.data.Dataset):
     return Batches(data)
   if isinstance(data, tuple) and len(data) == 1:
@@ -596,8 +646,9 @@ def _validation_batches(data, batch_size) -> Batches:
     # (x, y) or (x, y, w); a pair of text lists (texts, pairs) is x itself only
     # when its parts are strings and there is no third part.
     if not (len(data) == 2 and _looks_like_texts(data[0]) and _looks_like_texts(data[1])):
-      return Batches(*data, batch_size=batch_size)
-  return Batches(data, batch_size=batch_size)
+      x, y = examples(data[0], data[1])
+      return Batches(x, y, *data[2:], batch_size=batch_size)
+  return Batches(examples(data, None)[0], batch_size=batch_size)
 
 
 def _looks_like_texts(x) -> bool:
@@ -646,10 +697,17 @@ def _save(manager, directory: str, history: dict, epoch: int, partial: tuple) ->
   first: a crash between the two leaves the previous pair intact."""
   number = int(manager.checkpoint.save_counter) + 1
   losses, weights, hits = partial
-  atomic.write_json(_side_file(directory, number),
-                    {"history": history, "epoch": epoch, "losses": losses, "weights": weights,
-                     "hits": hits})
-  manager.save(checkpoint_number=number)
+  try:
+    atomic.write_json(_side_file(directory, number),
+                      {"history": history, "epoch": epoch, "losses": losses, "weights": weights,
+                       "hits": hits})
+    manager.save(checkpoint_number=number)
+  except (OSError, tf.errors.OpError) as e:   # a full disk, a directory gone: say so, keep going?
+    last = manager.latest_checkpoint
+    raise TrainingError(f"could not write checkpoint {number} to {directory} "
+                        f"({getattr(e, 'message', None) or e}); "
+                        + (f"{last} is the last good checkpoint" if last else
+                           "no checkpoint was written before")) from None
   kept = {_side_file(directory, int(path.rsplit("-", 1)[1])) for path in manager.checkpoints}
   for name in os.listdir(directory):
     path = os.path.join(directory, name)

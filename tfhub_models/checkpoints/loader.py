@@ -14,7 +14,7 @@ that read its files (`checkpoints/<family>.py`) and build its modules
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from tfhub_models.checkpoints.sources import Checkpoint, CheckpointError, open_checkpoint
 from tfhub_models.preprocessing import check_sequence_length
@@ -71,6 +71,23 @@ def detect(checkpoint: Checkpoint, families) -> Family:
   supported = ", ".join(f.hf_model_types[0] for f in families)
   raise CheckpointError(f"{checkpoint.directory}: model_type {model_type!r} is not supported "
                         f"(supported: {supported})")
+
+
+class Described(NamedTuple):
+  """What a checkpoint is, read from its config alone (no weights, no modules)."""
+  family: Family
+  task: str                  # its own task
+  options: dict              # the family's options for that task (a head's labels, ...)
+
+
+def describe(source, families) -> Described:
+  """The family, own task and options of a checkpoint, without reading weights."""
+  families = (families,) if isinstance(families, Family) else tuple(families)
+  handles = {name: h for family in families for name, h in family.handles.items()}
+  checkpoint = open_checkpoint(source, handles, load_weights=False)
+  family = detect(checkpoint, families)
+  task = family.task(checkpoint, None, False)
+  return Described(family, task, family.options(checkpoint, task, False))
 
 
 def _offline_preset(source, families, task: str | None, error: CheckpointError, *,

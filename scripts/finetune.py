@@ -124,45 +124,6 @@ def check_output(path: str, overwrite: bool) -> None:
     raise ValueError(f"--output {path} is a file, not a directory")
 
 
-def read_texts(path: str) -> list:
-  """One text a line; blank lines skipped.  ValueError naming an unusable file."""
-  try:
-    with open(path, encoding="utf-8") as f:
-      texts = [line.rstrip("\n") for line in f if line.strip()]
-  except OSError as e:
-    raise ValueError(f"{path}: {e.strerror}") from None
-  except UnicodeDecodeError as e:
-    raise ValueError(f"{path}: not UTF-8 text ({e})") from None
-  if not texts:
-    raise ValueError(f"{path}: no text lines")
-  return texts
-
-
-def read_pairs(path: str) -> dict:
-  """JSON Lines {"source", "target"} -> {"encoder_text": [...], "decoder_text": [...]}."""
-  sources, targets = [], []
-  try:
-    with open(path, encoding="utf-8") as f:
-      for line_number, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          row = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{line_number}: not JSON ({e.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("source"), str) or not isinstance(
-            row.get("target"), str):
-          raise ValueError(f"{path}:{line_number}: each line must be an object with string "
-                           "\"source\" and \"target\"")
-        sources.append(row["source"])
-        targets.append(row["target"])
-  except OSError as e:
-    raise ValueError(f"{path}: {e.strerror}") from None
-  if not sources:
-    raise ValueError(f"{path}: no JSON lines")
-  return {"encoder_text": sources, "decoder_text": targets}
-
-
 def build_optimizer(args, default_rate: float, total_steps: int):
   from tfhub_models import optimizers
   from tfhub_models.optimizers import schedules
@@ -193,7 +154,8 @@ class Plan:
 
 
 def plan_language_model(args, task) -> Plan:
-  read = read_texts if task.task == "fill_mask" else read_pairs
+  from tfhub_models import labelled
+  read = labelled.read_texts if task.task == "fill_mask" else labelled.read_pairs
   train = read(args.train)
   validation = read(args.validation) if args.validation else None
   rows = len(train) if task.task == "fill_mask" else len(train["encoder_text"])

@@ -106,6 +106,16 @@ def tag_run(tmp_path_factory, wordpiece_dir, wordpiece_vocab):
           "output": work / "tuned", "validation": validation}
 
 
+def exported_answers(run, texts) -> dict:
+  """scripts/export.py of the run's output (no XLA), answering `texts` (serving_default)."""
+  code, stdout, stderr = export_main("--checkpoint", run["output"], "--output",
+                                     run["work"] / "exports", "--sequence-length", 32,
+                                     "--warmup-batch-sizes", 1, "--no-xla")
+  assert code == 0, stderr[-2000:]
+  return tf.saved_model.load(stdout.strip().splitlines()[-1]).signatures["serving_default"](
+      text=tf.constant(texts))
+
+
 def history(run) -> dict:
   return json.loads(run["stderr"].strip().splitlines()[-1])["history"]
 
@@ -125,12 +135,7 @@ def test_text_classifier_learns_and_transformers_reads_it(text_run):
   assert model.config.id2label == {0: "neg", 1: "pos"}               # the --labels order
   # The export answers as the transformers pipeline does on the same directory.
   texts = ["the cat is good today", "a sad dog sat", "great book", "awful rain on the roof"]
-  code, stdout, stderr = export_main("--checkpoint", text_run["output"], "--output",
-                                     text_run["work"] / "exports", "--sequence-length", 32,
-                                     "--warmup-batch-sizes", 1, "--no-xla")
-  assert code == 0, stderr[-2000:]
-  out = tf.saved_model.load(stdout.strip().splitlines()[-1]).signatures["serving_default"](
-      text=tf.constant(texts))
+  out = exported_answers(text_run, texts)
   pipeline = transformers.pipeline("text-classification", model=str(text_run["output"]),
                                    device="cpu")
   expected = pipeline(texts)
@@ -151,12 +156,7 @@ def test_tagger_learns_and_transformers_reads_it(tag_run):
   model = transformers.AutoModelForTokenClassification.from_pretrained(str(tag_run["output"]))
   assert list(model.config.id2label.values()) == ["B-LOC", "B-PER", "I-PER", "O"]
   texts = ["anna smith visited berlin", "the cat sat in paris with maria"]
-  code, stdout, stderr = export_main("--checkpoint", tag_run["output"], "--output",
-                                     tag_run["work"] / "exports", "--sequence-length", 32,
-                                     "--warmup-batch-sizes", 1, "--no-xla")
-  assert code == 0, stderr[-2000:]
-  out = tf.saved_model.load(stdout.strip().splitlines()[-1]).signatures["serving_default"](
-      text=tf.constant(texts))
+  out = exported_answers(tag_run, texts)
   pipeline = transformers.pipeline("token-classification", model=str(tag_run["output"]),
                                    aggregation_strategy="simple", device="cpu")
   for b, expected in enumerate(pipeline(texts)):

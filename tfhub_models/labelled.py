@@ -1,5 +1,7 @@
 """Labelled files for fine-tuning classifiers and taggers, and their labels.
 
+  read_texts(path)                    -> [text]       one a line (masked LM)
+  read_pairs(path)                    -> {"encoder_text", "decoder_text"}  (seq2seq)
   read_text_classification(path, ...) -> Examples   CSV with a header, or JSON Lines
   read_token_classification(path)     -> Examples   JSON Lines {"tokens", "tags"}
   label_order(given, checkpoint, examples...)       the class order, checked
@@ -61,6 +63,33 @@ def _json_lines(path: str):
         yield number, row
     except UnicodeDecodeError as e:
       raise ValueError(f"{path}: not UTF-8 text ({e})") from None
+
+
+def read_texts(path: str) -> list:
+  """One text a line (a masked LM's data); blank lines skipped."""
+  try:
+    with _open(path) as f:
+      texts = [line.rstrip("\r\n") for line in f if line.strip()]
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path}: not UTF-8 text ({e})") from None
+  if not texts:
+    raise ValueError(f"{path}: no text lines")
+  return texts
+
+
+def read_pairs(path: str) -> dict:
+  """JSON Lines {"source", "target"} (a seq2seq model's data) ->
+  {"encoder_text": [...], "decoder_text": [...]}."""
+  sources, targets = [], []
+  for number, row in _json_lines(path):
+    if not isinstance(row.get("source"), str) or not isinstance(row.get("target"), str):
+      raise ValueError(f"{path}:{number}: each line must be an object with string "
+                       "\"source\" and \"target\"")
+    sources.append(row["source"])
+    targets.append(row["target"])
+  if not sources:
+    raise ValueError(f"{path}: no JSON lines")
+  return {"encoder_text": sources, "decoder_text": targets}
 
 
 def _is_json_lines(path: str) -> bool:

@@ -799,7 +799,8 @@ class Several:
 
 
 BUILDERS = {
-    "several": Several, "exporter": Exporter, "ours_signature": OurSignature, "keras_hub_encoder": KerasHubEncoder,
+    "several": Several, "exporter": Exporter, "ours_signature": OurSignature,
+    "keras_hub_encoder": KerasHubEncoder,
     "pytorch_encoder": TorchEncoder, "onnxruntime_encoder": OnnxEncoder,
     "pipeline_fill_mask": PipelineFillMask, "keras_hub_fill_mask": KerasHubFillMask,
     "ours_generation": OurGeneration, "keras_hub_generation": KerasHubGeneration,
@@ -1124,7 +1125,8 @@ def table(results: dict) -> str:
 def markdown(results: dict) -> str:
   m = results["machine"]
   out = [f"Measured {results['finished'][:10]} on {m['cpu']}, {m['cores']} cores, "
-         f"{m['memory_read_gb_s']:.1f} GB/s memory read ({'quick' if results['quick'] else 'base sizes'}, "
+         f"{m['memory_read_gb_s']:.1f} GB/s memory read "
+         f"({'quick' if results['quick'] else 'base sizes'}, "
          f"median of {results['repeats']} runs in turns; `benchmarks/results.json`).", "",
          "| case | ours | against | ratio | target |", "|---|---|---|---|---|"]
   for result in results["cases"].values():
@@ -1342,10 +1344,12 @@ def legacy_fill_mask(args) -> int:
 
     for case, texts in cases.items():
       text = tf.constant(texts)
-      row = {"transformers_ms": median_ms(lambda: transformers_fill_mask(texts), args.repeats)}
+      row = {"transformers_ms": median_ms(lambda texts=texts: transformers_fill_mask(texts),
+                                          args.repeats)}
       for name, signature in signatures.items():
-        row[f"ours_{name}_ms"] = median_ms(lambda: signature["serving_default"](text=text),
-                                           args.repeats)
+        row[f"ours_{name}_ms"] = median_ms(
+            lambda signature=signature, text=text: signature["serving_default"](text=text),
+            args.repeats)
         row[f"ours_{name}_vs_transformers"] = row[f"ours_{name}_ms"] / row["transformers_ms"]
       results["cases"][case] = row
 
@@ -1372,7 +1376,8 @@ def legacy_fill_mask(args) -> int:
   for case, row in results["cases"].items():
     print(f"  {case:<14} transformers {row['transformers_ms']:7.2f} ms | "
           f"ours XLA {row['ours_xla_ms']:7.2f} ms ({row['ours_xla_vs_transformers']:.2f}x) | "
-          f"ours no-XLA {row['ours_no_xla_ms']:7.2f} ms ({row['ours_no_xla_vs_transformers']:.2f}x)")
+          f"ours no-XLA {row['ours_no_xla_ms']:7.2f} ms "
+          f"({row['ours_no_xla_vs_transformers']:.2f}x)")
   b = results["bucketing"]
   print(f"  bucketing: {b['tokens']} tokens padded to {b['bucket_length']}: {b['bucket_ms']:.2f} ms"
         f" vs {args.sequence_length}: {b['full_length_ms']:.2f} ms "

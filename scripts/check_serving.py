@@ -40,10 +40,10 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tensorflow.core.framework import op_def_pb2  # noqa: E402
-from tensorflow.python.client import pywrap_tf_session  # noqa: E402
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import op_def_pb2
+from tensorflow.python.client import pywrap_tf_session
 
 PYTHON_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
 XLA_FLAG = "--xla_cpu_compilation_enabled=true"
@@ -67,13 +67,13 @@ def registered_ops() -> set:
   return {op.name for op in ops.op}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def op_sets() -> tuple[set, set]:
   """(core TensorFlow ops, tensorflow-text ops): the registry before and after
   tensorflow_text registers its ops (the first call must come before anything in
   this process imports tensorflow_text)."""
   core = registered_ops()
-  import tensorflow_text  # noqa: F401
+  import tensorflow_text  # registers the ops the exports use
   return core, registered_ops() - core
 
 
@@ -193,7 +193,7 @@ def warmup_requests(export_dir: str, signatures: dict, problems: list) -> list:
 
 def _first_line(error: Exception) -> str:
   text = str(getattr(error, "message", None) or error).strip()
-  lines = [l for l in text.splitlines() if l.strip() and not l.startswith(("\t", " "))]
+  lines = [line for line in text.splitlines() if line.strip() and not line.startswith(("\t", " "))]
   return lines[-1] if "Graph execution error" in text and lines else (lines or [""])[0]
 
 
@@ -283,7 +283,7 @@ class CApiChild:
     self.stderr.seek(0)
     log = self.stderr.read()
     self.stderr.close()
-    phases = [l[len("phase: "):] for l in log.splitlines() if l.startswith("phase: ")]
+    phases = [line[len("phase: "):] for line in log.splitlines() if line.startswith("phase: ")]
     where = phases[-1] if phases else "starting"
     try:
       if code is None:
@@ -292,7 +292,8 @@ class CApiChild:
       if code != 0 or not os.path.exists(self.output):
         how = (f"was killed by {signal.Signals(-code).name}" if code < 0
                else f"exited with code {code}")
-        detail = [l for l in log.splitlines() if l.strip() and not l.startswith("phase: ")]
+        detail = [line for line in log.splitlines()
+                  if line.strip() and not line.startswith("phase: ")]
         raise RuntimeError(f"the C API process {how} while {where}"
                            + (f": {detail[-1].strip()}" if detail else ""))
       with open(self.output) as f:

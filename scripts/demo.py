@@ -28,7 +28,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 RANDOM_MODEL = "xlm_roberta_demo"
-QUESTIONS = ["three plus four is <mask>.", "<mask> plus five is nine.", "eight plus nine is <mask>.",
+QUESTIONS = ["three plus four is <mask>.", "<mask> plus five is nine.",
+             "eight plus nine is <mask>.",
              "zwei plus <mask> ist fünf.", "sechs plus sieben ist <mask>."]
 REVERSALS = ["red fox jumps", "old king reads book", "big dog runs over cold hill"]
 
@@ -68,7 +69,8 @@ def _random(args, base: str) -> int:
   path = export.export(task, base, RANDOM_MODEL, options=export.ExportOptions(
       top_k=5, jit_compile=not args.no_xla, warmup_batch_sizes=(1,)))
   print(f"exported {path}")
-  texts = args.texts or ["The capital of France is <mask>.", "Die Hauptstadt von <mask> ist <mask>."]
+  texts = args.texts or ["The capital of France is <mask>.",
+                         "Die Hauptstadt von <mask> ist <mask>."]
   with _serve(base, [RANDOM_MODEL], args.no_xla) as running:
     print(f"serving {RANDOM_MODEL} on {running.grpc_target} (random weights: the answers "
           "are meaningless)")
@@ -86,7 +88,7 @@ def _trained(args, base: str) -> int:
   reversals = [t for t in args.texts if "<mask>" not in t] or ([] if args.texts else REVERSALS)
   checkpoints = demo_tasks.cached_demos(args.cache or demo_tasks.default_cache(), seed=args.seed)
   started = time.perf_counter()
-  for name, checkpoint in checkpoints.items():
+  for checkpoint in checkpoints.values():
     flags = ["--checkpoint", checkpoint, "--output", base, "--warmup-batch-sizes", "1"]
     if export_cli.main(flags + (["--no-xla"] if args.no_xla else [])) != 0:
       return 1

@@ -21,7 +21,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfhub_models.cli import AT_LEAST_ONE, FINITE, POSITIVE, number  # noqa: E402
+from tfhub_models.cli import AT_LEAST_ONE, FINITE, POSITIVE, number
 
 
 def parse_args(argv):

@@ -49,7 +49,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfhub_models.cli import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, number  # noqa: E402
+from tfhub_models.cli import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, number
 
 # Command-line task -> the library's task name.
 TASKS = {"masked_lm": "fill_mask", "seq2seq": "generate",

@@ -32,7 +32,7 @@ import dataclasses
 import os
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import grpc
 import numpy as np
@@ -72,7 +72,7 @@ class BatchingOptions:
                          "must increase and end at max_batch_size)")
 
   @classmethod
-  def from_proto(cls, params) -> "BatchingOptions":
+  def from_proto(cls, params) -> BatchingOptions:
     """From a `protos.BatchingParameters`; raises ValueError as the constructor does."""
     def get(field):
       return getattr(params, field).value if params.HasField(field) else getattr(cls, field)

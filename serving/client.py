@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import grpc
 import numpy as np

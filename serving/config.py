@@ -7,7 +7,7 @@ rules the same way.  Protos in, plain values out; nothing here reads files.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from tensorflow_serving.config import model_server_config_pb2
 

@@ -21,7 +21,8 @@ import os
 import pathlib
 import threading
 import time
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple
+from collections.abc import Callable, Sequence
 
 import grpc
 import numpy as np

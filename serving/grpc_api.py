@@ -39,7 +39,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
   def __init__(self, core: ServingCore, max_request_bytes: int):
     self._core, self._max_request_bytes = core, max_request_bytes
 
-  def Predict(self, request, context):  # noqa: N802
+  def Predict(self, request, context):
     limit = self._max_request_bytes
 
     def read_inputs(signature):
@@ -64,7 +64,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
       response.outputs[key].CopyFrom(tensors.to_proto(value))
     return response
 
-  def GetModelMetadata(self, request, context):  # noqa: N802
+  def GetModelMetadata(self, request, context):
     try:
       return self._core.metadata(request.model_spec, request.metadata_field, "GRPC")
     except ServingError as e:
@@ -84,13 +84,13 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
   def __init__(self, core: ServingCore):
     self._core = core
 
-  def GetModelStatus(self, request, context):  # noqa: N802
+  def GetModelStatus(self, request, context):
     try:
       return self._core.status(request.model_spec, "GRPC")
     except ServingError as e:
       _abort(context, e)
 
-  def HandleReloadConfigRequest(self, request, context):  # noqa: N802
+  def HandleReloadConfigRequest(self, request, context):
     try:
       self._core.reload_config(request.config, from_request=True)
     except ServingError as e:
@@ -111,7 +111,7 @@ def _lenient(message_class):
   def deserialize(data: bytes):
     try:
       return message_class.FromString(data)
-    except Exception as e:  # noqa: BLE001  (DecodeError, RecursionError: the bytes' fault)
+    except Exception as e:  # DecodeError, RecursionError: the bytes' fault
       return _Undecodable(message_class.DESCRIPTOR.name, e)
   return deserialize
 

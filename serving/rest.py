@@ -2,7 +2,8 @@
 
   GET  /v1/models/NAME[/versions/N | /labels/L]            model status
   GET  /v1/models/NAME[/versions/N | /labels/L]/metadata   signatures
-  POST /v1/models/NAME[/versions/N | /labels/L]:predict    {"instances": [...]} → {"predictions": [...]}
+  POST /v1/models/NAME[/versions/N | /labels/L]:predict    {"instances": [...]}
+                                                           → {"predictions": [...]}
                                                            {"inputs": ...}      → {"outputs": ...}
   GET  <prometheus path>                                   metrics (with --monitoring_config_file)
 
@@ -268,7 +269,7 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
   # client's delayed ACK held every answer back by about 40 ms.
   disable_nagle_algorithm = True
 
-  def log_message(self, format, *args):  # noqa: A002  (http.server's name)
+  def log_message(self, format, *args):  # http.server's name
     log.debug("%s %s", self.address_string(), format % args)
 
   def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
@@ -525,7 +526,7 @@ class Deadline:
     self.at, self.connection = at, connection
     self.expired = self.cancelled = False
 
-  def __lt__(self, other: "Deadline") -> bool:
+  def __lt__(self, other: Deadline) -> bool:
     return self.at < other.at
 
 

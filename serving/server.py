@@ -51,31 +51,31 @@ import os
 if __name__ == "__main__":  # a program, not an import: quiet TensorFlow's C++ logs before it loads
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import logging  # noqa: E402
-import signal  # noqa: E402
-import ssl  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-from typing import Sequence  # noqa: E402
+import argparse
+import dataclasses
+import logging
+import signal
+import ssl
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
 
-import grpc  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from google.protobuf import text_format  # noqa: E402
-from grpc_health.v1 import health_pb2  # noqa: E402
-from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
+import grpc
+import tensorflow as tf
+from google.protobuf import text_format
+from grpc_health.v1 import health_pb2
+from tensorflow_serving.config import model_server_config_pb2
 
-from serving import c_api, protos  # noqa: E402
-from serving.batching import Batcher, BatchingOptions  # noqa: E402
-from serving.config import check_config  # noqa: E402
-from serving.core import ServingCore  # noqa: E402
-from serving.grpc_api import HEALTH_NAMES, MAX_MESSAGE_BYTES, build_grpc  # noqa: E402
-from serving.metrics import DEFAULT_PATH, Metrics  # noqa: E402
-from serving.registry import Loader, Registry  # noqa: E402
-from serving.rest import RestServer  # noqa: E402
-from serving.servable import Servable  # noqa: E402
+from serving import c_api, protos
+from serving.batching import Batcher, BatchingOptions
+from serving.config import check_config
+from serving.core import ServingCore
+from serving.grpc_api import HEALTH_NAMES, MAX_MESSAGE_BYTES, build_grpc
+from serving.metrics import DEFAULT_PATH, Metrics
+from serving.registry import Loader, Registry
+from serving.rest import RestServer
+from serving.servable import Servable
 
 log = logging.getLogger("serving.server")
 
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
       description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
   flag = parser.add_argument
 
-  def boolean(name, default, help):  # noqa: A002
+  def boolean(name, default, help):
     flag(name, type=_bool, nargs="?", const=True, default=default, metavar="true|false",
          help=help)
 

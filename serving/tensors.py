@@ -126,7 +126,7 @@ def from_proto(name: str, proto: tensor_pb2.TensorProto, max_bytes: int) -> np.n
       # No values: TensorFlow's default, the empty string (make_ndarray would give a str).
       return _strings(proto, dims, elements)
     array = tf.make_ndarray(proto)
-  except Exception as e:  # noqa: BLE001  (any failure to decode is the proto's)
+  except Exception as e:  # any failure to decode is the proto's
     raise invalid(f"input {name} is not a valid {dtype_label(proto.dtype)} TensorProto of "
                   f"shape {dims}: {type(e).__name__}: {e}") from None
   if array.shape != tuple(dims):

@@ -11,7 +11,7 @@ habit of Sonnet's `conformance/` goldens).  A new module gets a case here.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf

@@ -24,9 +24,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import pytest  # noqa: E402
+import pytest
 
-from tfhub_models import demo  # noqa: E402
+from tfhub_models import demo
 
 CORPUS = [line for line in demo.CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
 

@@ -122,12 +122,13 @@ def assert_serving_flags(stdout: str, xla: bool) -> None:
   disabled, the flag named, and runs with it; without, every signature runs under
   stock flags, warmup requests included; its numeric cores are aliased tpu_func."""
   assert "loaded through the C API (TF_LoadSessionFromSavedModel" in stdout, stdout
-  lines = {l.split(":")[0].strip(): l for l in stdout.splitlines() if l.startswith("  ")}
+  lines = {line.split(":")[0].strip(): line for line in stdout.splitlines()
+           if line.startswith("  ")}
   assert "serving_default" in lines, stdout
-  needs = {k for k, l in lines.items()
+  needs = {k for k, line in lines.items()
            if f"needs {XLA_FLAG} (with XLA disabled it fails: XLA compilation disabled); "
-              "runs with it" in l}
-  stock = {k for k, l in lines.items() if "runs under stock flags (XLA disabled)" in l}
+              "runs with it" in line}
+  stock = {k for k, line in lines.items() if "runs under stock flags (XLA disabled)" in line}
   assert needs | stock == set(lines) and not needs & stock, stdout
   if xla:
     assert "serving_default" in needs, stdout
@@ -195,7 +196,7 @@ class CheckServing:
       self.out.seek(0)
       self.err.seek(0)
       stdout, stderr = self.out.read(), self.err.read()
-      lines = [l for l in stdout.splitlines() if l.startswith("RESULTS ")]
+      lines = [line for line in stdout.splitlines() if line.startswith("RESULTS ")]
       assert self.process.returncode == 0 and lines, stdout[-2000:] + stderr[-3000:]
       import json
       self._results = {v: tuple(r) for v, r in zip(self.versions, json.loads(lines[-1][8:]))}

@@ -88,7 +88,7 @@ def _read_answer(sock: socket.socket) -> tuple[int, dict, bytes]:
   head, body = data.split(b"\r\n\r\n", 1)
   lines = head.decode("iso-8859-1").split("\r\n")
   status = int(lines[0].split()[1])
-  headers = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:])}
+  headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
   length = int(headers.get("content-length", 0))
   while len(body) < length:
     chunk = sock.recv(65536)
@@ -295,7 +295,8 @@ def test_exports_killed_at_several_points_leave_nothing_the_next_one_does_not_cl
   left = set()
   for what, reached in points.items():
     before = set(_staging(model_dir))
-    _kill_when(unharmed["checkpoint"], base, model_dir, lambda d: reached(set(d) - before), what)
+    _kill_when(unharmed["checkpoint"], base, model_dir,
+               lambda d, reached=reached, before=before: reached(set(d) - before), what)
     new = set(_staging(model_dir)) - before
     assert len(new) == 1, (what, new)  # the killed export left its own staging behind
     left |= new  # (and may have removed the earlier ones, as the next export must)

@@ -332,7 +332,8 @@ def test_keras_hub_preset_matches_keras_hub(bpe_dir, tmp_path):
   task = tfhub_models.load(tmp_path / "preset", sequence_length=24)
   encoder = task.preprocessor(tf.constant(TEXTS))
   decoder = tf.constant([[2, 0, 10, 20], [2, 0, 5, 1], [2, 0, 7, 1], [2, 0, 1, 1]])
-  inputs = {"encoder_token_ids": encoder["token_ids"], "encoder_padding_mask": encoder["padding_mask"],
+  inputs = {"encoder_token_ids": encoder["token_ids"],
+            "encoder_padding_mask": encoder["padding_mask"],
             "decoder_token_ids": decoder, "decoder_padding_mask": tf.cast(decoder != 1, tf.int32)}
   expected = backbone(inputs)
   got = task.backbone(inputs)

@@ -113,7 +113,7 @@ def test_a_good_toy_passes_through_both_loaders(checked):
 def test_string_ops_in_the_tpu_function_fail(checked):
   returncode, stdout, _ = checked["strings_in_tpu_func"]
   assert returncode == 1
-  lines = [l for l in stdout.splitlines() if "tpu_func function" in l]
+  lines = [line for line in stdout.splitlines() if "tpu_func function" in line]
   assert lines, stdout
   for line in lines:   # one per concrete function of the core
     assert line.startswith("FAIL: ") and "AsString" in line and "StringToNumber" in line

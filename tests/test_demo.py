@@ -81,7 +81,8 @@ def test_served_bart_reverses_unseen_word_sequences(served):
   training_inputs, _ = demo_tasks.reverse_examples(100, SEED)
   assert inputs[:100] != training_inputs
   with ServingClient(target, "reverse") as client:
-    outputs = [text for i in range(0, len(inputs), 50) for text in client.generate(inputs[i:i + 50])]
+    outputs = [text for i in range(0, len(inputs), 50)
+               for text in client.generate(inputs[i:i + 50])]
   right = [o == t for o, t in zip(outputs, targets)]
   wrong = [(i, o) for ok, i, o in zip(right, inputs, outputs) if not ok]
   assert np.mean(right) >= 0.95, wrong[:10]

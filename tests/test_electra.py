@@ -248,7 +248,8 @@ def test_hub_encoder_fine_tunes(source, electra_checkpoints, hf_checkpoint, tmp_
       loss = loss_of(False)
     for variable, gradient in zip(trainable, tape.gradient(loss, trainable)):
       variable.assign_sub(0.01 * tf.convert_to_tensor(gradient))
-  changed = sum(np.abs(b - v.numpy()).max() > 0 for b, v in zip(before, encoder.trainable_variables))
+  changed = sum(np.abs(b - v.numpy()).max() > 0
+                for b, v in zip(before, encoder.trainable_variables))
   assert changed >= 0.9 * len(before)
   assert float(loss_of(False)) < initial
 
@@ -303,7 +304,8 @@ def test_backbone_takes_keras_hub_arguments():
                                      embedding_dim=4, intermediate_dim=16, max_sequence_length=12,
                                      num_segments=2, dtype="bfloat16")
   assert backbone.config.embedding_dim == 4 and backbone.embeddings_projection is not None
-  outputs = backbone({"token_ids": tf.constant([[2, 7, 3]]), "segment_ids": tf.zeros([1, 3], tf.int32),
+  outputs = backbone({"token_ids": tf.constant([[2, 7, 3]]),
+                      "segment_ids": tf.zeros([1, 3], tf.int32),
                       "padding_mask": tf.ones([1, 3], tf.int32)})
   assert outputs["sequence_output"].shape == (1, 3, 8)
   assert outputs["sequence_output"].dtype == tf.bfloat16

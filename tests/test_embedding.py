@@ -76,7 +76,8 @@ def test_pooler_is_loaded_saved_and_strict(tmp_path, sp_file, vocab_size):
     theirs = model(**encoded)
   encoder = tfhub_models.load(source, task="embedding")
   assert encoder.backbone.pooler is not None
-  inputs = {"token_ids": encoded["input_ids"].numpy(), "padding_mask": encoded["attention_mask"].numpy()}
+  inputs = {"token_ids": encoded["input_ids"].numpy(),
+            "padding_mask": encoded["attention_mask"].numpy()}
   ours = encoder.backbone(inputs)
   np.testing.assert_allclose(ours["pooled_output"].numpy(), theirs.pooler_output.numpy(),
                              rtol=1e-5, atol=1e-5)

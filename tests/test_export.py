@@ -136,7 +136,8 @@ def test_logits_signature_rejects_bad_indices(exports, task, kind):
   assert good["logits"].shape == (1, 1, task.backbone.config.vocabulary_size)
   bad = [
       (dict(token_ids=ids, padding_mask=ones, mask_positions=tf.constant([[4]])), "mask_positions"),
-      (dict(token_ids=ids, padding_mask=ones, mask_positions=tf.constant([[-1]])), "mask_positions"),
+      (dict(token_ids=ids, padding_mask=ones, mask_positions=tf.constant([[-1]])),
+       "mask_positions"),
       (dict(token_ids=ids + 10000, padding_mask=ones, mask_positions=tf.constant([[2]])),
        "vocabulary"),
       (dict(token_ids=ids, padding_mask=ones[:, :3], mask_positions=tf.constant([[2]])),
@@ -271,7 +272,7 @@ def test_cli_errors_are_one_line(args, message, in_process, tmp_path):
     args = [str(tmp_path / "bad") if a == "{bad}" else a for a in args]
   code, _, stderr = run_export([*args, "--output", tmp_path / "out", "--name", "x"], in_process)
   assert code == 1
-  lines = [l for l in stderr.splitlines() if l.startswith("error:")]
+  lines = [line for line in stderr.splitlines() if line.startswith("error:")]
   assert len(lines) == 1 and message in lines[0], stderr
   assert not (tmp_path / "out" / "x").exists() or not any((tmp_path / "out" / "x").iterdir())
 
@@ -299,7 +300,7 @@ def test_cli_rejects_an_unusable_vocabulary(preset, content, in_process, tmp_pat
                                 vocabulary, "--output", tmp_path / "out", "--sequence-length",
                                 "16"], in_process)
   assert code == 1
-  lines = [l for l in stderr.splitlines() if l.startswith("error:")]
+  lines = [line for line in stderr.splitlines() if line.startswith("error:")]
   assert len(lines) == 1 and "not a usable vocabulary" in lines[0], stderr[-500:]
   assert "Traceback" not in stderr
   assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("saved_model.pb"))

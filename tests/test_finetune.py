@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from conftest import ROOT, write_bart_checkpoint, write_hf_checkpoint
 from tfhub_models import BartSeq2SeqLM, XLMRobertaMaskedLM

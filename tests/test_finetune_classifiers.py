@@ -139,7 +139,7 @@ def test_text_classifier_learns_and_transformers_reads_it(text_run):
   pipeline = transformers.pipeline("text-classification", model=str(text_run["output"]),
                                    device="cpu")
   expected = pipeline(texts)
-  assert [l.decode() for l in out["label"].numpy()] == [e["label"] for e in expected]
+  assert [label.decode() for label in out["label"].numpy()] == [e["label"] for e in expected]
   np.testing.assert_allclose(out["score"].numpy(), [e["score"] for e in expected], atol=1e-4)
   assert [e["label"] for e in expected] == ["pos", "neg", "pos", "neg"]
 

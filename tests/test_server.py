@@ -70,7 +70,8 @@ def models(tmp_path_factory, sp_file, vocab_size, wordpiece_dir, bpe_dir):
                                                       "discriminator"), sequence_length=32)
   export.export(electra, base, "electra", 1, export.ExportOptions(**NO_XLA))
   tasks["electra"] = electra
-  bart = tfhub_models.load(write_bart_checkpoint(work / "bart", bpe_dir, generation=dict(min_length=6)),
+  bart = tfhub_models.load(write_bart_checkpoint(work / "bart", bpe_dir,
+                                                 generation=dict(min_length=6)),
                           sequence_length=32)
   bart.compile(sampler="greedy")  # deterministic, so in-process answers are comparable
   export.export(bart, base, "bart", 1, export.ExportOptions(max_new_tokens=8, **NO_XLA))
@@ -669,7 +670,8 @@ def test_server_keeps_serving_after_bad_requests(served):
 
 def test_invalid_utf8_and_overlong_text_answer_like_in_process(served):
   """Invalid UTF-8 is replaced by U+FFFD and over-long text truncated, as documented."""
-  texts = [b"caf\xe9 <mask>", ("word " * 2000 + "<mask>").encode(), ("<mask> " + "w " * 500).encode()]
+  texts = [b"caf\xe9 <mask>", ("word " * 2000 + "<mask>").encode(),
+           ("<mask> " + "w " * 500).encode()]
   with ServingClient(served["server"].grpc, "xlmr") as client:
     answers = client.fill_mask(texts)
   want = served["tasks"][("xlmr", 2)].fill_mask(

@@ -177,7 +177,7 @@ def _number_means(literal: str, kind: np.dtype):
 @given(_NUMBER_LITERALS, st.sampled_from(sorted(set(JSON_DTYPES) - {types_pb2.DT_STRING,
                                                                      types_pb2.DT_BOOL})))
 def test_numbers_of_every_size_and_kind(literal, dtype):
-  body = ('{"inputs": {"x": [%s]}}' % literal).encode()
+  body = ('{"inputs": {"x": [' + literal + ']}}').encode()
   kind = np.dtype(JSON_DTYPES[dtype])
   want = _number_means(literal, kind)
   try:

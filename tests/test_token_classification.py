@@ -178,7 +178,8 @@ def test_served_export_tags_through_the_client_and_predict(tmp_path, ner_dirs):
   checks = CheckServing(version)     # scripts/check_serving.py, while the server starts
   theirs = _theirs(_pipeline(source), "simple")
   with ServerProcess(tmp_path / "server", "--model_name", "ner", "--model_base_path",
-                     str(tmp_path / "models" / "ner"), "--xla_cpu_compilation_enabled=true") as server:
+                     str(tmp_path / "models" / "ner"),
+                     "--xla_cpu_compilation_enabled=true") as server:
     with serving_client.ServingClient(server.grpc, "ner") as client:
       answers = client.tag(TEXTS)
     ours = [[dataclasses.asdict(e) for e in row] for row in answers]

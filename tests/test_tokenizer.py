@@ -187,7 +187,8 @@ _PIECES = st.one_of(st.text(_ALPHABET, max_size=12),
                                      "\x00", "\x0b", "\u0085", "😀", "é", "55", "!!"]))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.lists(_PIECES, max_size=6).map("".join).filter(
     lambda t: unicodedata.is_normalized("NFC", t)), min_size=1, max_size=8))
 def test_random_unicode_matches_transformers(tokenizer, hf_tokenizer, explainer, texts):
@@ -220,7 +221,7 @@ def test_edge_inputs(tokenizer):
   pre = XLMRobertaPreprocessor(tokenizer, sequence_length=32)
   empty_batch = pre(tf.constant([], tf.string))
   assert empty_batch["token_ids"].shape == (0, 16)
-  out = pre(tf.constant([b"", b"\xff\xfe broken \xc3", "<mask>".encode()]))
+  out = pre(tf.constant([b"", b"\xff\xfe broken \xc3", b"<mask>"]))
   ids = out["token_ids"].numpy()
   assert ids[0, :3].tolist() == [0, 2, 1]
   # Invalid UTF-8 is replaced by U+FFFD, which tokenizes like that character.
@@ -288,4 +289,5 @@ def test_tokenizers_survive_set_seed(sp_proto, bpe_dir):
         == tokenizer.tokenize(text).to_tensor().numpy().tolist()
     batches = tf.data.Dataset.from_tensor_slices(text).batch(2).map(
         lambda x, t=tokenizer: t.tokenize(x).to_tensor())
-    assert [b.numpy().tolist() for b in batches] == [tokenizer.tokenize(text).to_tensor().numpy().tolist()]
+    assert [b.numpy().tolist() for b in batches] == [
+        tokenizer.tokenize(text).to_tensor().numpy().tolist()]

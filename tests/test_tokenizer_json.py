@@ -95,7 +95,7 @@ def test_thousand_lines_match_the_fast_tokenizer(family, saved, request, sp_prot
   if family == "xlm_roberta":
     explainer = Explainer(sp_proto)
     reasons = [explainer.why(line, g, w) for line, g, w in zip(LINES, got, want)]
-    assert "unexplained" not in reasons, [(l, g, w) for l, g, w, r in
+    assert "unexplained" not in reasons, [(line, g, w) for line, g, w, r in
                                           zip(LINES, got, want, reasons) if r == "unexplained"][:3]
     assert reasons.count("equal") >= 0.9 * len(LINES), {r: reasons.count(r) for r in set(reasons)}
   else:

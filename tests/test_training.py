@@ -304,7 +304,8 @@ def test_seq2seq_loss_falls_on_raw_pairs(bart_dir):
   # Without XLA: each new pair of padded lengths would be a compile of its own
   # (minutes here); XLA steps are checked against torch in test_seq2seq_fit_equals_torch_adamw.
   task.compile(optimizer=optimizers.AdamW(3e-3, weight_decay=0.0), jit_compile=False)
-  pairs = {"encoder_text": TEXTS * 2, "decoder_text": [" ".join(t.split()[::-1]) for t in TEXTS] * 2}
+  pairs = {"encoder_text": TEXTS * 2,
+           "decoder_text": [" ".join(t.split()[::-1]) for t in TEXTS] * 2}
   history = task.fit(pairs, batch_size=8, epochs=25, seed=0, verbose=0,
                      validation_data=({"encoder_text": TEXTS[:4],
                                        "decoder_text": TEXTS[:4]},))
@@ -404,7 +405,7 @@ def test_mirrored_strategy_equals_one_device(xlmr_dir, vocab_size, tmp_path):
   done = subprocess.run([sys.executable, str(script), str(xlmr_dir), str(tmp_path / "data.npz")],
                         capture_output=True, text=True, timeout=600, cwd=ROOT)
   assert done.returncode == 0, done.stderr[-3000:]
-  line = [l for l in done.stdout.splitlines() if l.startswith("RESULT")][-1]
+  line = [text for text in done.stdout.splitlines() if text.startswith("RESULT")][-1]
   single_loss, mirrored_loss, worst = map(float, line.split()[1:])
   assert abs(single_loss - mirrored_loss) <= 1e-5 * abs(single_loss)
   assert worst < 1e-5

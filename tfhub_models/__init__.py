@@ -15,8 +15,10 @@ from tfhub_models.tokenizers import ByteLevelBPETokenizer, WordPieceTokenizer, X
 
 __all__ = ["BartBackbone", "BartConfig", "BartSeq2SeqLM", "GenerationConfig", "Sampler",
            "ElectraBackbone", "ElectraConfig", "ElectraDiscriminator", "ElectraEncoder",
-           "ElectraMaskedLM", "ElectraTextClassifier", "ElectraTokenClassifier", "XLMRobertaBackbone", "XLMRobertaConfig", "XLMRobertaEncoder",
-           "XLMRobertaMaskedLM", "XLMRobertaTextClassifier", "XLMRobertaTokenClassifier", "BertPreprocessor", "WordPieceTokenizer",
+           "ElectraMaskedLM", "ElectraTextClassifier", "ElectraTokenClassifier",
+           "XLMRobertaBackbone", "XLMRobertaConfig", "XLMRobertaEncoder",
+           "XLMRobertaMaskedLM", "XLMRobertaTextClassifier", "XLMRobertaTokenClassifier",
+           "BertPreprocessor", "WordPieceTokenizer",
            "XLMRobertaPreprocessor", "XLMRobertaTokenizer", "BartPreprocessor",
            "ByteLevelBPETokenizer", "load", "optimizers", "training"]
 __version__ = "0.1.0"

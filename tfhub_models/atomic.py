@@ -24,7 +24,7 @@ import pathlib
 import shutil
 import tempfile
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 _log = logging.getLogger("tfhub_models.atomic")
 

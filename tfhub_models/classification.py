@@ -15,7 +15,7 @@ Problem types, as `config.json`'s `problem_type`:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf

@@ -24,7 +24,7 @@ import pathlib
 import shutil
 import tempfile
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -156,7 +156,7 @@ def reverse_tokenizer(lines, directory: str):
                               min_frequency=1, show_progress=False,
                               special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
   for form in (lambda w: w, lambda w: " " + w):
-    _check_single(lambda w: len(trainer.encode(form(w)).ids), words, "reverse")
+    _check_single(lambda w, form=form: len(trainer.encode(form(w)).ids), words, "reverse")
   trainer.save_model(directory)
   return ByteLevelBPETokenizer.from_files(os.path.join(directory, "vocab.json"),
                                           os.path.join(directory, "merges.txt"))

@@ -28,7 +28,7 @@ One home for the pipeline's rules, shared by the exports and the Python API
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import tensorflow as tf
 

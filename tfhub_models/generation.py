@@ -307,7 +307,7 @@ class GenerationConfig:
   num_return_sequences: int = 1
 
   @classmethod
-  def from_dict(cls, settings: dict) -> "GenerationConfig":
+  def from_dict(cls, settings: dict) -> GenerationConfig:
     """From the keys of a `generation_config.json` (others are ignored)."""
     known = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in settings.items() if k in known and v is not None}
@@ -375,7 +375,7 @@ class RowSettings(NamedTuple):
   top_p: tf.Tensor
   seed: tf.Tensor
 
-  def repeat(self, n: int) -> "RowSettings":
+  def repeat(self, n: int) -> RowSettings:
     """Each row n times (row b*n + j is copy j of row b: beams, candidates)."""
     return RowSettings(*(tf.repeat(x, n, axis=0) for x in self))
 
@@ -413,7 +413,7 @@ class Limits:
   top_p: bool = False
 
   @classmethod
-  def of(cls, config: GenerationConfig, sampler: Sampler, max_length: int) -> "Limits":
+  def of(cls, config: GenerationConfig, sampler: Sampler, max_length: int) -> Limits:
     """Just what `default_settings` rows need."""
     return cls(max_length, config.no_repeat_ngram_size, config.repetition_penalty != 1.0,
                sampler.default_top_k if sampler.draws else 0,
@@ -468,13 +468,13 @@ def num_generated(ids: tf.Tensor, stop_token_ids, max_length: tf.Tensor) -> tf.T
 class DecoderState(Protocol):
   """What a decoder carries between steps: a nest of tensors (while_loop state)."""
 
-  def repeat(self, n: int) -> "DecoderState":
+  def repeat(self, n: int) -> DecoderState:
     """Each row repeated n times (row b*n + j is copy j of row b)."""
 
-  def reorder(self, rows: tf.Tensor) -> "DecoderState":
+  def reorder(self, rows: tf.Tensor) -> DecoderState:
     """The rows int32 [N] of the per-step state (beams of one input share the rest)."""
 
-  def select(self, rows: tf.Tensor) -> "DecoderState":
+  def select(self, rows: tf.Tensor) -> DecoderState:
     """The whole state of rows int32 [N]."""
 
 

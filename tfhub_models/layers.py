@@ -95,7 +95,8 @@ class Module(tf.Module):
 
     walk(self, self.name, 0)
     rows = [(d, r) for d, r in rows if r[3]]    # tokenizers and other weightless parts
-    shape = lambda v: v.name.split("/")[-1].split(":")[0] + str(v.shape.as_list())
+    def shape(v) -> str:
+      return v.name.split("/")[-1].split(":")[0] + str(v.shape.as_list())
     table = [("  " * d + f"{r[0]} ({r[1]})", ", ".join(map(shape, r[2])) or "-", f"{r[3]:,}")
              for d, r in rows]
     header = ("Module (type)", "Own weights", "Params")

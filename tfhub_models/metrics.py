@@ -13,7 +13,7 @@ Python: these run once per evaluation, not in the graph.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -9,7 +9,7 @@ b [SEP]` or `<s> a </s></s> b </s>`, by tensorflow-text's `combine_segments`),
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import tensorflow as tf
 import tensorflow_text as tf_text

@@ -9,7 +9,7 @@ input (see tfhub_models.training).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import tensorflow as tf
 

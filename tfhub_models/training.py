@@ -36,7 +36,7 @@ import os
 import sys
 import time
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -327,7 +327,8 @@ class Trainable:
                           f"({len(wide)} variables are not, e.g. {wide[0]})")
     if tf.distribute.has_strategy() and not all(
         strategy.extended.variable_created_in_scope(v) for v in variables):
-      raise TrainingError("the model was built outside the strategy's scope: build it (from_preset) "
+      raise TrainingError("the model was built outside the strategy's scope: build it "
+                          "(from_preset) "
                           "and call compile and fit inside `with strategy.scope():`")
     with strategy.scope():
       compiled.optimizer.build(variables)

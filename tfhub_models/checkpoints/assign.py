@@ -10,7 +10,7 @@ infinite values: `sources.check_finite`.)
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -155,7 +155,8 @@ def hf_norm(name: str, norm) -> list:
 
 def hf_attention(prefix: str, attention) -> list:
   """BART-style q_proj / k_proj / v_proj / out_proj."""
-  return [*hf_dense(prefix + ".q_proj", attention.query), *hf_dense(prefix + ".k_proj", attention.key),
+  return [*hf_dense(prefix + ".q_proj", attention.query),
+          *hf_dense(prefix + ".k_proj", attention.key),
           *hf_dense(prefix + ".v_proj", attention.value),
           *hf_dense(prefix + ".out_proj", attention.output)]
 

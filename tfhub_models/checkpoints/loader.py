@@ -14,7 +14,8 @@ that read its files (`checkpoints/<family>.py`) and build its modules
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple
+from typing import NamedTuple
+from collections.abc import Callable
 
 from tfhub_models.checkpoints.sources import Checkpoint, CheckpointError, open_checkpoint
 from tfhub_models.preprocessing import check_sequence_length

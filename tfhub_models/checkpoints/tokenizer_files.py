@@ -9,7 +9,7 @@ must hold the same vocabulary, or the checkpoint is refused naming both files.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from tfhub_models.checkpoints.sources import Checkpoint, CheckpointError
 from tfhub_models.tokenizers import tokenizer_json

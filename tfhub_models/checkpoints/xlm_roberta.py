@@ -167,7 +167,8 @@ def hf_assignments(module, task: str, with_classifier: bool = True) -> list:
   if task in HEAD_TASKS:
     h = module.head
     assignments += [*a.hf_dense("lm_head.dense", h.dense),
-                    *a.hf_norm("lm_head.layer_norm", h.layer_norm), ("lm_head.bias", h.bias, a.same)]
+                    *a.hf_norm("lm_head.layer_norm", h.layer_norm),
+                    ("lm_head.bias", h.bias, a.same)]
   if task in a.CLASSIFIER_TASKS and with_classifier:
     assignments += a.hf_classifier(module.head)
   return assignments

@@ -20,9 +20,10 @@ from tfhub_models.export.warmup import WARMUP_FILE, write_warmup
 
 
 def export(task, base: str | os.PathLike, name: str, version: int | None = None,
-           options: ExportOptions = ExportOptions()) -> pathlib.Path:
-  """Writes the serving SavedModel of `task` to BASE/NAME/VERSION atomically."""
-  module = ServingModule(task, options)
+           options: ExportOptions | None = None) -> pathlib.Path:
+  """Writes the serving SavedModel of `task` to BASE/NAME/VERSION atomically
+  (options: ExportOptions(), its defaults, when None)."""
+  module = ServingModule(task, options or ExportOptions())
 
   def write(staging: pathlib.Path):
     tf.saved_model.save(module, str(staging), signatures=module.signatures(),
@@ -33,5 +34,5 @@ def export(task, base: str | os.PathLike, name: str, version: int | None = None,
   return write_atomically(base, name, version, write)
 
 
-__all__ = ["TPU_FUNCTION_ALIAS", "ExportOptions", "ServingModule", "WARMUP_FILE", "export", "next_version",
-           "write_atomically", "write_warmup"]
+__all__ = ["TPU_FUNCTION_ALIAS", "ExportOptions", "ServingModule", "WARMUP_FILE", "export",
+           "next_version", "write_atomically", "write_warmup"]

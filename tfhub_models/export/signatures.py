@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -687,7 +687,7 @@ PARTS = {
 class ServingModule(tf.Module):
   """What an export saves: the task and its signature parts."""
 
-  def __init__(self, task, options: ExportOptions = ExportOptions()):
+  def __init__(self, task, options: ExportOptions | None = None):
     name = getattr(task, "task", None)
     if name not in PARTS:
       raise TypeError(f"cannot export a {type(task).__name__} for serving (exports take a "
@@ -698,6 +698,7 @@ class ServingModule(tf.Module):
                        "with preprocessor=None): serving signatures take raw text; load it "
                        "with preprocessor=\"auto\" or set task.preprocessor")
     super().__init__(name=f"{name}_serving")
+    options = options or ExportOptions()
     self.task = task
     self.parts = PARTS[name](task, options)
     if "embedding" in getattr(task, "extra_signatures", ()) and name != "embedding":

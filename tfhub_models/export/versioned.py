@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
-from typing import Callable
+from collections.abc import Callable
 
 from tfhub_models import atomic
 

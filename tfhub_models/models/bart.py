@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
+from collections.abc import Sequence
 
 import tensorflow as tf
 
@@ -116,17 +117,17 @@ class DecoderState(NamedTuple):
   cross_kv: tuple             # per layer KVCache of [B, S, N, H], computed once
   cross_mask: tf.Tensor       # bool [B, 1, S]
 
-  def repeat(self, n: int) -> "DecoderState":
+  def repeat(self, n: int) -> DecoderState:
     """Each row n times (row b*n + j is copy j of row b)."""
     return tf.nest.map_structure(lambda x: tf.repeat(x, n, axis=0), self)
 
-  def reorder(self, rows: tf.Tensor) -> "DecoderState":
+  def reorder(self, rows: tf.Tensor) -> DecoderState:
     """The self-attention caches of rows [N]; the encoder's part is shared by the
     rows of one input (beams), so it stays."""
     return self._replace(self_caches=tf.nest.map_structure(lambda c: tf.gather(c, rows),
                                                            self.self_caches))
 
-  def select(self, rows: tf.Tensor) -> "DecoderState":
+  def select(self, rows: tf.Tensor) -> DecoderState:
     """Everything of rows [N]."""
     return tf.nest.map_structure(lambda x: tf.gather(x, rows), self)
 
@@ -180,7 +181,7 @@ class BartBackbone(layers.Module):
 
   @classmethod
   def from_preset(cls, preset: str, load_weights: bool = True, *,
-                  dtype="float32") -> "BartBackbone":
+                  dtype="float32") -> BartBackbone:
     """The backbone of a checkpoint directory, hf:// handle, or preset name."""
     return tasks.load_preset(FAMILY, "backbone", preset, load_weights, dtype=dtype)
 
@@ -287,7 +288,7 @@ class BartSeq2SeqLM(layers.Module, training.Trainable):
 
   @classmethod
   def from_preset(cls, preset: str, load_weights: bool = True, preprocessor="auto",
-                  **overrides) -> "BartSeq2SeqLM":
+                  **overrides) -> BartSeq2SeqLM:
     """Loads a checkpoint directory, hub handle or preset name.
 
     preprocessor: "auto" (the checkpoint's), None (preprocessed integer inputs)
@@ -349,7 +350,8 @@ class BartSeq2SeqLM(layers.Module, training.Trainable):
       labels, _ = pack([target], tokenizer.bos_token_id, tokenizer.eos_token_id)
       start = self.backbone.config.generation.decoder_start_token_id
       shifted = tf.concat([tf.fill([labels.nrows(), 1], start), labels], axis=1)[:, :-1]
-      padded_labels = pad_to_bucket(labels, tokenizer.pad_token_id, self.preprocessor.bucket_lengths)
+      padded_labels = pad_to_bucket(labels, tokenizer.pad_token_id,
+                                    self.preprocessor.bucket_lengths)
       decoder = pad_to_bucket(shifted, tokenizer.pad_token_id, self.preprocessor.bucket_lengths)
       inputs = {"encoder_token_ids": encoded["token_ids"],
                 "encoder_padding_mask": encoded["padding_mask"],
@@ -368,7 +370,8 @@ class BartSeq2SeqLM(layers.Module, training.Trainable):
     weights = tf.cast(inputs["decoder_padding_mask"] if sample_weight is None else sample_weight,
                       tf.float32)
     checks = [tf.debugging.assert_equal(tf.shape(labels), tf.shape(inputs["decoder_token_ids"]),
-                                        message="y must have the shape of decoder_token_ids [B, T]"),
+                                        message="y must have the shape of decoder_token_ids "
+                                                "[B, T]"),
               tf.debugging.assert_equal(tf.shape(weights), tf.shape(labels),
                                         message="sample_weight must have the shape of y [B, T]"),
               training.check_labels(labels, weights, vocabulary, "vocabulary")]

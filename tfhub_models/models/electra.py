@@ -8,7 +8,7 @@ E embedding size, D hidden size, V vocabulary.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import tensorflow as tf
 
@@ -121,7 +121,7 @@ class ElectraBackbone(layers.Module):
 
   @classmethod
   def from_preset(cls, preset: str, load_weights: bool = True, *,
-                  dtype="float32") -> "ElectraBackbone":
+                  dtype="float32") -> ElectraBackbone:
     """The backbone of a checkpoint directory, hf:// or kaggle:// handle, or preset name."""
     return tasks.load_preset(FAMILY, "backbone", preset, load_weights, dtype=dtype)
 
@@ -193,7 +193,7 @@ class ElectraEncoder(layers.Module):
 
   @classmethod
   def from_preset(cls, preset: str, load_weights: bool = True, preprocessor="auto",
-                  **overrides) -> "ElectraEncoder":
+                  **overrides) -> ElectraEncoder:
     """Loads a checkpoint directory, hub handle or preset name.
 
     preprocessor: "auto" (the checkpoint's), None (preprocessed integer inputs)
@@ -224,7 +224,7 @@ class ElectraDiscriminator(layers.Module):
 
   @classmethod
   def from_preset(cls, preset: str, load_weights: bool = True, preprocessor="auto",
-                  **overrides) -> "ElectraDiscriminator":
+                  **overrides) -> ElectraDiscriminator:
     """Loads a checkpoint directory, hub handle or preset name.
 
     preprocessor: "auto" (the checkpoint's), None (preprocessed integer inputs)
@@ -280,7 +280,7 @@ class ElectraMaskedLM(layers.Module, training.Trainable):
 
   @classmethod
   def from_preset(cls, preset: str, load_weights: bool = True, preprocessor="auto",
-                  **overrides) -> "ElectraMaskedLM":
+                  **overrides) -> ElectraMaskedLM:
     """Loads a checkpoint directory, hub handle or preset name.
 
     preprocessor: "auto" (the checkpoint's), None (preprocessed integer inputs)

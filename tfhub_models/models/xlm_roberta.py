@@ -7,7 +7,7 @@ Einsum legend: B batch, L sequence length, M mask positions, D hidden, V vocab.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import tensorflow as tf
 
@@ -102,7 +102,7 @@ class XLMRobertaBackbone(layers.Module):
 
   @classmethod
   def from_preset(cls, preset: str, load_weights: bool = True, *,
-                  dtype="float32") -> "XLMRobertaBackbone":
+                  dtype="float32") -> XLMRobertaBackbone:
     """The backbone of a checkpoint directory, hf:// or kaggle:// handle, or preset name."""
     return tasks.load_preset(FAMILY, "backbone", preset, load_weights, dtype=dtype)
 
@@ -162,7 +162,7 @@ class XLMRobertaMaskedLM(layers.Module, training.Trainable):
 
   @classmethod
   def from_preset(cls, preset: str, load_weights: bool = True, preprocessor="auto",
-                  **overrides) -> "XLMRobertaMaskedLM":
+                  **overrides) -> XLMRobertaMaskedLM:
     """Loads a checkpoint directory, hub handle or preset name.
 
     preprocessor: "auto" (the checkpoint's), None (preprocessed integer inputs)
@@ -220,7 +220,7 @@ class XLMRobertaEncoder(layers.Module):
 
   @classmethod
   def from_preset(cls, preset: str, load_weights: bool = True, preprocessor="auto",
-                  **overrides) -> "XLMRobertaEncoder":
+                  **overrides) -> XLMRobertaEncoder:
     """Loads a checkpoint directory, hub handle or preset name.
 
     preprocessor: "auto" (the checkpoint's), None (preprocessed integer inputs)
@@ -253,7 +253,8 @@ class XLMRobertaTokenClassifier(classification.TokenClassifier):
 
   presets = PRESETS
 
-  def __init__(self, backbone: XLMRobertaBackbone, preprocessor: XLMRobertaPreprocessor, num_classes: int, *,
+  def __init__(self, backbone: XLMRobertaBackbone, preprocessor: XLMRobertaPreprocessor,
+               num_classes: int, *,
                labels=None, head: classification.TokenClassificationHead | None = None,
                name: str = "xlm_roberta_token_classifier"):
     super().__init__(backbone, preprocessor, num_classes, labels=labels, head=head, name=name)

@@ -23,7 +23,7 @@ the update count are variables, so `tf.train.Checkpoint` saves and restores them
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import tensorflow as tf
 

@@ -28,13 +28,15 @@ class LinearWarmupDecay(tf.Module):
                name: str = "linear_warmup_decay"):
     super().__init__(name=name)
     _check(peak, warmup_steps, total_steps)
-    self.peak, self.warmup_steps, self.total_steps = float(peak), int(warmup_steps), int(total_steps)
+    self.peak, self.warmup_steps = float(peak), int(warmup_steps)
+    self.total_steps = int(total_steps)
 
   def __call__(self, step) -> tf.Tensor:
     """step: int scalar (updates done) -> float32 scalar learning rate."""
     step = tf.cast(step, tf.float32)
     warmup = step / max(1, self.warmup_steps)
-    decay = tf.maximum(0.0, (self.total_steps - step) / max(1, self.total_steps - self.warmup_steps))
+    decay = tf.maximum(0.0, (self.total_steps - step)
+                       / max(1, self.total_steps - self.warmup_steps))
     return self.peak * tf.where(step < self.warmup_steps, warmup, decay)
 
 
@@ -45,7 +47,8 @@ class CosineWarmupDecay(tf.Module):
                name: str = "cosine_warmup_decay"):
     super().__init__(name=name)
     _check(peak, warmup_steps, total_steps)
-    self.peak, self.warmup_steps, self.total_steps = float(peak), int(warmup_steps), int(total_steps)
+    self.peak, self.warmup_steps = float(peak), int(warmup_steps)
+    self.total_steps = int(total_steps)
 
   def __call__(self, step) -> tf.Tensor:
     """step: int scalar (updates done) -> float32 scalar learning rate."""

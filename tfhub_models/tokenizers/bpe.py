@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -139,7 +139,7 @@ class ByteLevelBPETokenizer(tf.Module):
 
   @classmethod
   def from_files(cls, vocabulary_path: str | os.PathLike, merges_path: str | os.PathLike,
-                 tokenizer_json_path: str | os.PathLike | None = None) -> "ByteLevelBPETokenizer":
+                 tokenizer_json_path: str | os.PathLike | None = None) -> ByteLevelBPETokenizer:
     """From `vocab.json` and `merges.txt`, and, when given, the `tokenizer.json`
     whose added tokens say which strip the spaces around them (upstream loads it
     in preference to the other two); ValueError naming the file that is unusable."""
@@ -167,7 +167,7 @@ class ByteLevelBPETokenizer(tf.Module):
 
   @classmethod
   def from_tokenizer_json(cls, path: str | os.PathLike,
-                          tokenizer_config: dict | None = None) -> "ByteLevelBPETokenizer":
+                          tokenizer_config: dict | None = None) -> ByteLevelBPETokenizer:
     """From a `tokenizers` tokenizer.json (and its tokenizer_config.json's
     special tokens), as transformers' RobertaTokenizer reads it: the vocabulary,
     merges and added tokens.  ValueError naming the file and the component it
@@ -238,7 +238,8 @@ class ByteLevelBPETokenizer(tf.Module):
         lambda v: tf.gather(self._tokens, v), kept), axis=-1)                 # [B]
     codes = tf.strings.unicode_decode(text, "UTF-8")                           # [B, (chars)]
     byte_values = tf.ragged.map_flat_values(
-        lambda c: tf.gather(self._char_to_byte, tf.clip_by_value(c, 0, tf.size(self._char_to_byte) - 1)),
+        lambda c: tf.gather(self._char_to_byte,
+                            tf.clip_by_value(c, 0, tf.size(self._char_to_byte) - 1)),
         codes)
     raw = tf.strings.reduce_join(tf.ragged.map_flat_values(
         lambda b: tf.gather(self._byte_strings, tf.maximum(b, 0)), byte_values), axis=-1)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import functools
 import os
 import unicodedata
-from typing import Sequence
+from collections.abc import Sequence
 
 import sentencepiece
 import tensorflow as tf
-import tensorflow_text as tf_text
 
 from tfhub_models.tokenizers import tokenizer_json
 from tfhub_models.tokenizers.text import (WHITE_SPACE, char_offsets, clean_utf8, join_tokens,
@@ -107,7 +106,7 @@ class XLMRobertaTokenizer(tf.Module):
     self._special_ids = (0, 1, 2, 3, self.mask_token_id) + tuple(t.id for t in self.added_tokens)
 
   @classmethod
-  def from_file(cls, path: str | os.PathLike) -> "XLMRobertaTokenizer":
+  def from_file(cls, path: str | os.PathLike) -> XLMRobertaTokenizer:
     """From a SentencePiece model file (`sentencepiece.bpe.model`, keras-hub's
     `vocabulary.spm`); ValueError naming the file if it is not one."""
     try:
@@ -122,7 +121,7 @@ class XLMRobertaTokenizer(tf.Module):
 
   @classmethod
   def from_tokenizer_json(cls, path: str | os.PathLike,
-                          tokenizer_config: dict | None = None) -> "XLMRobertaTokenizer":
+                          tokenizer_config: dict | None = None) -> XLMRobertaTokenizer:
     """From a `tokenizers` tokenizer.json (and its tokenizer_config.json's
     settings), as transformers' XLMRobertaTokenizer reads it: the Unigram
     pieces and scores, the Precompiled charsmap, the added tokens.  ValueError

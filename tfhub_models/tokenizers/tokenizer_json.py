@@ -26,7 +26,7 @@ import dataclasses
 import json
 import os
 import pathlib
-from typing import Sequence
+from collections.abc import Sequence
 
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -131,7 +131,8 @@ class TokenizerJson:
                            bool(entry.get("rstrip")), bool(entry.get("special", True)),
                            bool(entry.get("normalized", False)))
       except (KeyError, TypeError, ValueError):
-        raise ValueError(f"{self.path}: added_tokens entry {entry!r} needs content and id") from None
+        raise ValueError(f"{self.path}: added_tokens entry {entry!r} needs content and "
+                         "id") from None
       if entry.get("single_word"):
         self.refuse(f"added token {token.content!r} single_word", True, "single_word false")
       if token.normalized and not token.special and not normalized_ok:

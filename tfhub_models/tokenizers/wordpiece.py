@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import tensorflow as tf
 import tensorflow_text as tf_text
@@ -62,7 +62,8 @@ class WordPieceTokenizer(tf.Module):
       raise ValueError(f"added tokens must take the ids from {len(vocabulary)} on, in order")
     vocabulary = [str(v) for v in vocabulary] + [t.content for t in self.added_tokens]
     index = {token: i for i, token in enumerate(vocabulary)}
-    missing = [t for t in (unk_token, cls_token, sep_token, pad_token, mask_token) if t not in index]
+    missing = [t for t in (unk_token, cls_token, sep_token, pad_token, mask_token)
+               if t not in index]
     if missing:
       raise ValueError(f"vocabulary lacks special tokens {missing}")
     self.vocabulary = vocabulary
@@ -90,7 +91,7 @@ class WordPieceTokenizer(tf.Module):
   @classmethod
   def from_files(cls, vocabulary_path: str | os.PathLike, *, lowercase: bool = True,
                  strip_accents: bool | None = None, split_cjk: bool = True,
-                 **special_tokens) -> "WordPieceTokenizer":
+                 **special_tokens) -> WordPieceTokenizer:
     """From a `vocab.txt` (one token a line); special_tokens: unk_token, cls_token,
     sep_token, pad_token, mask_token when not BERT's.  ValueError naming the file
     when it is not usable."""
@@ -118,7 +119,7 @@ class WordPieceTokenizer(tf.Module):
 
   @classmethod
   def from_tokenizer_json(cls, path: str | os.PathLike,
-                          tokenizer_config: dict | None = None) -> "WordPieceTokenizer":
+                          tokenizer_config: dict | None = None) -> WordPieceTokenizer:
     """From a `tokenizers` tokenizer.json and its tokenizer_config.json, as
     transformers' BertTokenizer reads them: the vocabulary and added tokens
     from the first, the normalizer settings (do_lower_case, strip_accents,
@@ -216,13 +217,15 @@ class WordPieceTokenizer(tf.Module):
     starts = _replace_rows(starts, too_long, 0)
     ends = _replace_rows(ends, too_long, tf.strings.length(words.flat_values))
     # Bytes of the normalized piece -> characters of the piece -> of the text.
-    regroup = lambda rows: tf.RaggedTensor.from_row_splits(rows, words.row_splits).merge_dims(1, 2)
+    def regroup(rows):
+      return tf.RaggedTensor.from_row_splits(rows, words.row_splits).merge_dims(1, 2)
     piece_ids = regroup(word_ids)                                                # [P, (n)]
     byte_starts = regroup(starts + tf.expand_dims(word_starts.flat_values, 1))
     byte_ends = regroup(ends + tf.expand_dims(word_starts.flat_values, 1))
     base = tf.gather(origin.row_splits, byte_starts.value_rowids())
     char_starts = tf.cast(tf.gather(origin.flat_values, base + byte_starts.flat_values), tf.int32)
-    char_ends = tf.cast(tf.gather(origin.flat_values, base + byte_ends.flat_values - 1), tf.int32) + 1
+    char_ends = tf.cast(tf.gather(origin.flat_values, base + byte_ends.flat_values - 1),
+                        tf.int32) + 1
     first_char = char_offsets(text, pieces.with_flat_values(piece_starts)).flat_values
     last_char = char_offsets(text, pieces.with_flat_values(piece_ends)).flat_values
     shift = tf.gather(first_char, byte_starts.value_rowids())

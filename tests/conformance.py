@@ -140,6 +140,11 @@ CASES = [
          lambda: _encoder_inputs(_XLMR_VOCABULARY)),
     Case("electra_token_classifier", _electra("token_classification"),
          lambda: _encoder_inputs(_ELECTRA_VOCABULARY)),
+    # Embedding encoders (what the embedding export computes from).
+    Case("xlm_roberta_encoder", _xlmr("embedding"), lambda: _encoder_inputs(_XLMR_VOCABULARY),
+         lambda m, i: m.backbone(i)),
+    Case("electra_encoder", _electra("embedding"), lambda: _encoder_inputs(_ELECTRA_VOCABULARY),
+         lambda m, i: m.backbone(i)),
     # Generation: the whole decoding loop is one function.
     Case("bart_greedy_generation", _bart("greedy"), lambda: _encoder_inputs(_BART_VOCABULARY),
          lambda m, i: m.generate_ids(i["token_ids"], i["padding_mask"], 6)),
@@ -149,4 +154,26 @@ CASES = [
     Case("bart_contrastive_search", _bart(dict(name="contrastive", k=3)),
          lambda: _encoder_inputs(_BART_VOCABULARY),
          lambda m, i: m.generate_ids(i["token_ids"], i["padding_mask"], 6), atol=1e-4),
+    # The samplers that draw: one seed, one answer, however it is run.
+    *[Case(f"bart_{name}_sampling", _bart(dict(name=name, **options)),
+           lambda: _encoder_inputs(_BART_VOCABULARY),
+           lambda m, i: m.generate_ids(i["token_ids"], i["padding_mask"], 6, seed=7), atol=1e-4)
+      for name, options in (("random", {}), ("top_k", dict(k=5)), ("top_p", dict(p=0.9)))],
 ]
+
+# tf.Module classes of the package that are no conformance case's, and why.
+NOT_NUMERIC_MODULES = {
+    # Strings in, strings out (XLA cannot compile them): tests/test_tokenizer*.py,
+    # tests/test_*_tokenizer.py and the export tests check them against transformers.
+    "XLMRobertaTokenizer", "WordPieceTokenizer", "ByteLevelBPETokenizer",
+    "XLMRobertaPreprocessor", "BertPreprocessor", "BartPreprocessor", "_SegmentPreprocessor",
+    # Export wrappers: the signatures around the cases above (tests/test_export.py and
+    # the family tests serve them through the C API loader).
+    "ServingModule", "FillMask", "ReplacedTokens", "TextClassification",
+    "TokenClassification", "Embedding", "Generate", "Tokenize", "Detokenize",
+    "HubEncoder", "HubPreprocessor",
+    # Training state, checked step by step against torch (tests/test_optimizers.py).
+    "Adam", "AdamW", "LinearWarmupDecay", "CosineWarmupDecay",
+    # Bases without computation of their own.
+    "Module", "TextClassifier", "TokenClassifier",
+}

@@ -70,6 +70,7 @@ def save_tokenizer(directory: pathlib.Path, source: pathlib.Path, *, legacy: boo
   legacy files themselves."""
   source = pathlib.Path(source)
   source = source if source.is_dir() else source.parent
+  pathlib.Path(directory).mkdir(parents=True, exist_ok=True)   # as save_pretrained does
   if legacy:
     for files in LEGACY_TOKENIZER_FILES.values():
       for name in files:

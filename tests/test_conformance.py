@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conformance import CASES
+from conformance import CASES, NOT_NUMERIC_MODULES
 
 IDS = [case.name for case in CASES]
 
@@ -99,3 +99,35 @@ def test_checkpoint_restore_gives_the_same_answers(case_and_module, tmp_path):
   path = tf.train.Checkpoint(module=module).write(str(tmp_path / "ckpt"))
   tf.train.Checkpoint(module=other).read(path).assert_existing_objects_matched()
   assert_same(run(case, other), run(case, module), case.atol)
+
+
+def _package_module_classes() -> dict:
+  """{name: class} of every tf.Module subclass defined in tfhub_models."""
+  import importlib
+  import inspect
+  import pkgutil
+
+  import tfhub_models
+  found = {}
+  for info in pkgutil.walk_packages(tfhub_models.__path__, "tfhub_models."):
+    module = importlib.import_module(info.name)
+    for name, value in vars(module).items():
+      if (inspect.isclass(value) and issubclass(value, tf.Module)
+          and value.__module__ == module.__name__):
+        found[name] = value
+  return found
+
+
+def test_every_module_class_has_a_case():
+  """A new tf.Module in tfhub_models/ gets a case (as the class itself or inside
+  one), or a line in NOT_NUMERIC_MODULES saying where it is checked instead."""
+  classes = _package_module_classes()
+  assert {"Dense", "BartBackbone", "XLMRobertaEncoder", "Tokenize"} <= set(classes)
+  covered = set()
+  for case in CASES:
+    module = case.make(0)
+    covered |= {type(m).__name__ for m in (module, *module.submodules)}
+  missing = sorted(set(classes) - covered - NOT_NUMERIC_MODULES)
+  assert not missing, f"tf.Module classes with no conformance case: {missing}"
+  stale = sorted(NOT_NUMERIC_MODULES - set(classes))
+  assert not stale, f"NOT_NUMERIC_MODULES names classes that no longer exist: {stale}"

@@ -1,8 +1,7 @@
-"""Package-wide promises: no Keras in the shipped packages."""
+"""Package-wide promises: no Keras in the shipped packages, one TensorFlow minor everywhere."""
 
 from __future__ import annotations
 
-import pathlib
 import re
 import subprocess
 import sys
@@ -32,7 +31,32 @@ def test_no_keras_in_shipped_packages():
   assert result.stdout.strip() == "[]"
 
 
+def _minor(version: str) -> str:
+  return ".".join(version.split(".")[:2])
+
+
 def test_pins_move_together():
-  pyproject = (pathlib.Path(ROOT) / "pyproject.toml").read_text()
-  for package in ("tensorflow", "tensorflow-text", "tensorflow-serving-api"):
-    assert f'"{package}==2.21.*"' in pyproject
+  """tensorflow, tensorflow-text and tensorflow-serving-api pin one minor, and
+  every TF Serving image of the k8s tree is that minor (a SavedModel using
+  tensorflow-text ops needs a server linking the same tensorflow-text)."""
+  import tomllib
+
+  import yaml
+  project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+  pins = {}
+  for requirement in project["dependencies"]:
+    match = re.fullmatch(r"(tensorflow(?:-text|-serving-api)?)==(\d+\.\d+)\.\*", requirement)
+    if match:
+      pins[match[1]] = match[2]
+  assert set(pins) == {"tensorflow", "tensorflow-text", "tensorflow-serving-api"}, pins
+  assert len(set(pins.values())) == 1, f"the TensorFlow pins differ: {pins}"
+  minor = pins["tensorflow"]
+  tags = {}
+  for path in (ROOT / "k8s").rglob("kustomization.yaml"):
+    for image in yaml.safe_load(path.read_text()).get("images", []):
+      if image["name"] == "tensorflow/serving" and "newName" not in image or (
+          "tensorflow-serving" in image.get("newName", "")):
+        tags[str(path.relative_to(ROOT))] = image["newTag"]
+  assert "k8s/base/kustomization.yaml" in tags and "k8s/overlays/gpu/kustomization.yaml" in tags
+  for path, tag in tags.items():
+    assert _minor(tag) == minor, f"{path}: tensorflow/serving:{tag}, pins say {minor}"

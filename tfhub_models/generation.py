@@ -79,8 +79,22 @@ def greedy(logits: tf.Tensor, seed: tf.Tensor = None) -> tf.Tensor:
   return tf.argmax(logits, axis=-1, output_type=tf.int32)
 
 
+def _uniform(shape, seed: tf.Tensor) -> tf.Tensor:
+  """Floats in (0, 1) from Philox bits.  The bits are the same compiled with XLA
+  or not, but the two turn them into floats differently (and
+  tf.random.stateless_categorical draws differently altogether), so the float
+  is made here: the top 24 bits, centred in their interval."""
+  bits = tf.random.stateless_uniform(shape, seed, minval=None, maxval=None, dtype=tf.uint32,
+                                     alg="philox")
+  return (tf.cast(tf.bitwise.right_shift(bits, tf.constant(8, tf.uint32)), tf.float32) + 0.5) * (
+      1.0 / (1 << 24))
+
+
 def _categorical(logits: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-  return tf.random.stateless_categorical(logits, 1, seed, dtype=tf.int32)[:, 0]
+  """An id per row drawn from softmax(logits), the same with or without XLA
+  (Gumbel-max: argmax of logits + Gumbel noise)."""
+  gumbel = -tf.math.log(-tf.math.log(_uniform(tf.shape(logits), seed)))
+  return tf.argmax(tf.cast(logits, tf.float32) + gumbel, axis=-1, output_type=tf.int32)
 
 
 def random(logits: tf.Tensor, seed: tf.Tensor, temperature: float = 1.0) -> tf.Tensor:

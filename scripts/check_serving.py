@@ -45,12 +45,13 @@ import tensorflow as tf
 from tensorflow.core.framework import op_def_pb2
 from tensorflow.python.client import pywrap_tf_session
 
+from serving import contract
+
 PYTHON_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
-XLA_FLAG = "--xla_cpu_compilation_enabled=true"
-XLA_GPU_FLAG = "--xla_gpu_compilation_enabled=true"
-XLA_DISABLED = "XLA compilation disabled"   # TensorFlow's message
-TPU_ALIAS = "tpu_func"   # the numeric core's function alias (Cloud TPU's Inference Converter)
-WARMUP = os.path.join("assets.extra", "tf_serving_warmup_requests")
+XLA_FLAG, XLA_GPU_FLAG = contract.XLA_CPU_FLAG, contract.XLA_GPU_FLAG
+XLA_DISABLED = contract.XLA_DISABLED
+TPU_ALIAS = contract.TPU_FUNCTION_ALIAS
+WARMUP = contract.WARMUP_PATH
 CHILD_TIMEOUT_S = 1800
 # Float outputs of the two loaders: the same graph and kernels, so equal but for
 # the order of threaded float sums.
@@ -160,19 +161,49 @@ def tpu_functions(meta_graph) -> dict:
           if alias == TPU_ALIAS}
 
 
-def read_warmup(path: str) -> list:
-  from tensorflow_serving.apis import prediction_log_pb2
-  if not os.path.exists(path):
-    return []
-  return [prediction_log_pb2.PredictionLog.FromString(record)
-          for record in tf.compat.v1.io.tf_record_iterator(path)]
+def contract_problems(signatures: dict) -> tuple:
+  """(the task of serving/contract.py whose outputs serving_default's most
+  resemble, or None when it shares none with any: not a tfhub-models export;
+  problems): every signature of that task's contract, with its inputs
+  (text_pair beside text when the export takes pairs) and outputs, dtypes
+  included; nothing else but ELECTRA's "embedding"."""
+  def names(tensors):
+    return {k: tf.as_dtype(v.dtype).name for k, v in tensors.items()}
+
+  default = signatures.get(contract.DEFAULT_SIGNATURE)
+  if default is None:
+    return None, []
+  shared = {task: len(set(s[contract.DEFAULT_SIGNATURE][1]) & set(default.outputs))
+            for task, s in contract.SIGNATURES.items()}
+  task = max(shared, key=shared.get)
+  if not shared[task]:
+    return None, []
+  problems = []
+  promised = dict(contract.SIGNATURES[task])
+  extra_name, extra = contract.EMBEDDING_SIGNATURE
+  if extra_name in signatures:
+    promised[extra_name] = extra
+  for name in sorted(set(signatures) - set(promised)):
+    problems.append(f"signature {name!r} is not in the {task} contract")
+  for name, (inputs, outputs) in promised.items():
+    if name not in signatures:
+      problems.append(f"no signature {name!r} (the {task} contract has it)")
+      continue
+    got_inputs = names(signatures[name].inputs)
+    if got_inputs.get("text_pair") == "string" and "text" in inputs:
+      got_inputs.pop("text_pair")
+    for what, got, want in (("inputs", got_inputs, inputs),
+                            ("outputs", names(signatures[name].outputs), outputs)):
+      if got != want:
+        problems.append(f"{name} {what} {got} differ from the {task} contract's {want}")
+  return task, problems
 
 
 def warmup_requests(export_dir: str, signatures: dict, problems: list) -> list:
   """[(record number, signature name, {alias: array}, [output aliases])] of the
   warmup file's predict requests, reporting the ones that cannot run."""
   requests = []
-  for number, log in enumerate(read_warmup(os.path.join(export_dir, WARMUP))):
+  for number, log in contract.read_warmup(export_dir):
     kind = log.WhichOneof("log_type")
     if kind != "predict_log":
       problems.append(f"warmup record {number}: {kind} is not checked")
@@ -430,6 +461,8 @@ def _python_run(export_dir: str, report: dict, core_ops: set, text_ops: set) -> 
       problems.append(f"ops that need a Python interpreter (TF Serving has none): {python}")
     signatures = {k: v for k, v in meta.signature_def.items() if not k.startswith("__")}
     report["signatures"] = sorted(signatures)
+    report["task"], broken = contract_problems(signatures)
+    problems.extend(broken)
     requests = warmup_requests(export_dir, signatures, problems)
     if not requests and not any("warmup record" in p for p in problems):
       problems.append(f"no warmup requests in {WARMUP}")
@@ -459,6 +492,8 @@ def print_report(report: dict) -> None:
   print("loaded through the C API (TF_LoadSessionFromSavedModel, the C++ loader "
         "tensorflow_model_server uses; op libraries: TensorFlow's and tensorflow-text's), "
         "run with XLA disabled and then enabled; outputs compared with the Python loader's")
+  print(f"contract: the {report['task']} signatures of serving/contract.py, names and dtypes"
+        if report.get("task") else "contract: none (no tfhub-models task's outputs)")
   print(f"TPU: {len(report['tpu_func'])} function{'s' if len(report['tpu_func']) != 1 else ''} "
         f"aliased {TPU_ALIAS}, without string ops" if report["tpu_func"] else
         f"TPU: no function aliased {TPU_ALIAS} (Cloud TPU's Inference Converter needs one)")

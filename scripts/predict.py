@@ -19,6 +19,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from serving import contract
 
 GENERATION_FLAGS = (
     ("--max-new-tokens", int, "new tokens at most (1 to the export's --max-new-tokens)"),
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--server", default="127.0.0.1:8500", help="HOST:PORT of the gRPC API")
   parser.add_argument("--model", required=True)
-  parser.add_argument("--signature", default="serving_default",
+  parser.add_argument("--signature", default=contract.DEFAULT_SIGNATURE,
                       help="a signature whose input is `text` (serving_default, tokenize, "
                            "embedding); default serving_default")
   parser.add_argument("--text-pair", action="append", dest="text_pairs", metavar="TEXT",
@@ -87,12 +88,12 @@ def main(argv=None) -> int:
       options = {k: v for k, v in options.items() if v is not None}
       signature = args.signature
       if options:
-        if signature != "serving_default":
+        if signature != contract.DEFAULT_SIGNATURE:
           print("error: generation settings go to generate_with_options, not --signature "
                 f"{signature}", file=sys.stderr)
           return 2
         inputs = client.generation_inputs(args.texts, **options)
-        signature = "generate_with_options"
+        signature = contract.GENERATE_WITH_OPTIONS
       out = client.predict(inputs, signature=signature)
   except grpc.RpcError as e:
     print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)

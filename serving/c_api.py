@@ -28,10 +28,12 @@ import numpy as np
 import tensorflow as tf  # first: see the module docstring
 from tensorflow.core.protobuf import meta_graph_pb2
 
+from serving import contract
+
 LIBRARY = os.path.join(os.path.dirname(tf.__file__), "libtensorflow_cc.so.2")
 TSTRING_BYTES = 24   # sizeof(TF_TString) on 64-bit platforms (tsl/platform/ctstring_internal.h)
-XLA_FLAG = "--xla_cpu_compilation_enabled=true"
-XLA_DISABLED = "XLA compilation disabled"  # TensorFlow's message when it is off
+XLA_FLAG = contract.XLA_CPU_FLAG
+XLA_DISABLED = contract.XLA_DISABLED
 
 
 class CApiError(RuntimeError):

@@ -27,14 +27,11 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
+from serving import contract
 from serving.tensors import to_proto
 
-# generate_with_options' settings, each one value per text, and their dtypes
-# (tfhub_models.export.signatures.GENERATION_OPTIONS; this client needs no model code).
-GENERATION_OPTIONS = {"max_new_tokens": np.int32, "min_new_tokens": np.int32,
-                      "temperature": np.float32, "top_k": np.int32, "top_p": np.float32,
-                      "repetition_penalty": np.float32, "no_repeat_ngram_size": np.int32,
-                      "seed": np.int64}
+# generate_with_options' settings, each one value per text, and their dtypes.
+GENERATION_OPTIONS = {name: np.dtype(dtype) for name, dtype in contract.GENERATION_OPTIONS}
 
 # Generation answers (several sequences of ids and text per input) outgrow
 # gRPC's 4 MB default; TF Serving itself accepts up to 2 GB.
@@ -176,7 +173,7 @@ class ServingClient:
 
   # --- raw calls -------------------------------------------------------------------
 
-  def predict(self, inputs: Mapping[str, object], signature: str = "serving_default",
+  def predict(self, inputs: Mapping[str, object], signature: str = contract.DEFAULT_SIGNATURE,
               output_filter: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """Runs a signature; inputs and outputs are numpy arrays (strings as bytes)."""
     request = predict_pb2.PredictRequest(output_filter=list(output_filter))
@@ -231,7 +228,7 @@ class ServingClient:
     return entity_answers(self.predict({"text": _texts(texts)}))
 
   def embed(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None,
-            signature: str = "serving_default") -> list[Embedding]:
+            signature: str = contract.DEFAULT_SIGNATURE) -> list[Embedding]:
     """Each text's pooled and per-token embeddings (`signature="embedding"` on ELECTRA
     discriminator and generator exports)."""
     return embedding_answers(self.predict(self._with_pairs(texts, text_pairs), signature))
@@ -254,7 +251,7 @@ class ServingClient:
                "no_repeat_ngram_size": no_repeat_ngram_size, "seed": seed}
     options = {k: v for k, v in options.items() if v is not None}
     if options:
-      out = self.predict(self.generation_inputs(texts, **options), "generate_with_options")
+      out = self.predict(self.generation_inputs(texts, **options), contract.GENERATE_WITH_OPTIONS)
     else:
       out = self.predict({"text": _texts(texts)})
     answers = generation_answers(out, len(texts))
@@ -263,7 +260,7 @@ class ServingClient:
   def generation_defaults(self) -> dict:
     """generate_with_options' default settings, as the served version's metadata
     records them (its SignatureDef defaults): {name: value}."""
-    signature = self.metadata().signature_def.get("generate_with_options")
+    signature = self.metadata().signature_def.get(contract.GENERATE_WITH_OPTIONS)
     if signature is None:
       raise ValueError(f"model {self.model} has no generate_with_options signature (a BART "
                        "export made before it, or not a generation export)")

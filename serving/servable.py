@@ -22,15 +22,13 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_text  # registers the ops the exports use
 from tensorflow.core.framework import types_pb2
-from tensorflow_serving.apis import prediction_log_pb2
 
-from serving.c_api import XLA_DISABLED, XLA_FLAG
+from serving import contract
 from serving.errors import ServingError, code_of, invalid, not_found, shown
 from serving.tensors import dtype_label
 
 log = logging.getLogger("serving.servable")
 
-MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
 
 
 def dtype_name(dtype: int) -> str:
@@ -175,10 +173,8 @@ class Servable:
                               feed_dict={feeds[k]: v for k, v in inputs.items()})
     except tf.errors.OpError as e:  # TensorFlow's codes are gRPC's
       message = e.message
-      if XLA_DISABLED in message:  # TF Serving's own words leave the fix unsaid
-        message = (f"{XLA_DISABLED}: model {self.name} version {self.version} is "
-                   f"XLA-compiled; start the server with {XLA_FLAG} (on GPU "
-                   f"--xla_gpu_compilation_enabled=true) or export it with --no-xla")
+      if contract.XLA_DISABLED in message:  # TF Serving's own words leave the fix unsaid
+        message = contract.xla_disabled_help(f"model {self.name} version {self.version}")
       raise ServingError(code_of(e.error_code), message) from None
 
   def warmup(self) -> int:
@@ -187,18 +183,11 @@ class Servable:
     Warmup takes the path requests take (the batcher when one is attached); a
     failing warmup request fails the load.
     """
-    records = self.path / "assets.extra" / "tf_serving_warmup_requests"
-    if not records.exists():
-      return 0
     count = 0
-    for record in tf.compat.v1.io.tf_record_iterator(str(records)):
-      if count == MAX_WARMUP_RECORDS:
-        raise ValueError(f"Number of warmup records exceeds the maximum "
-                         f"({MAX_WARMUP_RECORDS}) at {records}")
-      entry = prediction_log_pb2.PredictionLog.FromString(record)
+    for _, entry in contract.read_warmup(self.path):
       if entry.WhichOneof("log_type") != "predict_log":  # no such signatures here
         log.warning("%s: skipping warmup record of type %s (only predict_log is replayed)",
-                    records, entry.WhichOneof("log_type"))
+                    self.path / contract.WARMUP_PATH, entry.WhichOneof("log_type"))
         continue
       request = entry.predict_log.request
       signature = self.signature(request.model_spec.signature_name)

@@ -87,12 +87,12 @@ def assert_same_sequences(ours, theirs):
 
 def test_greedy_matches_transformers(hf_bart_checkpoint):
   task = tfhub_models.load(hf_bart_checkpoint)
-  task.compile("greedy")
+  task.compile(sampler="greedy")
   theirs, _ = generate_with_transformers(hf_bart_checkpoint, TEXTS, task, num_beams=1)
   ours, _ = generate_with_ours(task, TEXTS, CNN_STYLE["max_length"])
   assert_same_sequences(ours, theirs)
   assert (theirs[:, 1] == 0).all()                     # forced BOS happened
-  task.compile(generation.Sampler(name="top_k", k=1))
+  task.compile(sampler=generation.Sampler(name="top_k", k=1))
   top1, _ = generate_with_ours(task, TEXTS, CNN_STYLE["max_length"])
   np.testing.assert_array_equal(top1, ours)
 
@@ -102,7 +102,7 @@ def test_greedy_matches_transformers(hf_bart_checkpoint):
 def test_beam_search_matches_transformers(hf_bart_checkpoint, length_penalty, early_stopping,
                                           returns):
   task = tfhub_models.load(hf_bart_checkpoint)
-  task.compile(generation.Sampler(name="beam", num_beams=4, length_penalty=length_penalty,
+  task.compile(sampler=generation.Sampler(name="beam", num_beams=4, length_penalty=length_penalty,
                                   early_stopping=early_stopping, num_return_sequences=returns))
   theirs, their_scores = generate_with_transformers(
       hf_bart_checkpoint, TEXTS, task, num_beams=4, length_penalty=length_penalty,
@@ -173,7 +173,7 @@ def test_samplers_draw_from_their_distributions(name):
 
 def test_generate_api_on_lists_tensors_and_datasets(hf_bart_checkpoint):
   task = tfhub_models.load(hf_bart_checkpoint)
-  task.compile("greedy")
+  task.compile(sampler="greedy")
   as_list = task.generate(TEXTS, max_length=12)
   assert isinstance(as_list, list) and len(as_list) == 4
   as_tensor = task.generate(tf.constant(TEXTS), max_length=12)
@@ -196,7 +196,7 @@ def test_generate_api_on_lists_tensors_and_datasets(hf_bart_checkpoint):
     real = ends[0] + 1 if ends else len(row)
     assert row_mask.tolist() == [1] * real + [0] * (len(row) - real)
   bare = bart.BartSeq2SeqLM(task.backbone, None)
-  bare.compile("greedy")
+  bare.compile(sampler="greedy")
   again = bare.generate({"encoder_token_ids": encoded["token_ids"].numpy(),
                          "encoder_padding_mask": encoded["padding_mask"].numpy()}, max_length=12)
   np.testing.assert_array_equal(again["decoder_token_ids"].numpy(), ids)
@@ -217,7 +217,7 @@ def bart_exported(hf_bart_checkpoint, tmp_path_factory):
   the tests that load it in this process run."""
   from servers import CheckServing
   task = tfhub_models.load(hf_bart_checkpoint, sequence_length=40)
-  task.compile(task.backbone.config.generation.sampler())
+  task.compile(sampler=task.backbone.config.generation.sampler())
   base = tmp_path_factory.mktemp("bart_models")
   path = export.export(task, base, "bart", options=export.ExportOptions(warmup_batch_sizes=(1,)))
   plain = export.export(task, base, "bart_no_xla", options=export.ExportOptions(
@@ -298,12 +298,12 @@ def test_cli_generation_flags(hf_bart_checkpoint, tmp_path):
 def test_contrastive_search(hf_bart_checkpoint):
   """alpha = 0 is greedy; alpha > 0 trades probability for less repetition."""
   task = tfhub_models.load(hf_bart_checkpoint)
-  task.compile("greedy")
+  task.compile(sampler="greedy")
   greedy_ids, _ = generate_with_ours(task, TEXTS, 16)
-  task.compile(generation.Sampler(name="contrastive", k=4, alpha=0.0))
+  task.compile(sampler=generation.Sampler(name="contrastive", k=4, alpha=0.0))
   plain, _ = generate_with_ours(task, TEXTS, 16)
   np.testing.assert_array_equal(plain, greedy_ids)
-  task.compile(generation.Sampler(name="contrastive", k=4, alpha=0.9))
+  task.compile(sampler=generation.Sampler(name="contrastive", k=4, alpha=0.9))
   penalised, scores = generate_with_ours(task, TEXTS, 16)
   assert penalised.shape == greedy_ids.shape and np.isfinite(scores).all()
   assert (penalised != greedy_ids).any()
@@ -362,7 +362,7 @@ def early_ending_checkpoint(tmp_path_factory, bpe_dir):
 ], ids=lambda s: "-".join(str(v) for v in s.values()))
 def test_generation_with_early_endings_matches_transformers(early_ending_checkpoint, settings):
   task = tfhub_models.load(early_ending_checkpoint)
-  task.compile(generation.Sampler(num_beams=4, **settings))
+  task.compile(sampler=generation.Sampler(num_beams=4, **settings))
   kwargs = dict(num_beams=1) if settings["name"] == "greedy" else dict(
       num_beams=4, length_penalty=settings["length_penalty"],
       early_stopping=settings["early_stopping"],
@@ -386,7 +386,7 @@ def test_several_end_ids_in_the_generation_config_match_transformers(tmp_path, b
                                     generation=dict(min_length=3, max_length=16,
                                                     no_repeat_ngram_size=1))
   task = tfhub_models.load(directory)
-  task.compile("greedy")
+  task.compile(sampler="greedy")
   before, _ = generate_with_transformers(directory, TEXTS, task, num_beams=1)
   # An ordinary id a row generates after min_length becomes an end id too.
   row, stop = next((r, int(t)) for r in range(len(before)) for t in before[r][4:]
@@ -396,7 +396,7 @@ def test_several_end_ids_in_the_generation_config_match_transformers(tmp_path, b
   (directory / "generation_config.json").write_text(json.dumps(config))
   task = tfhub_models.load(directory)
   assert task.backbone.config.generation.eos_token_ids == (2, stop)
-  task.compile("greedy")
+  task.compile(sampler="greedy")
   theirs, _ = generate_with_transformers(directory, TEXTS, task, num_beams=1)
   ours, _ = generate_with_ours(task, TEXTS, 16)
   end = list(before[row]).index(stop)

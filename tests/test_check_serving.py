@@ -141,3 +141,38 @@ def test_differences_find_every_kind():
                      "s: 1 of 1 values differ"]
   assert check_serving.differences(same, {"f": same["f"]}) == [
       "i is missing from one loader's outputs", "s is missing from one loader's outputs"]
+
+
+def _signature(inputs: dict, outputs: dict):
+  from tensorflow.core.protobuf import meta_graph_pb2
+  signature = meta_graph_pb2.SignatureDef()
+  for target, tensors in ((signature.inputs, inputs), (signature.outputs, outputs)):
+    for name, dtype in tensors.items():
+      target[name].name = f"{name}:0"
+      target[name].dtype = tf.as_dtype(dtype).as_datatype_enum
+  return signature
+
+
+def test_the_contract_check_names_what_an_export_breaks():
+  """The serving contract (serving/contract.py) as check_serving applies it: a
+  signature renamed, an output gone, a dtype changed are each one problem."""
+  from serving import contract
+  good = {name: _signature(*io) for name, io in contract.SIGNATURES["fill_mask"].items()}
+  assert check_serving.contract_problems(good) == ("fill_mask", [])
+  paired = dict(good, serving_default=_signature({"text": "string", "text_pair": "string"},
+                                                 good_outputs := contract.SIGNATURES[
+                                                     "fill_mask"]["serving_default"][1]))
+  assert check_serving.contract_problems(paired) == ("fill_mask", [])
+  broken = dict(good)
+  broken["tokenise"] = broken.pop("tokenize")
+  broken["serving_default"] = _signature(
+      {"text": "string"}, {**{k: v for k, v in good_outputs.items() if k != "num_masks"},
+                           "top_k_ids": "int64"})
+  task, problems = check_serving.contract_problems(broken)
+  assert task == "fill_mask" and len(problems) == 3, problems
+  assert any("'tokenise' is not in the fill_mask contract" in p for p in problems)
+  assert any("no signature 'tokenize'" in p for p in problems)
+  assert any("serving_default outputs" in p and "int64" in p for p in problems)
+  # Not one of ours at all: nothing to hold it to.
+  assert check_serving.contract_problems({"serving_default": _signature(
+      {"x": "float32"}, {"y": "float32"})}) == (None, [])

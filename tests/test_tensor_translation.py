@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
-from serving import rest, tensors
+from serving import json_tensors, tensors
 from serving.errors import ServingError
 
 EXAMPLES = settings(max_examples=2500, deadline=None,
@@ -47,7 +47,8 @@ def _client_error(error: ServingError, name: str | None) -> None:
 
 
 def _parse(body: bytes, dtypes: dict[str, int]) -> dict[str, np.ndarray]:
-  return rest.parse_predict(rest.read_json(body), {k: _Input(v) for k, v in dtypes.items()})
+  return json_tensors.parse_predict(json_tensors.read_json(body),
+                                    {k: _Input(v) for k, v in dtypes.items()})
 
 
 def _same(got: np.ndarray, want: np.ndarray) -> None:

@@ -361,9 +361,11 @@ def test_dataset_input_and_order(raw_lm):
   assert shuffled != [b["x"].numpy().tolist() for b in batches.epoch(5, 1)]
 
 
-def test_bart_compile_keeps_the_sampler_argument(bart_dir):
+def test_bart_compile_takes_the_sampler_as_keras_hub_does(bart_dir):
   task = BartSeq2SeqLM.from_preset(str(bart_dir))
-  task.compile("greedy")
+  with pytest.raises(ValueError, match=r"first argument is the optimizer.*sampler='greedy'"):
+    task.compile("greedy")
+  task.compile(sampler="greedy")
   assert task.sampler.name == "greedy" and isinstance(task.optimizer, optimizers.Adam)
   assert task.optimizer.learning_rate == 2e-5
   task.compile(optimizer="adamw", sampler="beam")

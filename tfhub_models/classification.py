@@ -86,37 +86,25 @@ LOSSES = {"single_label_classification": training.sparse_cross_entropy,
           "regression": _regression_loss}
 
 
-class TextClassifier(layers.Module, training.Trainable):
-  """Text (or a text pair) in, one score per class out.
-
-  Subclasses set `family` (the loader's Family row) and `presets`.
-  """
+class TextClassifier(tasks.Task, training.Trainable):
+  """Text (or a text pair) in, one score per class out."""
 
   task = "text_classification"
-  family = None
-  presets = {}
 
   def __init__(self, backbone, preprocessor, num_classes: int, *, labels=None,
                problem_type: str = "single_label_classification", activation: str = "tanh",
                head: ClassificationHead | None = None, name: str = "text_classifier"):
-    super().__init__(name=name)
     if int(num_classes) < 1:
       raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if problem_type not in PROBLEM_TYPES:
       raise ValueError(f"unknown problem_type {problem_type!r} ({', '.join(PROBLEM_TYPES)})")
-    tasks.check_compatible(backbone, preprocessor)
-    self.backbone = backbone
-    self.preprocessor = preprocessor
+    super().__init__(backbone, preprocessor, name=name)
     self.num_classes = int(num_classes)
     self.labels = label_names(labels, self.num_classes)
     self.problem_type = problem_type
     config = backbone.config
     self.head = head or ClassificationHead(config.hidden_dim, self.num_classes, activation,
                                            dropout=config.dropout, dtype=backbone.dtype.name)
-
-  @property
-  def tokenizer(self):
-    return None if self.preprocessor is None else self.preprocessor.tokenizer
 
   @property
   def default_loss(self):
@@ -171,10 +159,6 @@ class TextClassifier(layers.Module, training.Trainable):
     return tasks.load_preset(cls.family, cls.task, preset, load_weights, preprocessor,
                              options=head_options(num_classes, labels, problem_type),
                              **overrides)
-
-  def save_to_preset(self, preset_dir, overwrite: bool = False):
-    """A Hugging Face `*ForSequenceClassification` directory (see tasks.save_preset)."""
-    return tasks.save_preset(self.family, self, preset_dir, overwrite=overwrite)
 
   def __call__(self, inputs: dict, training: bool = False) -> tf.Tensor:
     """Logits float32 [B, C] of {"token_ids", "padding_mask"[, "segment_ids"]} [B, L]."""
@@ -280,15 +264,10 @@ class TokenClassificationHead(layers.Module):
 IGNORED_LABEL = -100   # upstream's label of tokens that do not count (specials, padding)
 
 
-class TokenClassifier(layers.Module, training.Trainable):
-  """One label per token (named-entity tagging).
-
-  Subclasses set `family` (the loader's Family row) and `presets`.
-  """
+class TokenClassifier(tasks.Task, training.Trainable):
+  """One label per token (named-entity tagging)."""
 
   task = "token_classification"
-  family = None
-  presets = {}
   default_metrics = ("accuracy",)
   collects_predictions = True
   # fit on words: every sub-token of a word gets the word's tag (else its first).
@@ -296,22 +275,15 @@ class TokenClassifier(layers.Module, training.Trainable):
 
   def __init__(self, backbone, preprocessor, num_classes: int, *, labels=None,
                head: TokenClassificationHead | None = None, name: str = "token_classifier"):
-    super().__init__(name=name)
     if int(num_classes) < 1:
       raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    tasks.check_compatible(backbone, preprocessor)
-    self.backbone = backbone
-    self.preprocessor = preprocessor
+    super().__init__(backbone, preprocessor, name=name)
     self.num_classes = int(num_classes)
     self.labels = label_names(labels, self.num_classes)
     self.problem_type = "single_label_classification"
     self.head = head or TokenClassificationHead(backbone.config.hidden_dim, self.num_classes,
                                                 dropout=backbone.config.dropout,
                                                 dtype=backbone.dtype.name)
-
-  @property
-  def tokenizer(self):
-    return None if self.preprocessor is None else self.preprocessor.tokenizer
 
   @classmethod
   def from_preset(cls, preset: str, load_weights: bool = True, preprocessor="auto", *,
@@ -320,10 +292,6 @@ class TokenClassifier(layers.Module, training.Trainable):
     of `num_classes` (see TextClassifier.from_preset)."""
     return tasks.load_preset(cls.family, cls.task, preset, load_weights, preprocessor,
                              options=head_options(num_classes, labels), **overrides)
-
-  def save_to_preset(self, preset_dir, overwrite: bool = False):
-    """A Hugging Face `*ForTokenClassification` directory (see tasks.save_preset)."""
-    return tasks.save_preset(self.family, self, preset_dir, overwrite=overwrite)
 
   def __call__(self, inputs: dict, training: bool = False) -> tf.Tensor:
     """Logits float32 [B, L, C] of {"token_ids", "padding_mask"[, "segment_ids"]} [B, L]."""

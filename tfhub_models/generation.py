@@ -133,20 +133,13 @@ def draw_rows(logits: tf.Tensor, seeds: tf.Tensor, step) -> tf.Tensor:
 
 
 def seed_int(seed) -> int:
-  """A seed given as an int, or as a pair of ints (earlier versions' form; one 64-bit
-  seed, the first the high half), as one int64 value."""
-  if isinstance(seed, (list, tuple)):
-    if len(seed) != 2:
-      raise ValueError(f"a seed is an int or a pair of ints, not {seed!r}")
-    high, low = (operator.index(s) & 0xFFFFFFFF for s in seed)
-    value = (high << 32) | low
-    return value - (1 << 64) if value >= 1 << 63 else value
-  if isinstance(seed, bool):
-    raise TypeError("a seed is an int or a pair of ints, not a bool")
+  """A seed (an int that fits in 64 bits) as one int64 value."""
+  if isinstance(seed, bool) or isinstance(seed, (list, tuple)):
+    raise TypeError(f"a seed is an int, not {type(seed).__name__} {seed!r}")
   try:
     seed = operator.index(seed)
   except TypeError:
-    raise TypeError(f"a seed is an int or a pair of ints, not {type(seed).__name__}") from None
+    raise TypeError(f"a seed is an int, not {type(seed).__name__}") from None
   if not -2**63 <= seed < 2**63:
     raise ValueError(f"seed {seed} does not fit in 64 bits")
   return seed

@@ -250,6 +250,33 @@ class BartPreprocessor(_SegmentPreprocessor):
     """string [B] -> {"token_ids", "padding_mask"}: int32 [B, L], L a bucket length."""
     return self._pack(text, None, segment_ids=False)
 
+  def text_pairs(self, encoder_text: tf.Tensor, decoder_text: tf.Tensor,
+                 decoder_start_token_id: int):
+    """Seq2seq training inputs of source and target strings [B].
+
+    The labels are `<s> target </s>` (truncated to sequence_length) and the
+    decoder input the same shifted right from decoder_start_token_id, both
+    padded to a bucket; the weights are the labels' padding mask.
+
+    Returns:
+      ({"encoder_token_ids", "encoder_padding_mask": int32 [B, S],
+        "decoder_token_ids", "decoder_padding_mask": int32 [B, T]},
+       labels int32 [B, T], weights float32 [B, T]).
+    """
+    encoded = self(encoder_text)
+    tokenizer = self.tokenizer
+    target = truncate(tokenizer.tokenize(decoder_text), self.sequence_length - 2)
+    labels, _ = pack([target], tokenizer.bos_token_id, tokenizer.eos_token_id)
+    shifted = tf.concat([tf.fill([labels.nrows(), 1], decoder_start_token_id), labels],
+                        axis=1)[:, :-1]
+    padded_labels = pad_to_bucket(labels, tokenizer.pad_token_id, self.bucket_lengths)
+    decoder = pad_to_bucket(shifted, tokenizer.pad_token_id, self.bucket_lengths)
+    inputs = {"encoder_token_ids": encoded["token_ids"],
+              "encoder_padding_mask": encoded["padding_mask"],
+              "decoder_token_ids": decoder["token_ids"],
+              "decoder_padding_mask": decoder["padding_mask"]}
+    return inputs, padded_labels["token_ids"], tf.cast(padded_labels["padding_mask"], tf.float32)
+
 
 class MaskedLMMasker:
   """Dynamic masking of packed ids for masked-LM training, with keras-hub's

@@ -1,10 +1,11 @@
-"""What the task modules of every family share: size checks, preset loading,
-mask finding and the fill-mask answers.
+"""The thin base of every task class (`Task`, as keras-hub's), the masked-LM
+task every encoder family shares (`MaskedLM`), and the rules tasks share: size
+checks, preset loading, mask finding and the fill-mask answers.
 
-A fill-mask task is any module with `preprocessor`, `tokenizer`,
-`backbone.config.vocabulary_size` and `__call__({"token_ids", "padding_mask",
-"mask_positions"}) -> logits [B, M, V]`; `masked_lm_prepare` is its training
-input (see tfhub_models.training).
+A task composes a backbone, a preprocessor (None: it takes preprocessed integer
+inputs) and its head.  A family file declares its task classes (their `task`
+name, `presets`, `extra_signatures`) and sets their `family` to its loader row
+once that exists; loading and saving go through that row.
 """
 
 from __future__ import annotations
@@ -13,9 +14,98 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from tfhub_models import training
+from tfhub_models import layers, training
 from tfhub_models.checkpoints import loader
 from tfhub_models.preprocessing import MaskedLMMasker, check_sequence_length
+
+
+class Task(layers.Module):
+  """A backbone, a preprocessor and a head, loaded and saved as a family's
+  checkpoints (one level: heads and blocks stay composed inside).
+
+  Declared by each task class:
+    task: its name (fill_mask, text_classification, embedding, generate, ...).
+    family: the loader's Family row (set by the family file).
+    presets: preset name -> config, the presets whose own task this is.
+    extra_signatures: serving signatures exported beside the task's own.
+    exact_vocabulary: the tokenizer has exactly the model's ids (False: at most).
+  """
+
+  task = ""
+  family: loader.Family | None = None
+  presets: dict = {}
+  extra_signatures: tuple = ()
+  exact_vocabulary = True
+
+  def __init__(self, backbone, preprocessor, *, name: str):
+    super().__init__(name=name)
+    check_compatible(backbone, preprocessor, exact_vocabulary=self.exact_vocabulary)
+    self.backbone = backbone
+    self.preprocessor = preprocessor
+
+  @property
+  def tokenizer(self):
+    """The preprocessor's tokenizer (None without a preprocessor)."""
+    return None if self.preprocessor is None else self.preprocessor.tokenizer
+
+  @classmethod
+  def from_preset(cls, preset: str, load_weights: bool = True, preprocessor="auto",
+                  **overrides):
+    """Loads a checkpoint directory, hf:// or kaggle:// handle, or preset name.
+
+    preprocessor: "auto" (the checkpoint's), None (preprocessed integer inputs)
+    or one to use instead; overrides: dtype, sequence_length.
+    """
+    return load_preset(cls.family, cls.task, preset, load_weights, preprocessor, **overrides)
+
+  def save_to_preset(self, preset_dir, overwrite: bool = False):
+    """Writes a Hugging Face checkpoint directory (config.json, model.safetensors,
+    the tokenizer's files) that transformers and `from_preset` load; atomic, and
+    a non-empty preset_dir is refused unless overwrite.  Returns its path."""
+    return save_preset(self.family, self, preset_dir, overwrite=overwrite)
+
+
+class MaskedLM(Task, training.Trainable):
+  """The fill-mask task: preprocessor, backbone and masked-LM head (tied to the
+  token embedding).  Answers the most likely fillers of each mask token, and
+  trains on raw strings masked on the fly (`masker`, keras-hub's rates;
+  replace it to change them)."""
+
+  task = "fill_mask"
+
+  def __init__(self, backbone, preprocessor, head: layers.MaskedLMHead | None = None, *,
+               name: str, head_name: str = "masked_lm_head"):
+    super().__init__(backbone, preprocessor, name=name)
+    self.masker = masker_for(backbone, preprocessor)
+    self.head = head or layers.MaskedLMHead(
+        backbone.config.hidden_dim, backbone.token_embedding,
+        layer_norm_epsilon=backbone.config.layer_norm_epsilon, dtype=backbone.dtype.name,
+        name=head_name)
+
+  def __call__(self, inputs: dict, training: bool = False) -> tf.Tensor:
+    """Logits at the mask positions.
+
+    Args:
+      inputs: {"token_ids", "padding_mask": int32 [B, L], "mask_positions": int32 [B, M]}.
+
+    Returns:
+      float32 [B, M, V].
+    """
+    outputs = self.backbone({"token_ids": inputs["token_ids"],
+                             "padding_mask": inputs["padding_mask"]}, training=training)
+    return self.head(outputs["sequence_output"], inputs["mask_positions"])
+
+  def prepare(self, x, y=None, sample_weight=None, mode: str = "fit"):
+    """Training inputs of one batch; see masked_lm_prepare."""
+    return masked_lm_prepare(self, x, y, sample_weight, mode)
+
+  def top_k(self, token_ids, padding_mask, top_k: int) -> dict:
+    """Top-k fillers of every mask; see top_k_fillers."""
+    return top_k_fillers(self, token_ids, padding_mask, top_k)
+
+  def fill_mask(self, texts: Sequence[str], top_k: int = 5) -> list:
+    """Fills every mask token of each text; see the module function fill_mask."""
+    return fill_mask(self, texts, top_k)
 
 
 def check_compatible(backbone, preprocessor, *, exact_vocabulary: bool = True) -> None:
@@ -44,15 +134,14 @@ def load_preset(family: loader.Family, task: str, preset, load_weights: bool,
                        needs_tokenizer=preprocessor is not None, **overrides)
   if isinstance(preprocessor, str) and preprocessor == "auto":
     return module
-  if not hasattr(module, "preprocessor"):
+  if not isinstance(module, Task):
     raise ValueError(f"a {type(module).__name__} has no preprocessor to replace")
   # save_to_preset writes the checkpoint's tokenizer files, whatever preprocesses.
   if module.tokenizer is not None:
     training.keep_checkpoint_tokenizer(module, module.tokenizer)
-  check_compatible(module.backbone, preprocessor,
-                   exact_vocabulary=getattr(module, "exact_vocabulary", True))
+  check_compatible(module.backbone, preprocessor, exact_vocabulary=module.exact_vocabulary)
   module.preprocessor = preprocessor
-  if hasattr(module, "masker"):
+  if isinstance(module, MaskedLM):
     module.masker = masker_for(module.backbone, preprocessor)
   return module
 

@@ -244,9 +244,23 @@ def no_tokenizer_message(task, consequence: str = "save_to_preset refuses") -> s
 
 
 class Trainable:
-  """compile, fit, evaluate and predict (keras-hub's names and defaults)."""
+  """compile, fit, evaluate and predict (keras-hub's names and defaults).
+
+  Hooks a task may override: `default_learning_rate`, `default_loss` (labels,
+  logits -> per-position losses), `default_metrics`, `hits` (labels, logits ->
+  1.0 where a prediction is right), `prepare` (required), and the validation
+  ones below (`collects_predictions`, `predicted_classes`, `evaluation_metrics`,
+  `training_examples`).
+  """
 
   default_learning_rate = 5e-5
+  default_loss = staticmethod(sparse_cross_entropy)
+  default_metrics = ("accuracy",)
+
+  def hits(self, labels, logits) -> tf.Tensor:
+    """1.0 where the most likely id is the label's (the same shape as labels)."""
+    return tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32),
+                            tf.cast(labels, tf.int32)), tf.float32)
 
   @property
   def optimizer(self):
@@ -268,14 +282,14 @@ class Trainable:
     if callable(loss):
       loss_fn = loss
     elif loss == "auto":
-      loss_fn = getattr(self, "default_loss", sparse_cross_entropy)
+      loss_fn = self.default_loss
     elif loss in LOSSES:
       loss_fn = LOSSES[loss]
     else:
       raise ValueError(f"unknown loss {loss!r}: use \"auto\", "
                        "\"sparse_categorical_crossentropy\" or a function (labels, logits)")
     if isinstance(metrics, str) and metrics == "auto":
-      metrics = getattr(self, "default_metrics", ("accuracy",))
+      metrics = self.default_metrics
     metrics = tuple(metrics or ())
     unknown = [m for m in metrics if m != "accuracy"]
     if unknown:
@@ -301,9 +315,7 @@ class Trainable:
     compiled = self._training_state()
     weights = tf.cast(weights, tf.float32)
     losses = compiled.loss(labels, logits)
-    hits = (self.hits(labels, logits) if hasattr(self, "hits") else
-            tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32),
-                             tf.cast(labels, tf.int32)), tf.float32))
+    hits = self.hits(labels, logits)
     tokens = tf.add_n([tf.reduce_sum(tf.cast(v, tf.float32)) for k, v in inputs.items()
                        if k.endswith("padding_mask")])
     return (tf.reduce_sum(losses * weights), tf.reduce_sum(weights),
@@ -492,7 +504,7 @@ class Trainable:
       raise TrainingError(f"epochs must be >= 1, got {epochs}")
     if checkpoint_dir is not None and int(checkpoint_every) < 1:
       raise TrainingError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
-    if hasattr(self, "save_to_preset") and preset_tokenizer(self) is None:
+    if preset_tokenizer(self) is None:
       warnings.warn(no_tokenizer_message(self, "save_to_preset will refuse after fit"),
                     stacklevel=2)
     compiled = self._training_state()

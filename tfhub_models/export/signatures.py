@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from serving import contract
 from tfhub_models import entities, generation
 from tfhub_models.export.warmup import predict_log, strings, text_of_length
 from tfhub_models.preprocessing import POWERS_OF_TWO, pad_columns, pad_rows, round_up
@@ -43,12 +44,12 @@ class ExportOptions:
   # Generation (BART): the most new tokens a request gets (None: the model's
   # max_length - 1), the largest no_repeat_ngram_size and top_k that
   # generate_with_options takes, and the seed of serving_default's samplers
-  # (None: a fresh one for each request row; an int, or the pair earlier versions
-  # took: the same text always gets the same output).
+  # (None: a fresh one for each request row; an int: the same text always gets
+  # the same output).
   max_new_tokens: int | None = None
   max_no_repeat_ngram_size: int = 4
   max_top_k: int = 50
-  seed: int | tuple | None = None
+  seed: int | None = None
   # Embeddings: L2-normalize pooled_output and mean_output.
   normalize: bool = False
   # Token classification: how tokens become entities, the transformers
@@ -75,10 +76,7 @@ def _text_signature(fn, pair: bool):
   return _signature([_text_spec("text")])(lambda text: fn(text, None))
 
 
-# The function alias of the numeric cores, the name Cloud TPU's Inference Converter
-# is told to convert (its conventional one): the functions that get the network's
-# inputs as numbers and hold no string op (k8s/README.md, "TPU").
-TPU_FUNCTION_ALIAS = "tpu_func"
+TPU_FUNCTION_ALIAS = contract.TPU_FUNCTION_ALIAS
 
 
 class Compiled:
@@ -472,10 +470,8 @@ class Detokenize(tf.Module):
 
 
 # generate_with_options' per-row inputs after `text`, each [B], and their dtypes.
-GENERATION_OPTIONS = (("max_new_tokens", tf.int32), ("min_new_tokens", tf.int32),
-                      ("temperature", tf.float32), ("top_k", tf.int32), ("top_p", tf.float32),
-                      ("repetition_penalty", tf.float32), ("no_repeat_ngram_size", tf.int32),
-                      ("seed", tf.int64))
+GENERATION_OPTIONS = tuple((name, tf.as_dtype(dtype))
+                           for name, dtype in contract.GENERATION_OPTIONS)
 
 
 class Generate(tf.Module):

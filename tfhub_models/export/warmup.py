@@ -9,7 +9,9 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-WARMUP_FILE = "tf_serving_warmup_requests"
+from serving import contract
+
+WARMUP_FILE = contract.WARMUP_FILE
 
 
 def predict_log(model_name: str, signature: str, inputs: dict) -> prediction_log_pb2.PredictionLog:
@@ -39,7 +41,7 @@ def text_of_length(preprocessor, length: int, *, mask: bool, pair: bool) -> tupl
 
 def write_warmup(directory: pathlib.Path, logs: list) -> pathlib.Path:
   """Writes the records into directory/assets.extra/tf_serving_warmup_requests."""
-  path = pathlib.Path(directory) / "assets.extra" / WARMUP_FILE
+  path = pathlib.Path(directory) / contract.WARMUP_PATH
   path.parent.mkdir(parents=True, exist_ok=True)
   with tf.io.TFRecordWriter(str(path)) as writer:
     for log in logs:

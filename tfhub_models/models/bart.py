@@ -23,7 +23,7 @@ from tfhub_models import generation, layers, tasks, training
 from tfhub_models.checkpoints import bart as files
 from tfhub_models.checkpoints import loader
 from tfhub_models.generation import GenerationConfig
-from tfhub_models.preprocessing import BartPreprocessor, pack, pad_to_bucket, truncate
+from tfhub_models.preprocessing import BartPreprocessor
 from tfhub_models.tokenizers import ByteLevelBPETokenizer
 
 POSITION_OFFSET = files.POSITION_OFFSET   # upstream's learned positions start at row 2
@@ -268,7 +268,7 @@ class _FunctionCache:
     self.functions = {}
 
 
-class BartSeq2SeqLM(layers.Module, training.Trainable):
+class BartSeq2SeqLM(tasks.Task, training.Trainable):
   """Backbone + preprocessor + a compiled generate function."""
 
   task = "generate"
@@ -278,39 +278,19 @@ class BartSeq2SeqLM(layers.Module, training.Trainable):
 
   def __init__(self, backbone: BartBackbone, preprocessor: BartPreprocessor, *,
                name: str = "bart_seq2seq_lm"):
-    super().__init__(name=name)
-    tasks.check_compatible(backbone, preprocessor, exact_vocabulary=False)
-    self.backbone = backbone
-    self.preprocessor = preprocessor
+    super().__init__(backbone, preprocessor, name=name)
     self.sampler = generation.Sampler(name="top_k")   # keras-hub's default; see compile()
     self.jit_compile = True
     self._compiled = _FunctionCache()
 
-  @classmethod
-  def from_preset(cls, preset: str, load_weights: bool = True, preprocessor="auto",
-                  **overrides) -> BartSeq2SeqLM:
-    """Loads a checkpoint directory, hub handle or preset name.
-
-    preprocessor: "auto" (the checkpoint's), None (preprocessed integer inputs)
-    or one to use instead; overrides: dtype, sequence_length.
-    """
-    return tasks.load_preset(FAMILY, cls.task, preset, load_weights, preprocessor, **overrides)
-
-  @property
-  def tokenizer(self) -> ByteLevelBPETokenizer:
-    return None if self.preprocessor is None else self.preprocessor.tokenizer
-
   def compile(self, optimizer="auto", loss="auto", metrics="auto", jit_compile: bool = True, *,
               sampler="top_k") -> None:
     """Sets up training (see training.Trainable.compile) and generation's sampler
-    (a name, dict or generation.Sampler); jit_compile applies to both.
-
-    `compile("greedy")` / `compile(Sampler(...))`, a sampler as the first argument
-    (this class's earlier signature), still chooses the sampler.
-    """
-    if isinstance(optimizer, generation.Sampler) or isinstance(optimizer, dict) or (
+    (a name, dict or generation.Sampler); jit_compile applies to both."""
+    if isinstance(optimizer, (generation.Sampler, dict)) or (
         isinstance(optimizer, str) and optimizer in generation.SAMPLERS):
-      optimizer, sampler = "auto", optimizer
+      raise ValueError(f"compile's first argument is the optimizer; pass the sampler as "
+                       f"compile(sampler={optimizer!r})")
     training.Trainable.compile(self, optimizer, loss, metrics, jit_compile)
     self.sampler = generation.get_sampler(sampler)
     self.jit_compile = jit_compile
@@ -319,10 +299,8 @@ class BartSeq2SeqLM(layers.Module, training.Trainable):
   def prepare(self, x, y=None, sample_weight=None, mode: str = "fit"):
     """Training inputs of one batch (see tfhub_models.training).
 
-    Raw: {"encoder_text": string [B], "decoder_text": string [B]}; the labels are
-    `<s> target </s>` and the decoder input the same shifted right from
-    decoder_start_token_id, both padded to a bucket; the weights are the
-    labels' padding mask.  Preprocessed: {"encoder_token_ids",
+    Raw: {"encoder_text": string [B], "decoder_text": string [B]} (see
+    BartPreprocessor.text_pairs).  Preprocessed: {"encoder_token_ids",
     "encoder_padding_mask", "decoder_token_ids", "decoder_padding_mask"}, y int
     [B, T] (the next token at each decoder position), sample_weight [B, T]
     (default: decoder_padding_mask).
@@ -343,22 +321,9 @@ class BartSeq2SeqLM(layers.Module, training.Trainable):
       if y is not None or sample_weight is not None:
         raise training.TrainingError("raw text pairs carry their own targets: pass no y or "
                                      "sample_weight")
-      encoded = self.preprocessor(x["encoder_text"])
-      tokenizer = self.tokenizer
-      length = self.preprocessor.sequence_length
-      target = truncate(tokenizer.tokenize(x["decoder_text"]), length - 2)
-      labels, _ = pack([target], tokenizer.bos_token_id, tokenizer.eos_token_id)
-      start = self.backbone.config.generation.decoder_start_token_id
-      shifted = tf.concat([tf.fill([labels.nrows(), 1], start), labels], axis=1)[:, :-1]
-      padded_labels = pad_to_bucket(labels, tokenizer.pad_token_id,
-                                    self.preprocessor.bucket_lengths)
-      decoder = pad_to_bucket(shifted, tokenizer.pad_token_id, self.preprocessor.bucket_lengths)
-      inputs = {"encoder_token_ids": encoded["token_ids"],
-                "encoder_padding_mask": encoded["padding_mask"],
-                "decoder_token_ids": decoder["token_ids"],
-                "decoder_padding_mask": decoder["padding_mask"]}
-      return (inputs, padded_labels["token_ids"],
-              tf.cast(padded_labels["padding_mask"], tf.float32))
+      return self.preprocessor.text_pairs(
+          x["encoder_text"], x["decoder_text"],
+          self.backbone.config.generation.decoder_start_token_id)
     missing = [k for k in PREPROCESSED_INPUTS if k not in x]
     if missing:
       raise training.TrainingError(f"preprocessed seq2seq inputs need {', '.join(missing)} (got "
@@ -377,12 +342,6 @@ class BartSeq2SeqLM(layers.Module, training.Trainable):
               training.check_labels(labels, weights, vocabulary, "vocabulary")]
     with tf.control_dependencies(checks):
       return inputs, tf.identity(labels), tf.identity(weights)
-
-  def save_to_preset(self, preset_dir, overwrite: bool = False):
-    """Writes a Hugging Face checkpoint directory (config.json, model.safetensors,
-    the tokenizer's files) that transformers and `from_preset` load; atomic, and
-    a non-empty preset_dir is refused unless overwrite.  Returns its path."""
-    return tasks.save_preset(FAMILY, self, preset_dir, overwrite=overwrite)
 
   def __call__(self, inputs: dict, training: bool = False) -> tf.Tensor:
     """Teacher-forced logits float32 [B, T, V] of the preprocessed inputs."""
@@ -452,8 +411,7 @@ class BartSeq2SeqLM(layers.Module, training.Trainable):
       max_length: decoder ids, the start token included (default: the config's).
       stop_token_ids: "auto" (end of sequence), None (run to max_length) or ids.
       seed: None (the samplers that draw sample differently on each call) or an
-        int (every row drawn from that seed: reproducible); a pair of ints, as
-        earlier versions took, is one 64-bit seed.
+        int (every row drawn from that seed: reproducible).
 
     Returns:
       A string for a string, a list of strings for a list, else a string tensor
@@ -531,6 +489,7 @@ FAMILY = loader.Family(
     config=_config, tokenizer=files.tokenizer, task=files.task, build=build, assign=files.assign,
     save=files.hf_files,
     handles=PRESET_HANDLES, presets=PRESETS)
+BartSeq2SeqLM.family = FAMILY
 
 __all__ = ["BartConfig", "BartBackbone", "BartSeq2SeqLM", "DecoderLayer", "DecoderState",
            "PRESETS", "PRESET_HANDLES", "FAMILY", "build"]

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from tfhub_models import classification, layers, tasks, training
+from tfhub_models import classification, layers, tasks
 from tfhub_models.checkpoints import electra as files
 from tfhub_models.checkpoints import loader
 from tfhub_models.preprocessing import BertPreprocessor
@@ -173,8 +173,9 @@ class ElectraDiscriminatorHead(layers.Module):
                    tf.float32)
 
 
-class ElectraEncoder(layers.Module):
-  """The backbone with its preprocessor: text -> sequence and pooled outputs."""
+class ElectraEncoder(tasks.Task):
+  """`ElectraModel`: the backbone with its preprocessor, text -> sequence and
+  pooled outputs."""
 
   task = "embedding"
   presets = PRESETS
@@ -182,27 +183,10 @@ class ElectraEncoder(layers.Module):
 
   def __init__(self, backbone: ElectraBackbone, preprocessor: BertPreprocessor, *,
                name: str = "electra_encoder"):
-    super().__init__(name=name)
-    tasks.check_compatible(backbone, preprocessor)
-    self.backbone = backbone
-    self.preprocessor = preprocessor
-
-  @property
-  def tokenizer(self) -> WordPieceTokenizer:
-    return None if self.preprocessor is None else self.preprocessor.tokenizer
-
-  @classmethod
-  def from_preset(cls, preset: str, load_weights: bool = True, preprocessor="auto",
-                  **overrides) -> ElectraEncoder:
-    """Loads a checkpoint directory, hub handle or preset name.
-
-    preprocessor: "auto" (the checkpoint's), None (preprocessed integer inputs)
-    or one to use instead; overrides: dtype, sequence_length.
-    """
-    return tasks.load_preset(FAMILY, cls.task, preset, load_weights, preprocessor, **overrides)
+    super().__init__(backbone, preprocessor, name=name)
 
 
-class ElectraDiscriminator(layers.Module):
+class ElectraDiscriminator(tasks.Task):
   """Replaced-token detection (`ElectraForPreTraining`)."""
 
   task = "replaced_token_detection"
@@ -212,31 +196,8 @@ class ElectraDiscriminator(layers.Module):
   def __init__(self, backbone: ElectraBackbone, preprocessor: BertPreprocessor,
                head: ElectraDiscriminatorHead | None = None, *,
                name: str = "electra_discriminator"):
-    super().__init__(name=name)
-    tasks.check_compatible(backbone, preprocessor)
-    self.backbone = backbone
-    self.preprocessor = preprocessor
+    super().__init__(backbone, preprocessor, name=name)
     self.head = head or ElectraDiscriminatorHead(backbone.config, dtype=backbone.dtype.name)
-
-  @property
-  def tokenizer(self) -> WordPieceTokenizer:
-    return None if self.preprocessor is None else self.preprocessor.tokenizer
-
-  @classmethod
-  def from_preset(cls, preset: str, load_weights: bool = True, preprocessor="auto",
-                  **overrides) -> ElectraDiscriminator:
-    """Loads a checkpoint directory, hub handle or preset name.
-
-    preprocessor: "auto" (the checkpoint's), None (preprocessed integer inputs)
-    or one to use instead; overrides: dtype, sequence_length.
-    """
-    return tasks.load_preset(FAMILY, cls.task, preset, load_weights, preprocessor, **overrides)
-
-  def save_to_preset(self, preset_dir, overwrite: bool = False):
-    """Writes a Hugging Face checkpoint directory (config.json, model.safetensors,
-    the tokenizer's files) that transformers and `from_preset` load; atomic, and
-    a non-empty preset_dir is refused unless overwrite.  Returns its path."""
-    return tasks.save_preset(FAMILY, self, preset_dir, overwrite=overwrite)
 
   def __call__(self, inputs: dict, training: bool = False) -> tf.Tensor:
     """Replaced-token logits float32 [B, L] of {"token_ids", "segment_ids",
@@ -254,62 +215,15 @@ class ElectraDiscriminator(layers.Module):
             for b, n in enumerate(lengths)]
 
 
-class ElectraMaskedLM(layers.Module, training.Trainable):
+class ElectraMaskedLM(tasks.MaskedLM):
   """The generator (`ElectraForMaskedLM`) as a fill-mask task with `[MASK]`."""
 
-  task = "fill_mask"
-  presets = _presets_of(task)
+  presets = _presets_of("fill_mask")
   extra_signatures = ("embedding",)
 
   def __init__(self, backbone: ElectraBackbone, preprocessor: BertPreprocessor,
                head: layers.MaskedLMHead | None = None, *, name: str = "electra_masked_lm"):
-    super().__init__(name=name)
-    tasks.check_compatible(backbone, preprocessor)
-    self.backbone = backbone
-    self.preprocessor = preprocessor
-    # Dynamic masking for fit on raw strings (keras-hub's rates); replace to change them.
-    self.masker = tasks.masker_for(backbone, preprocessor)
-    self.head = head or layers.MaskedLMHead(
-        backbone.config.hidden_dim, backbone.token_embedding,
-        layer_norm_epsilon=backbone.config.layer_norm_epsilon, dtype=backbone.dtype.name,
-        name="generator_head")
-
-  @property
-  def tokenizer(self) -> WordPieceTokenizer:
-    return None if self.preprocessor is None else self.preprocessor.tokenizer
-
-  @classmethod
-  def from_preset(cls, preset: str, load_weights: bool = True, preprocessor="auto",
-                  **overrides) -> ElectraMaskedLM:
-    """Loads a checkpoint directory, hub handle or preset name.
-
-    preprocessor: "auto" (the checkpoint's), None (preprocessed integer inputs)
-    or one to use instead; overrides: dtype, sequence_length.
-    """
-    return tasks.load_preset(FAMILY, cls.task, preset, load_weights, preprocessor, **overrides)
-
-  def save_to_preset(self, preset_dir, overwrite: bool = False):
-    """Writes a Hugging Face checkpoint directory (config.json, model.safetensors,
-    the tokenizer's files) that transformers and `from_preset` load; atomic, and
-    a non-empty preset_dir is refused unless overwrite.  Returns its path."""
-    return tasks.save_preset(FAMILY, self, preset_dir, overwrite=overwrite)
-
-  def __call__(self, inputs: dict, training: bool = False) -> tf.Tensor:
-    """Logits float32 [B, M, V] at "mask_positions" int32 [B, M] (one segment)."""
-    outputs = self.backbone({"token_ids": inputs["token_ids"],
-                             "padding_mask": inputs["padding_mask"]}, training=training)
-    return self.head(outputs["sequence_output"], inputs["mask_positions"])
-
-  def prepare(self, x, y=None, sample_weight=None, mode: str = "fit"):
-    """Training inputs of one batch; see tasks.masked_lm_prepare."""
-    return tasks.masked_lm_prepare(self, x, y, sample_weight, mode)
-
-  def top_k(self, token_ids, padding_mask, top_k: int) -> dict:
-    return tasks.top_k_fillers(self, token_ids, padding_mask, top_k)
-
-  def fill_mask(self, texts: Sequence[str], top_k: int = 5) -> list:
-    """Fills every `[MASK]` of each text; see tasks.fill_mask."""
-    return tasks.fill_mask(self, texts, top_k)
+    super().__init__(backbone, preprocessor, head, name=name, head_name="generator_head")
 
 
 class ElectraTextClassifier(classification.TextClassifier):
@@ -369,7 +283,9 @@ FAMILY = loader.Family(
     tokenizer=files.tokenizer, task=files.task, build=build, assign=files.assign,
     save=files.hf_files,
     options=files.options, handles=PRESET_HANDLES, presets=PRESETS)
-ElectraTextClassifier.family = ElectraTokenClassifier.family = FAMILY
+for _task in (ElectraEncoder, ElectraDiscriminator, ElectraMaskedLM, ElectraTextClassifier,
+              ElectraTokenClassifier):
+  _task.family = FAMILY
 
 __all__ = ["ElectraConfig", "ElectraBackbone", "ElectraDiscriminatorHead", "ElectraEncoder",
            "ElectraTextClassifier", "ElectraTokenClassifier",

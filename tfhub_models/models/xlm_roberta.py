@@ -7,11 +7,10 @@ Einsum legend: B batch, L sequence length, M mask positions, D hidden, V vocab.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 
 import tensorflow as tf
 
-from tfhub_models import classification, layers, tasks, training
+from tfhub_models import classification, layers, tasks
 from tfhub_models.checkpoints import loader
 from tfhub_models.checkpoints import xlm_roberta as files
 from tfhub_models.preprocessing import XLMRobertaPreprocessor
@@ -134,104 +133,26 @@ class XLMRobertaBackbone(layers.Module):
     return {"sequence_output": x, "pooled_output": pooled}
 
 
-class XLMRobertaMaskedLM(layers.Module, training.Trainable):
-  """The fill-mask task: preprocessor, backbone and masked-LM head.
+class XLMRobertaMaskedLM(tasks.MaskedLM):
+  """`XLMRobertaForMaskedLM`: the most likely fillers of each `<mask>`."""
 
-  Answers the most likely fillers of each `<mask>`.
-  """
-
-  task = "fill_mask"
   presets = PRESETS
 
   def __init__(self, backbone: XLMRobertaBackbone, preprocessor: XLMRobertaPreprocessor,
                head: layers.MaskedLMHead | None = None, *, name: str = "xlm_roberta_masked_lm"):
-    super().__init__(name=name)
-    tasks.check_compatible(backbone, preprocessor)
-    self.backbone = backbone
-    self.preprocessor = preprocessor
-    # Dynamic masking for fit on raw strings (keras-hub's rates); replace to change them.
-    self.masker = tasks.masker_for(backbone, preprocessor)
-    self.head = head or layers.MaskedLMHead(
-        backbone.config.hidden_dim, backbone.token_embedding,
-        layer_norm_epsilon=backbone.config.layer_norm_epsilon, dtype=backbone.dtype.name,
-        name="masked_lm_head")
-
-  @property
-  def tokenizer(self) -> XLMRobertaTokenizer:
-    return None if self.preprocessor is None else self.preprocessor.tokenizer
-
-  @classmethod
-  def from_preset(cls, preset: str, load_weights: bool = True, preprocessor="auto",
-                  **overrides) -> XLMRobertaMaskedLM:
-    """Loads a checkpoint directory, hub handle or preset name.
-
-    preprocessor: "auto" (the checkpoint's), None (preprocessed integer inputs)
-    or one to use instead; overrides: dtype, sequence_length.
-    """
-    return tasks.load_preset(FAMILY, cls.task, preset, load_weights, preprocessor, **overrides)
-
-  def save_to_preset(self, preset_dir, overwrite: bool = False):
-    """Writes a Hugging Face checkpoint directory (config.json, model.safetensors,
-    the tokenizer's files) that transformers and `from_preset` load; atomic, and
-    a non-empty preset_dir is refused unless overwrite.  Returns its path."""
-    return tasks.save_preset(FAMILY, self, preset_dir, overwrite=overwrite)
-
-  def __call__(self, inputs: dict, training: bool = False) -> tf.Tensor:
-    """Logits at the mask positions.
-
-    Args:
-      inputs: {"token_ids", "padding_mask": int32 [B, L], "mask_positions": int32 [B, M]}.
-
-    Returns:
-      float32 [B, M, V].
-    """
-    outputs = self.backbone(inputs, training=training)
-    return self.head(outputs["sequence_output"], inputs["mask_positions"])
-
-  def prepare(self, x, y=None, sample_weight=None, mode: str = "fit"):
-    """Training inputs of one batch; see tasks.masked_lm_prepare."""
-    return tasks.masked_lm_prepare(self, x, y, sample_weight, mode)
-
-  def top_k(self, token_ids, padding_mask, top_k: int) -> dict:
-    """Top-k fillers of every mask; see tasks.top_k_fillers."""
-    return tasks.top_k_fillers(self, token_ids, padding_mask, top_k)
-
-  def fill_mask(self, texts: Sequence[str], top_k: int = 5) -> list:
-    """Fills every `<mask>` of each text; see tasks.fill_mask."""
-    return tasks.fill_mask(self, texts, top_k)
+    super().__init__(backbone, preprocessor, head, name=name, head_name="masked_lm_head")
 
 
-class XLMRobertaEncoder(layers.Module):
-  """The backbone with its preprocessor (no head): for embedding and TF Hub exports."""
+class XLMRobertaEncoder(tasks.Task):
+  """`XLMRobertaModel`: the backbone with its preprocessor (no head), for
+  embedding and TF Hub exports."""
 
   task = "embedding"
   presets = PRESETS
 
   def __init__(self, backbone: XLMRobertaBackbone, preprocessor: XLMRobertaPreprocessor, *,
                name: str = "xlm_roberta_encoder"):
-    super().__init__(name=name)
-    tasks.check_compatible(backbone, preprocessor)
-    self.backbone = backbone
-    self.preprocessor = preprocessor
-
-  @property
-  def tokenizer(self) -> XLMRobertaTokenizer:
-    return None if self.preprocessor is None else self.preprocessor.tokenizer
-
-  @classmethod
-  def from_preset(cls, preset: str, load_weights: bool = True, preprocessor="auto",
-                  **overrides) -> XLMRobertaEncoder:
-    """Loads a checkpoint directory, hub handle or preset name.
-
-    preprocessor: "auto" (the checkpoint's), None (preprocessed integer inputs)
-    or one to use instead; overrides: dtype, sequence_length.
-    """
-    return tasks.load_preset(FAMILY, cls.task, preset, load_weights, preprocessor, **overrides)
-
-  def save_to_preset(self, preset_dir, overwrite: bool = False):
-    """Writes an XLMRobertaModel checkpoint directory (its pooler included);
-    see XLMRobertaMaskedLM.save_to_preset."""
-    return tasks.save_preset(FAMILY, self, preset_dir, overwrite=overwrite)
+    super().__init__(backbone, preprocessor, name=name)
 
 
 class XLMRobertaTextClassifier(classification.TextClassifier):
@@ -290,7 +211,9 @@ FAMILY = loader.Family(
     tokenizer=files.tokenizer, task=files.task, build=build, assign=files.assign,
     save=files.hf_files, options=files.options,
     handles=PRESET_HANDLES, presets=PRESETS)
-XLMRobertaTextClassifier.family = XLMRobertaTokenClassifier.family = FAMILY
+for _task in (XLMRobertaMaskedLM, XLMRobertaEncoder, XLMRobertaTextClassifier,
+              XLMRobertaTokenClassifier):
+  _task.family = FAMILY
 
 __all__ = ["XLMRobertaConfig", "XLMRobertaBackbone", "XLMRobertaMaskedLM", "XLMRobertaEncoder",
            "XLMRobertaTextClassifier", "XLMRobertaTokenClassifier",

@@ -228,6 +228,9 @@ def test_versions_are_numbered_and_never_overwritten(task, tmp_path):
   with pytest.raises(FileExistsError, match="never overwritten"):
     export.export(task, tmp_path, "m", version=2, options=options)
   assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1", "2"]
+  # No options: ExportOptions()'s defaults (XLA, warmup for batches 1, 2, 4, 8).
+  third = export.export(task, tmp_path, "m")
+  assert third.name == "3" and (third / "assets.extra" / "tf_serving_warmup_requests").exists()
 
 
 def test_failed_export_leaves_nothing_behind(task, tmp_path, monkeypatch):

@@ -1,5 +1,7 @@
-"""SavedModel export: the serving signatures of a task (`signatures`), their
-warmup requests (`warmup`) and the versioned, atomic write (`versioned`).
+"""SavedModel export: the serving signatures of a task (`signatures`, composing
+the parts of `parts`, `encoders` and `generate`), their warmup requests
+(`warmup`) and the versioned, atomic write (`versioned`).  Signature, input and
+output names are serving/contract.py's.
 
   export(task, BASE, NAME)   -> BASE/NAME/VERSION with every signature of the
                                 task and assets.extra/tf_serving_warmup_requests;
@@ -23,7 +25,8 @@ def export(task, base: str | os.PathLike, name: str, version: int | None = None,
            options: ExportOptions | None = None) -> pathlib.Path:
   """Writes the serving SavedModel of `task` to BASE/NAME/VERSION atomically
   (options: ExportOptions(), its defaults, when None)."""
-  module = ServingModule(task, options or ExportOptions())
+  options = options or ExportOptions()
+  module = ServingModule(task, options)
 
   def write(staging: pathlib.Path):
     tf.saved_model.save(module, str(staging), signatures=module.signatures(),

@@ -1,36 +1,10 @@
-"""compile / fit / evaluate / predict for every task, without Keras.
-
-A task trains through `Trainable`, mixed into its class.  The task supplies:
-
-  prepare(x, y, sample_weight, mode) -> (inputs, labels, weights)
-      One batch of what the user passed (raw strings, a dict of strings, or
-      preprocessed integer arrays) as model inputs, labels [B, ...] and
-      weights [B, ...] (float32; 0 = not counted).  Graph mode, not XLA:
-      tokenizing and dynamic masking happen here.  mode is "fit", "evaluate"
-      or "predict" (labels and weights may then be None).
-  __call__(inputs, training) -> logits float32 [B, ..., C].
-  default_learning_rate: what compile(optimizer="auto") uses (upstream's).
-
-and this module does the rest, in one direction:
-
-  user data -> batches (fixed order per epoch and seed) -> tf.data map(prepare)
-            -> step (tf.GradientTape; XLA when jit_compile): forward(training=True),
-               loss = sum(weight · cross-entropy) / sum(weight), gradients of
-               task.trainable_variables, optimizer.apply
-            -> history; checkpoints of model, optimizer and data position
-
-An epoch's `loss` is the mean of its steps' losses, each computed before that
-step's update; `accuracy` is the weighted share of argmax hits over the epoch.
-Under a `tf.distribute` strategy scope the global batch is split across
-replicas, each replica's loss is divided by the global weight sum, and the
-optimizer sums the replicas' gradients, so the update equals one device's.
-"""
+"""compile / fit / evaluate / predict: the `Trainable` mixin (see the package's
+docstring for what a task supplies)."""
 
 from __future__ import annotations
 
 import copy
 import itertools
-import json
 import math
 import os
 import sys
@@ -41,32 +15,14 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from tfhub_models import atomic, optimizers
+from tfhub_models import optimizers
+from tfhub_models.training.data import (Batches, guarded,
+                                        validation_batches, stack_padded)
+from tfhub_models.training.errors import LOSSES, TrainingError, sparse_cross_entropy
+from tfhub_models.training.presets import no_tokenizer_message, preset_tokenizer
+from tfhub_models.training.resume import read_partial, read_side_file, save_checkpoint
 
-DEFAULT_BATCH_SIZE = 32
 MODES = ("fit", "evaluate", "predict")
-
-
-class TrainingError(ValueError):
-  """Bad training input, or a run that cannot go on (a NaN loss)."""
-
-
-def sparse_cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-  """Per-position cross-entropy from logits: labels int [B, ...], logits [B, ..., C]."""
-  return tf.nn.sparse_softmax_cross_entropy_with_logits(
-      labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32))
-
-
-LOSSES = {"auto": sparse_cross_entropy, "sparse_categorical_crossentropy": sparse_cross_entropy}
-
-
-def check_labels(labels: tf.Tensor, weights: tf.Tensor, limit: int, what: str):
-  """An assertion op: every counted label lies in [0, limit)."""
-  counted = tf.cast(weights, tf.float32) > 0
-  bad = counted & ((labels < 0) | (labels >= limit))
-  return tf.debugging.assert_equal(
-      tf.reduce_any(bad), False,
-      message=f"labels outside the {what} (0..{limit - 1}) at weighted positions")
 
 
 class _Compiled:
@@ -79,167 +35,6 @@ class _Compiled:
     self.metrics = metrics
     self.jit_compile = jit_compile
     self.functions = {}
-
-
-# ---------------------------------------------------------------------------
-# User data -> batches.
-
-def _is_string_list(x) -> bool:
-  return isinstance(x, (list, tuple)) and (not x or isinstance(x[0], (str, bytes)))
-
-
-def _as_array(x, name: str) -> np.ndarray:
-  if isinstance(x, tf.Tensor):
-    x = x.numpy()
-  array = np.asarray(x, dtype=object if _is_string_list(x) else None)
-  if array.ndim == 0:
-    raise TrainingError(f"{name} must have a batch dimension, got a scalar")
-  if array.dtype == object or array.dtype.kind in "SU":
-    array = np.array([s if isinstance(s, bytes) else str(s).encode("utf-8") for s in array.ravel()],
-                     dtype=object).reshape(array.shape)
-  return array
-
-
-def _structure(x, name: str):
-  """Arrays of the user's x: an array, a tuple of arrays (pairs), or a dict of arrays."""
-  if isinstance(x, dict):
-    if not x:
-      raise TrainingError(f"{name} is an empty dict")
-    return {k: _as_array(v, f"{name}[{k!r}]") for k, v in x.items()}
-  if isinstance(x, tuple) and len(x) == 2 and not _is_string_list(x):
-    return tuple(_as_array(v, f"{name}[{i}]") for i, v in enumerate(x))
-  return _as_array(x, name)
-
-
-def _check_rows(data: dict) -> int:
-  """The common row count of every array in data (name -> structure); errors name the problem."""
-  counts = {}
-  for name, structure in data.items():
-    for i, array in enumerate(tf.nest.flatten(structure)):
-      counts[name if len(tf.nest.flatten(structure)) == 1 else f"{name} part {i}"] = len(array)
-      if array.dtype == object:
-        empty = [j for j, s in enumerate(array.ravel()) if not s.strip()]
-        if empty:
-          raise TrainingError(f"{name} has empty strings (rows {empty[:5]})")
-  if len(set(counts.values())) > 1:
-    raise TrainingError("x, y and sample_weight must have the same number of rows, got "
-                        + ", ".join(f"{k}: {v}" for k, v in counts.items()))
-  rows = next(iter(counts.values()))
-  if rows == 0:
-    raise TrainingError("the data set is empty")
-  return rows
-
-
-class Batches:
-  """The batches of one call: user data in a fixed order per epoch, as
-  (x, y, sample_weight) with None where absent."""
-
-  def __init__(self, x, y=None, sample_weight=None, *, batch_size=None):
-    self.dataset = x if isinstance(x, tf.data.Dataset) else None
-    if self.dataset is not None:
-      if y is not None or sample_weight is not None:
-        raise TrainingError("with a tf.data.Dataset, y and sample_weight come from the dataset "
-                            "(elements x, (x, y) or (x, y, sample_weight))")
-      if batch_size is not None:
-        raise TrainingError("a tf.data.Dataset is batched already; do not pass batch_size")
-      cardinality = int(self.dataset.cardinality())
-      if cardinality == int(tf.data.INFINITE_CARDINALITY):
-        raise TrainingError("the dataset repeats forever, so an epoch never ends: take a finite "
-                            "number of batches (dataset.take(n)) per epoch")
-      if cardinality == 0:
-        raise TrainingError("the dataset is empty")
-      self.steps = cardinality if cardinality > 0 else None
-      return
-    if x is None:
-      raise TrainingError("x is required")
-    self.batch_size = int(batch_size or DEFAULT_BATCH_SIZE)
-    if self.batch_size < 1:
-      raise TrainingError(f"batch_size must be >= 1, got {batch_size}")
-    self.data = {"x": _structure(x, "x")}
-    if y is not None:
-      self.data["y"] = _structure(y, "y")
-    if sample_weight is not None:
-      self.data["sample_weight"] = _structure(sample_weight, "sample_weight")
-    self.rows = _check_rows(self.data)
-    self.steps = math.ceil(self.rows / self.batch_size)
-
-  def epoch(self, order_seed: int | None, epoch: int, skip: int = 0) -> tf.data.Dataset:
-    """One epoch's batches from batch `skip` on (see `stream`)."""
-    return self.stream(order_seed, epoch, epoch + 1, skip)
-
-  def stream(self, order_seed: int | None, first_epoch: int, epochs: int,
-             skip: int = 0) -> tf.data.Dataset:
-    """The batches of epochs first_epoch .. epochs - 1 in one dataset, the first
-    from batch `skip` on, as dicts {"x"[, "y"][, "sample_weight"]}.
-
-    Each epoch's order is shuffled by (order_seed, epoch) unless order_seed is
-    None.  One dataset for the whole run: a tf.data iterator costs about a
-    second to start when preprocessing holds a tokenizer's graph, so fit
-    starts one and counts `steps` batches off it per epoch.  A Dataset of
-    unknown length gives one epoch only (first_epoch + 1 == epochs).
-    """
-    if self.dataset is not None:
-      if self.steps is None and epochs - first_epoch != 1:
-        raise ValueError("a dataset of unknown length streams one epoch at a time")
-      stream = self.dataset.skip(skip)
-      if epochs - first_epoch > 1:
-        stream = stream.concatenate(self.dataset.repeat(epochs - first_epoch - 1))
-      return stream.map(_element_dict)
-    rows, batch_size = self.rows, self.batch_size
-    data = tf.nest.map_structure(tf.constant, self.data)
-
-    def epoch_rows(epoch):
-      order = tf.range(rows, dtype=tf.int64)
-      if order_seed is not None:
-        order = tf.random.experimental.stateless_shuffle(
-            order, seed=tf.stack([tf.constant(order_seed, tf.int64), epoch]))
-      first = tf.where(tf.equal(epoch, first_epoch), tf.constant(skip, tf.int64), 0)
-      return tf.data.Dataset.from_tensor_slices(order).batch(batch_size).skip(first)
-
-    batches = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch_rows)
-    return batches.map(lambda rows: tf.nest.map_structure(lambda a: tf.gather(a, rows), data))
-
-
-def _element_dict(*element) -> dict:
-  """A dataset element x, (x, y) or (x, y, sample_weight) as a batch dict (a pair of
-  texts as x is nested: ((texts, pairs), y))."""
-  if len(element) > 3:
-    raise TrainingError(f"dataset elements are x, (x, y) or (x, y, sample_weight), not "
-                        f"{len(element)} parts")
-  return dict(zip(("x", "y", "sample_weight"), element))
-
-
-# ---------------------------------------------------------------------------
-# The mixin.
-
-class _Unsaved:
-  """Holds a value out of sight of tf.Module's walks, checkpoints and SavedModels."""
-
-  def __init__(self, value):
-    self.value = value
-
-
-def keep_checkpoint_tokenizer(task, tokenizer) -> None:
-  """Remembers the tokenizer of the checkpoint a task was loaded from, for
-  save_to_preset, when the task is built without a preprocessor."""
-  task.__dict__["_checkpoint_tokenizer"] = _Unsaved(tokenizer)
-
-
-def preset_tokenizer(task):
-  """The tokenizer whose files save_to_preset writes: the preprocessor's, else
-  that of the checkpoint a task built with preprocessor=None was loaded from;
-  None for a task built from a bare config."""
-  if getattr(task, "preprocessor", None) is not None:
-    return task.preprocessor.tokenizer
-  held = task.__dict__.get("_checkpoint_tokenizer")
-  return held.value if held is not None else None
-
-
-def no_tokenizer_message(task, consequence: str = "save_to_preset refuses") -> str:
-  return (f"{type(task).__name__} has no tokenizer (built from a bare config, without a "
-          f"preprocessor or a checkpoint), so {consequence}: a preset carries its tokenizer's "
-          "files. Build it with from_preset(CHECKPOINT, preprocessor=None), or with a "
-          "preprocessor")
 
 
 
@@ -447,7 +242,7 @@ class Trainable:
       return
     whole = copy.copy(batches)
     whole.batch_size = max(batches.batch_size, 1024)
-    for _ in _guarded(self._prepared(whole.epoch(None, 0), "evaluate")):
+    for _ in guarded(self._prepared(whole.epoch(None, 0), "evaluate")):
       pass
 
   def _epochs(self, batches: Batches, mode: str, order_seed, first_epoch: int, epochs: int,
@@ -458,7 +253,7 @@ class Trainable:
     if batches.steps is None:            # a Dataset of unknown length: one pipeline an epoch
       def each_epoch():
         for epoch in range(first_epoch, epochs):
-          yield epoch, _guarded(self._prepared(
+          yield epoch, guarded(self._prepared(
               batches.epoch(None, epoch, skip if epoch == first_epoch else 0), mode))
       return each_epoch()
     # Built here, not when first iterated: bad input is named before the first step.
@@ -466,7 +261,7 @@ class Trainable:
       prepared = self._prepared(batches.epoch(order_seed, 0).repeat(), mode)
     else:
       prepared = self._prepared(batches.stream(order_seed, first_epoch, epochs, skip), mode)
-    stream = _guarded(prepared)
+    stream = guarded(prepared)
 
     def counted():
       for epoch in range(first_epoch, epochs):
@@ -510,7 +305,7 @@ class Trainable:
     compiled = self._training_state()
     x, y = self.training_examples(x, y)
     batches = Batches(x, y, sample_weight, batch_size=batch_size)
-    validation = (_validation_batches(validation_data, batch_size, self.training_examples)
+    validation = (validation_batches(validation_data, batch_size, self.training_examples)
                   if validation_data is not None else None)
     for data in (batches, validation):
       self._check_data(data)
@@ -535,7 +330,7 @@ class Trainable:
       manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=keep_checkpoints)
       if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        resumed = _read_side_file(checkpoint_dir, manager.latest_checkpoint)
+        resumed = read_side_file(checkpoint_dir, manager.latest_checkpoint)
         history = resumed["history"] if resumed else history
         saved_seed = int(position[2])
         order_seed = None if saved_seed < 0 else saved_seed
@@ -547,7 +342,7 @@ class Trainable:
                                        start_skip):
       skip = start_skip if epoch == start_epoch else 0
       bar = _progress(mode, batches.steps, skip, f"epoch {epoch + 1}/{epochs}")
-      losses, weight_total, hits_total = _read_partial(resumed, epoch, skip)
+      losses, weight_total, hits_total = read_partial(resumed, epoch, skip)
       step = skip
       started, tokens_seen = time.perf_counter(), 0.0
       for inputs, labels, weights in dataset:
@@ -572,7 +367,8 @@ class Trainable:
           bar.update(1)
         if manager is not None and step % checkpoint_every == 0:
           position.assign([epoch, step, position[2]])
-          _save(manager, checkpoint_dir, history, epoch, (losses, weight_total, hits_total))
+          save_checkpoint(manager, checkpoint_dir, history, epoch,
+                          (losses, weight_total, hits_total))
       if not losses:
         raise TrainingError("the data set is empty")
       history["loss"].append(float(np.mean(losses)))
@@ -587,7 +383,7 @@ class Trainable:
         bar.close()
       if manager is not None:
         position.assign([epoch + 1, 0, position[2]])
-        _save(manager, checkpoint_dir, history, epoch + 1, ([], 0.0, 0.0))
+        save_checkpoint(manager, checkpoint_dir, history, epoch + 1, ([], 0.0, 0.0))
       if mode == 2:
         print(f"epoch {epoch + 1}/{epochs}: " + ", ".join(
             f"{k} {v[-1]:.4f}" for k, v in history.items() if v), file=sys.stderr)
@@ -621,64 +417,17 @@ class Trainable:
     dropout off."""
     x, y = self.training_examples(x, y)
     batches = Batches(x, y, sample_weight, batch_size=batch_size)
-    return self._evaluate_batches(_guarded(self._prepared(batches.epoch(None, 0), "evaluate")))
+    return self._evaluate_batches(guarded(self._prepared(batches.epoch(None, 0), "evaluate")))
 
   def predict(self, x, batch_size=None) -> np.ndarray:
     """Logits of every batch, concatenated (padded with 0 to the longest along axis 1)."""
     batches = Batches(self.training_examples(x, None)[0], batch_size=batch_size)
     predict = self._predict_function()
     parts = [predict(inputs).numpy()
-             for inputs in _guarded(self._prepared(batches.epoch(None, 0), "predict"))]
+             for inputs in guarded(self._prepared(batches.epoch(None, 0), "predict"))]
     if not parts:
       raise TrainingError("the data set is empty")
-    if parts[0].ndim >= 3:
-      longest = max(p.shape[1] for p in parts)
-      parts = [np.pad(p, [(0, 0), (0, longest - p.shape[1])] + [(0, 0)] * (p.ndim - 2))
-               for p in parts]
-    return np.concatenate(parts, axis=0)
-
-
-def stack_padded(parts: list) -> np.ndarray:
-  """Batches' arrays [b, ...] stacked; axis 1 padded with 0 to the longest (bucketed
-  token lengths differ from batch to batch)."""
-  if parts[0].ndim >= 2 and len({p.shape[1:] for p in parts}) > 1:
-    longest = max(p.shape[1] for p in parts)
-    parts = [np.pad(p, [(0, 0), (0, longest - p.shape[1])] + [(0, 0)] * (p.ndim - 2))
-             for p in parts]
-  return np.concatenate(parts, axis=0)
-
-
-def _validation_batches(data, batch_size, examples) -> Batches:
-  """Batches of validation_data: x, (x, y) or (x, y, sample_weight), or a Dataset;
-  `examples` (the task's training_examples) turns the user's x, y into arrays."""
-  if isinstance(data, tf.data.Dataset):
-    return Batches(data)
-  if isinstance(data, tuple) and len(data) == 1:
-    data = data[0]                       # (x,): x alone
-  if isinstance(data, tuple) and len(data) in (2, 3) and not _is_string_list(data):
-    # (x, y) or (x, y, w); a pair of text lists (texts, pairs) is x itself only
-    # when its parts are strings and there is no third part.
-    if not (len(data) == 2 and _looks_like_texts(data[0]) and _looks_like_texts(data[1])):
-      x, y = examples(data[0], data[1])
-      return Batches(x, y, *data[2:], batch_size=batch_size)
-  return Batches(examples(data, None)[0], batch_size=batch_size)
-
-
-def _looks_like_texts(x) -> bool:
-  return _is_string_list(x) or (isinstance(x, np.ndarray) and x.dtype.kind in "OSU")
-
-
-def _guarded(dataset):
-  """Iterates a prepared dataset; an assertion from preprocessing is a TrainingError."""
-  iterator = iter(dataset)
-  while True:
-    try:
-      element = next(iterator)
-    except StopIteration:
-      return
-    except tf.errors.InvalidArgumentError as e:
-      raise TrainingError(e.message.split("\n")[0].strip()) from None
-    yield element
+    return stack_padded(parts)
 
 
 def _verbosity(verbose) -> int:
@@ -694,57 +443,3 @@ def _progress(mode: int, steps, done: int, description: str):
     return None
   from tqdm.auto import tqdm
   return tqdm(total=steps, initial=done, desc=description, unit="step", leave=True)
-
-
-# ---------------------------------------------------------------------------
-# Checkpoint side files: the history so far and the current epoch's step losses.
-
-def _side_file(directory: str, number: int) -> str:
-  return os.path.join(directory, f"history-{number}.json")
-
-
-def _save(manager, directory: str, history: dict, epoch: int, partial: tuple) -> None:
-  """The side file of the next checkpoint (history, and the current epoch's step
-  losses, weight and hit sums so far, so that a resumed epoch reports the whole
-  epoch), then the checkpoint.  Each checkpoint has its own side file, written
-  first: a crash between the two leaves the previous pair intact."""
-  number = int(manager.checkpoint.save_counter) + 1
-  losses, weights, hits = partial
-  try:
-    atomic.write_json(_side_file(directory, number),
-                      {"history": history, "epoch": epoch, "losses": losses, "weights": weights,
-                       "hits": hits})
-    manager.save(checkpoint_number=number)
-  except (OSError, tf.errors.OpError) as e:   # a full disk, a directory gone: say so, keep going?
-    last = manager.latest_checkpoint
-    raise TrainingError(f"could not write checkpoint {number} to {directory} "
-                        f"({getattr(e, 'message', None) or e}); "
-                        + (f"{last} is the last good checkpoint" if last else
-                           "no checkpoint was written before")) from None
-  kept = {_side_file(directory, int(path.rsplit("-", 1)[1])) for path in manager.checkpoints}
-  for name in os.listdir(directory):
-    path = os.path.join(directory, name)
-    if name.startswith("history-") and name.endswith(".json") and path not in kept:
-      os.remove(path)
-
-
-def _read_side_file(directory: str | None, checkpoint_path: str | None) -> dict | None:
-  """The side file of checkpoint `checkpoint_path` (".../ckpt-N")."""
-  if directory is None or checkpoint_path is None:
-    return None
-  path = _side_file(directory, int(checkpoint_path.rsplit("-", 1)[1]))
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
-def _read_partial(saved: dict | None, epoch: int, skip: int) -> tuple:
-  """(step losses, weight sum, hit sum) of a resumed epoch's first `skip` steps."""
-  if not skip or saved is None or saved.get("epoch") != epoch or len(saved["losses"]) != skip:
-    return [], 0.0, 0.0
-  return list(saved["losses"]), float(saved["weights"]), float(saved["hits"])
-
-
-__all__ = ["Trainable", "TrainingError", "Batches", "check_labels", "sparse_cross_entropy",
-           "DEFAULT_BATCH_SIZE", "MODES"]

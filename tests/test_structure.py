@@ -1,5 +1,7 @@
 """The shape of the tree: no import cycle (lazy imports included), no sys.path
-edits in scripts, no environment writes when a library module is imported."""
+edits in scripts, no environment writes when a library module is imported, no
+source file past 600 lines, no `# noqa` in the packages (the linter's
+configuration holds the exceptions)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ import pathlib
 
 from conftest import ROOT
 
-PACKAGES = ("tfhub_models", "serving")
+PACKAGES = ("tfhub_models", "serving", "benchmarks")
+MAX_LINES = 600
 
 
 def module_name(path: pathlib.Path) -> str:
@@ -105,3 +108,20 @@ def test_library_modules_change_no_process_state_on_import():
         continue
       text = ast.unparse(statement)
       assert "os.environ" not in text and "putenv" not in text, f"{name}: {text[:80]}"
+
+
+def test_no_source_file_does_several_files_work():
+  """A file past MAX_LINES is doing several jobs: split it into a package."""
+  long = {str(path.relative_to(ROOT)): lines
+          for folder in (*PACKAGES, "scripts") for path in (ROOT / folder).rglob("*.py")
+          if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+  assert not long, f"over {MAX_LINES} lines: {long}"
+
+
+def test_no_noqa_in_the_packages():
+  marked = [f"{path.relative_to(ROOT)}:{number}"
+            for package in ("tfhub_models", "serving")
+            for path in (ROOT / package).rglob("*.py")
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+            if "# noqa" in line]
+  assert not marked, f"# noqa markers (use [tool.ruff.lint.per-file-ignores]): {marked}"

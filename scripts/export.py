@@ -139,7 +139,7 @@ def build_task(args):
   if not args.random_weights:
     return (models.load(args.preset, task, dtype=args.dtype,
                         sequence_length=args.sequence_length), args.name or args.preset)
-  family = models.family_of(args.preset).FAMILY
+  family = models.family_of(args.preset)
   if task is not None and task not in family.tasks:
     raise CheckpointError(f"{family.name} has no {task} task")
   if args.vocabulary and not os.path.isfile(args.vocabulary):

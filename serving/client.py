@@ -371,27 +371,30 @@ def format_fill_mask(texts: Sequence[str], answers: list) -> str:
   return "\n".join(lines)
 
 
+def _per_text(heads: Sequence[str], answers: list, rows) -> str:
+  """Each text's head line, then the lines `rows(its answer)` gives, indented."""
+  lines = []
+  for head, answer in zip(heads, answers):
+    lines += [head, *(f"  {row}" for row in rows(answer))]
+  return "\n".join(lines)
+
+
 def format_replaced(texts: Sequence[str], answers: list[list[TokenScore]]) -> str:
   """A readable table of a replaced-token detection answer."""
-  lines = []
-  for text, tokens in zip(texts, answers):
-    lines.append(text)
+  def rows(tokens):
     width = max((len(t.token) for t in tokens), default=5)
-    for t in tokens:
-      flag = "  replaced?" if t.replaced_probability > 0.5 else ""
-      lines.append(f"  {t.token:<{width}}  {t.replaced_probability:.4f}{flag}")
-  return "\n".join(lines)
+    return [f"{t.token:<{width}}  {t.replaced_probability:.4f}"
+            + ("  replaced?" if t.replaced_probability > 0.5 else "") for t in tokens]
+  return _per_text(texts, answers, rows)
 
 
 def format_classifications(texts: Sequence[str], answers: list[list[Label]]) -> str:
   """A readable table of `classify` answers: each text, then its labels and scores."""
-  lines = []
-  for text, labels in zip(texts, answers):
-    lines.append(text)
+  def rows(labels):
     width = max((len(a.label) for a in labels), default=5)
-    for rank, a in enumerate(labels, 1):
-      lines.append(f"  {rank:>2}. {a.label:<{width}}  {a.score:.4f}")
-  return "\n".join(lines)
+    return [f"{rank:>2}. {a.label:<{width}}  {a.score:.4f}"
+            for rank, a in enumerate(labels, 1)]
+  return _per_text(texts, answers, rows)
 
 
 def highlight(text: str, entities: Sequence[Entity]) -> str:
@@ -408,16 +411,11 @@ def highlight(text: str, entities: Sequence[Entity]) -> str:
 def format_entities(texts: Sequence[str], answers: list[list[Entity]]) -> str:
   """A readable table of `tag` answers: each text with its entities highlighted,
   then one line per entity."""
-  lines = []
-  for text, entities in zip(texts, answers):
-    lines.append(highlight(text, entities))
-    if not entities:
-      lines.append("  (no entities)")
+  def rows(entities):
     width = max((len(e.entity_group) for e in entities), default=5)
-    for e in entities:
-      lines.append(f"  {e.entity_group:<{width}}  {e.score:.4f}  {e.start:>4}-{e.end:<4}  "
-                   f"{e.word!r}")
-  return "\n".join(lines)
+    return [f"{e.entity_group:<{width}}  {e.score:.4f}  {e.start:>4}-{e.end:<4}  {e.word!r}"
+            for e in entities] or ["(no entities)"]
+  return _per_text([highlight(t, e) for t, e in zip(texts, answers)], answers, rows)
 
 
 def format_token_labels(texts: Sequence[str], out: dict) -> str:
@@ -437,13 +435,10 @@ def format_token_labels(texts: Sequence[str], out: dict) -> str:
 
 
 def format_generations(texts: Sequence[str], answers: list[list[Generation]]) -> str:
-  lines = []
-  for text, generations in zip(texts, answers):
-    lines.append(text)
-    for rank, g in enumerate(generations, 1):
-      prefix = f"  {rank}." if len(generations) > 1 else "  →"
-      lines.append(f"{prefix} {g.text}  (score {g.score:.4f})")
-  return "\n".join(lines)
+  def rows(generations):
+    return [f"{f'{rank}.' if len(generations) > 1 else '→'} {g.text}  (score {g.score:.4f})"
+            for rank, g in enumerate(generations, 1)]
+  return _per_text(texts, answers, rows)
 
 
 def format_embeddings(texts: Sequence[str], answers: list[Embedding]) -> str:

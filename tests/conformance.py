@@ -173,7 +173,7 @@ NOT_NUMERIC_MODULES = {
     "TokenClassification", "Embedding", "Generate", "Tokenize", "Detokenize",
     "HubEncoder", "HubPreprocessor",
     # Training state, checked step by step against torch (tests/test_optimizers.py).
-    "Adam", "AdamW", "LinearWarmupDecay", "CosineWarmupDecay",
+    "Adam", "AdamW", "WarmupDecay", "LinearWarmupDecay", "CosineWarmupDecay",
     # Bases without computation of their own.
-    "Module", "TextClassifier", "TokenClassifier",
+    "Module", "Task", "Backbone", "MaskedLM", "TextClassifier", "TokenClassifier",
 }

@@ -86,19 +86,30 @@ LOSSES = {"single_label_classification": training.sparse_cross_entropy,
           "regression": _regression_loss}
 
 
+def _preprocessed(x: dict) -> dict:
+  """Preprocessed classifier inputs {"token_ids", "padding_mask"[, "segment_ids"]} as int32."""
+  missing = [k for k in ("token_ids", "padding_mask") if k not in x]
+  if missing:
+    raise training.TrainingError(f"preprocessed inputs need {', '.join(missing)}")
+  return {k: tf.cast(v, tf.int32) for k, v in x.items()}
+
+
 class TextClassifier(tasks.Task, training.Trainable):
   """Text (or a text pair) in, one score per class out."""
 
   task = "text_classification"
+  head_activation = "tanh"          # the dense layer's before out_proj (family classes set it)
+  module_name = "text_classifier"
 
   def __init__(self, backbone, preprocessor, num_classes: int, *, labels=None,
-               problem_type: str = "single_label_classification", activation: str = "tanh",
-               head: ClassificationHead | None = None, name: str = "text_classifier"):
+               problem_type: str = "single_label_classification", activation: str | None = None,
+               head: ClassificationHead | None = None, name: str | None = None):
     if int(num_classes) < 1:
       raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if problem_type not in PROBLEM_TYPES:
       raise ValueError(f"unknown problem_type {problem_type!r} ({', '.join(PROBLEM_TYPES)})")
-    super().__init__(backbone, preprocessor, name=name)
+    super().__init__(backbone, preprocessor, name=name or self.module_name)
+    activation = activation or self.head_activation
     self.num_classes = int(num_classes)
     self.labels = label_names(labels, self.num_classes)
     self.problem_type = problem_type
@@ -142,6 +153,13 @@ class TextClassifier(tasks.Task, training.Trainable):
       return x, labelled.encode_labels(examples, self.labels, self.problem_type)
     except ValueError as e:
       raise training.TrainingError(str(e)) from None
+
+  @classmethod
+  def build(cls, backbone, preprocessor, *, num_classes: int = 2, labels=None,
+            problem_type: str = "single_label_classification", **options):
+    """A classifier with a new head of `num_classes` (see __init__)."""
+    del options
+    return cls(backbone, preprocessor, num_classes, labels=labels, problem_type=problem_type)
 
   @classmethod
   def from_preset(cls, preset: str, load_weights: bool = True, preprocessor="auto", *,
@@ -191,10 +209,7 @@ class TextClassifier(tasks.Task, training.Trainable):
     sample_weight [B] (default 1).
     """
     if isinstance(x, dict):
-      missing = [k for k in ("token_ids", "padding_mask") if k not in x]
-      if missing:
-        raise training.TrainingError(f"preprocessed inputs need {', '.join(missing)}")
-      inputs = {k: tf.cast(v, tf.int32) for k, v in x.items()}
+      inputs = _preprocessed(x)
     else:
       tasks.require_preprocessor(self, "raw text")
       texts, pairs = x if isinstance(x, tuple) else (x, None)
@@ -268,22 +283,29 @@ class TokenClassifier(tasks.Task, training.Trainable):
   """One label per token (named-entity tagging)."""
 
   task = "token_classification"
+  module_name = "token_classifier"
   default_metrics = ("accuracy",)
   collects_predictions = True
   # fit on words: every sub-token of a word gets the word's tag (else its first).
   label_all_tokens = False
 
   def __init__(self, backbone, preprocessor, num_classes: int, *, labels=None,
-               head: TokenClassificationHead | None = None, name: str = "token_classifier"):
+               head: TokenClassificationHead | None = None, name: str | None = None):
     if int(num_classes) < 1:
       raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    super().__init__(backbone, preprocessor, name=name)
+    super().__init__(backbone, preprocessor, name=name or self.module_name)
     self.num_classes = int(num_classes)
     self.labels = label_names(labels, self.num_classes)
     self.problem_type = "single_label_classification"
     self.head = head or TokenClassificationHead(backbone.config.hidden_dim, self.num_classes,
                                                 dropout=backbone.config.dropout,
                                                 dtype=backbone.dtype.name)
+
+  @classmethod
+  def build(cls, backbone, preprocessor, *, num_classes: int = 2, labels=None, **options):
+    """A tagger with a new head of `num_classes` (see __init__)."""
+    del options   # problem_type: a tagger's is single-label
+    return cls(backbone, preprocessor, num_classes, labels=labels)
 
   @classmethod
   def from_preset(cls, preset: str, load_weights: bool = True, preprocessor="auto", *,
@@ -304,10 +326,7 @@ class TokenClassifier(tasks.Task, training.Trainable):
     label, or padding: weight 0), or raw texts for predict.  sample_weight [B, L]
     (default: 1 where the label is not -100 and the token is real)."""
     if isinstance(x, dict):
-      missing = [k for k in ("token_ids", "padding_mask") if k not in x]
-      if missing:
-        raise training.TrainingError(f"preprocessed inputs need {', '.join(missing)}")
-      inputs = {k: tf.cast(v, tf.int32) for k, v in x.items()}
+      inputs = _preprocessed(x)
     else:
       tasks.require_preprocessor(self, "raw text")
       if y is not None:

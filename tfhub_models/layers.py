@@ -396,6 +396,28 @@ class TransformerEncoderLayer(Module):
     return self.feedforward_layer_norm(x + dropout(fed, self.dropout, training))
 
 
+def encoder_stack(config, dtype) -> list:
+  """config.num_layers post-norm encoder layers of a BERT-like config (hidden_dim,
+  num_heads, intermediate_dim, dropout, hidden_activation, layer_norm_epsilon)."""
+  c = config
+  return [TransformerEncoderLayer(c.hidden_dim, c.num_heads, c.intermediate_dim,
+                                  dropout=c.dropout, activation_name=c.hidden_activation,
+                                  layer_norm_epsilon=c.layer_norm_epsilon, dtype=dtype,
+                                  name=f"transformer_layer_{i}")
+          for i in range(c.num_layers)]
+
+
+def optional_pooler(hidden_dim: int, pooler: bool, dtype) -> Dense | None:
+  """The dense layer of a checkpoint's pooler (`pooler.dense.*`), or None."""
+  return Dense(hidden_dim, hidden_dim, dtype=dtype, name="pooler") if pooler else None
+
+
+def pool(sequence: tf.Tensor, pooler: Dense | None) -> tf.Tensor:
+  """pooled_output of [B, L, D]: tanh(pooler(first token)), or the first token's state."""
+  first = sequence[:, 0]
+  return tf.math.tanh(pooler(first)) if pooler is not None else first
+
+
 class MaskedLMHead(Module):
   """Dense (D -> E), exact GELU, layer norm, then the tied embedding decoder plus a bias.
 

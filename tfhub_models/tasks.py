@@ -10,6 +10,7 @@ once that exists; loading and saving go through that row.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import tensorflow as tf
@@ -17,6 +18,29 @@ import tensorflow as tf
 from tfhub_models import layers, training
 from tfhub_models.checkpoints import loader
 from tfhub_models.preprocessing import MaskedLMMasker, check_sequence_length
+
+
+class Backbone(layers.Module):
+  """The thin base of every backbone: its config (a config dataclass, or
+  keras-hub's argument names over it), its dtype and `from_preset`.
+
+  Declared by each backbone class: config_class, presets; family is set by the
+  family's row."""
+
+  config_class = None
+  family: loader.Family | None = None
+  presets: dict = {}
+
+  def __init__(self, config, named: dict, *, dtype, name: str):
+    super().__init__(name=name)
+    self.config = dataclasses.replace(config or self.config_class(),
+                                      **{k: v for k, v in named.items() if v is not None})
+    self.dtype = layers.as_dtype(dtype)
+
+  @classmethod
+  def from_preset(cls, preset: str, load_weights: bool = True, *, dtype="float32"):
+    """The backbone of a checkpoint directory, hf:// or kaggle:// handle, or preset name."""
+    return load_preset(cls.family, "backbone", preset, load_weights, dtype=dtype)
 
 
 class Task(layers.Module):
@@ -42,6 +66,13 @@ class Task(layers.Module):
     check_compatible(backbone, preprocessor, exact_vocabulary=self.exact_vocabulary)
     self.backbone = backbone
     self.preprocessor = preprocessor
+
+  @classmethod
+  def build(cls, backbone, preprocessor, **options):
+    """The task over a backbone and preprocessor, with random head weights;
+    options: the task's own (none here)."""
+    del options   # a classifier's options, which tasks without classes ignore
+    return cls(backbone, preprocessor)
 
   @property
   def tokenizer(self):
@@ -106,6 +137,17 @@ class MaskedLM(Task, training.Trainable):
   def fill_mask(self, texts: Sequence[str], top_k: int = 5) -> list:
     """Fills every mask token of each text; see the module function fill_mask."""
     return fill_mask(self, texts, top_k)
+
+
+def build(family: loader.Family, backbone, preprocessor, task: str, **options):
+  """The task module of `family` named `task` over a backbone and preprocessor
+  (None: a task on token ids), with the task's own options (a classifier's
+  num_classes, labels, problem_type)."""
+  if task == "backbone":
+    return backbone
+  if task not in family.task_classes:
+    raise ValueError(f"unknown {family.name} task {task!r} ({', '.join(family.tasks)})")
+  return family.task_classes[task].build(backbone, preprocessor, **options)
 
 
 def check_compatible(backbone, preprocessor, *, exact_vocabulary: bool = True) -> None:

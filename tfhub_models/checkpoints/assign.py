@@ -161,6 +161,32 @@ def hf_attention(prefix: str, attention) -> list:
           *hf_dense(prefix + ".out_proj", attention.output)]
 
 
+def hf_bert_config(config, architecture: str, model_type: str, **extra) -> dict:
+  """The config.json fields every BERT-like family's transformers config shares,
+  from one of our configs, and the family's `extra` ones."""
+  c = config
+  return {"architectures": [architecture], "model_type": model_type,
+          "vocab_size": c.vocabulary_size, "hidden_size": c.hidden_dim,
+          "num_hidden_layers": c.num_layers, "num_attention_heads": c.num_heads,
+          "intermediate_size": c.intermediate_dim, "hidden_act": c.hidden_activation,
+          "hidden_dropout_prob": c.dropout, "attention_probs_dropout_prob": c.dropout,
+          "layer_norm_eps": c.layer_norm_epsilon, "pad_token_id": c.pad_token_id,
+          "position_embedding_type": "absolute", "initializer_range": 0.02,
+          "torch_dtype": "float32", **extra}
+
+
+def hf_bert_encoder(backbone, type_embedding) -> list:
+  """A BERT-like backbone's embeddings (its type or segment table `type_embedding`),
+  encoder layers and pooler, if it has one, by their Hugging Face names."""
+  b = backbone
+  return [("embeddings.word_embeddings.weight", b.token_embedding.embeddings, same),
+          ("embeddings.position_embeddings.weight", b.position_embedding.embeddings, same),
+          ("embeddings.token_type_embeddings.weight", type_embedding.embeddings, same),
+          *hf_norm("embeddings.LayerNorm", b.embeddings_layer_norm),
+          *hf_bert_layers(b.transformer_layers),
+          *([] if b.pooler is None else hf_dense("pooler.dense", b.pooler))]
+
+
 def hf_bert_layers(transformer_layers, prefix: str = "encoder.layer.") -> list:
   """BERT-family encoder layers (`attention.self.query`, ...) -> TransformerEncoderLayer."""
   out = []

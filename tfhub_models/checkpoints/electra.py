@@ -167,16 +167,9 @@ def hf_assignments(module, task: str, with_classifier: bool = True) -> list:
   """[(Hugging Face key without the model prefix, variable, transform)] of every
   variable of `module`: loading reads them, saving writes them back."""
   b = a.backbone_of(module)
-  out = [
-      ("embeddings.word_embeddings.weight", b.token_embedding.embeddings, a.same),
-      ("embeddings.position_embeddings.weight", b.position_embedding.embeddings, a.same),
-      ("embeddings.token_type_embeddings.weight", b.segment_embedding.embeddings, a.same),
-      *a.hf_norm("embeddings.LayerNorm", b.embeddings_layer_norm),
-      *a.hf_bert_layers(b.transformer_layers)]
+  out = a.hf_bert_encoder(b, b.segment_embedding)
   if b.embeddings_projection is not None:
     out += a.hf_dense("embeddings_project", b.embeddings_projection)
-  if b.pooler is not None:
-    out += a.hf_dense("pooler.dense", b.pooler)
   if task == "replaced_token_detection":
     out += [*a.hf_dense("discriminator_predictions.dense", module.head.dense),
             *a.hf_dense("discriminator_predictions.dense_prediction", module.head.prediction)]
@@ -206,16 +199,9 @@ def hf_files(module, task: str, tokenizer) -> save.PresetFiles:
                      "ELECTRA checkpoint")
   architecture = _ARCHITECTURES[task]
   prefix = "" if architecture == "ElectraModel" else "electra."
-  config = {
-      "architectures": [architecture], "model_type": "electra",
-      "vocab_size": c.vocabulary_size, "embedding_size": c.embedding_dim,
-      "hidden_size": c.hidden_dim, "num_hidden_layers": c.num_layers,
-      "num_attention_heads": c.num_heads, "intermediate_size": c.intermediate_dim,
-      "hidden_act": c.hidden_activation, "hidden_dropout_prob": c.dropout,
-      "attention_probs_dropout_prob": c.dropout, "max_position_embeddings": c.max_sequence_length,
-      "type_vocab_size": c.num_segments, "layer_norm_eps": c.layer_norm_epsilon,
-      "pad_token_id": c.pad_token_id, "position_embedding_type": "absolute",
-      "initializer_range": 0.02, "torch_dtype": "float32"}
+  config = a.hf_bert_config(c, architecture, "electra", embedding_size=c.embedding_dim,
+                            max_position_embeddings=c.max_sequence_length,
+                            type_vocab_size=c.num_segments)
   if task in a.CLASSIFIER_TASKS:
     config.update(a.hf_classifier_config(module))
   tokenizer_config = {

@@ -36,6 +36,13 @@ class Family:
     assign(module, checkpoint, task, options) -> None: the weights, strictly.
     save(module, task, tokenizer) -> checkpoints.save.PresetFiles: the module as a
       Hugging Face checkpoint (`save_to_preset`), with its tokenizer's settings.
+    demo_tokenizer() -> the tokenizer over the embedded demo vocabulary.
+    tokenizer_from_file(path) -> the tokenizer of a user's vocabulary file.
+  Tables:
+    backbone_class, task_classes: the backbone class, and task name -> its
+      class (their `family` becomes this row).
+    presets: preset name -> config; preset_tasks: preset name -> its task (the
+      family's first task when absent); handles: preset name -> hub handles.
   """
   name: str
   hf_model_types: tuple
@@ -48,8 +55,22 @@ class Family:
   assign: Callable
   options: Callable = lambda checkpoint, task, load_weights: {}
   save: Callable | None = None
-  handles: dict = dataclasses.field(default_factory=dict)   # preset name -> hub handles
-  presets: dict = dataclasses.field(default_factory=dict)   # preset name -> config
+  backbone_class: type | None = None
+  demo_tokenizer: Callable | None = None
+  tokenizer_from_file: Callable | None = None
+  task_classes: dict = dataclasses.field(default_factory=dict)
+  handles: dict = dataclasses.field(default_factory=dict)
+  presets: dict = dataclasses.field(default_factory=dict)
+  preset_tasks: dict = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    for task_class in (self.backbone_class, *self.task_classes.values()):
+      if task_class is not None:
+        task_class.family = self
+
+  def preset_task(self, preset: str) -> str:
+    """The task of a preset's checkpoint."""
+    return self.preset_tasks.get(preset, self.tasks[0])
 
 
 def detect(checkpoint: Checkpoint, families) -> Family:

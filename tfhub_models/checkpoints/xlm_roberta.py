@@ -156,14 +156,7 @@ def hf_assignments(module, task: str, with_classifier: bool = True) -> list:
   """[(Hugging Face key without the model prefix, variable, transform)] of every
   variable of `module`: loading reads them, saving writes them back."""
   b = a.backbone_of(module)
-  assignments = [
-      ("embeddings.word_embeddings.weight", b.token_embedding.embeddings, a.same),
-      ("embeddings.position_embeddings.weight", b.position_embedding.embeddings, a.same),
-      ("embeddings.token_type_embeddings.weight", b.type_embedding.embeddings, a.same),
-      *a.hf_norm("embeddings.LayerNorm", b.embeddings_layer_norm),
-      *a.hf_bert_layers(b.transformer_layers)]
-  if b.pooler is not None:
-    assignments += a.hf_dense("pooler.dense", b.pooler)
+  assignments = a.hf_bert_encoder(b, b.type_embedding)
   if task in HEAD_TASKS:
     h = module.head
     assignments += [*a.hf_dense("lm_head.dense", h.dense),
@@ -186,16 +179,10 @@ def hf_files(module, task: str, tokenizer) -> save.PresetFiles:
   del tokenizer   # XLM-RoBERTa's special tokens are fixed
   architecture, prefix = _ARCHITECTURES[task]
   c = a.backbone_of(module).config
-  config = {
-      "architectures": [architecture], "model_type": "xlm-roberta",
-      "vocab_size": c.vocabulary_size, "hidden_size": c.hidden_dim,
-      "num_hidden_layers": c.num_layers, "num_attention_heads": c.num_heads,
-      "intermediate_size": c.intermediate_dim, "hidden_act": c.hidden_activation,
-      "hidden_dropout_prob": c.dropout, "attention_probs_dropout_prob": c.dropout,
-      "max_position_embeddings": c.num_positions, "type_vocab_size": c.type_vocabulary_size,
-      "layer_norm_eps": c.layer_norm_epsilon, "pad_token_id": c.pad_token_id,
-      "bos_token_id": 0, "eos_token_id": 2, "position_embedding_type": "absolute",
-      "initializer_range": 0.02, "torch_dtype": "float32"}
+  config = a.hf_bert_config(c, architecture, "xlm-roberta",
+                            max_position_embeddings=c.num_positions,
+                            type_vocab_size=c.type_vocabulary_size, bos_token_id=0,
+                            eos_token_id=2)
   if task in a.CLASSIFIER_TASKS:
     config.update(a.hf_classifier_config(module))
   tokenizer_config = {

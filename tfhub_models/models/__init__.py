@@ -1,7 +1,8 @@
 """The model families, and the one table the loader and the CLI key off.
 
-Adding a family: a file here (config, presets, modules, tasks, `build`, its
-`FAMILY`), its name map in `checkpoints/`, and one row in `FAMILIES`.
+Adding a family: a file here (config, presets, modules, tasks, `build`, and its
+`FAMILY` row: everything the loader, the CLIs and the demo need of it), its
+name map in `checkpoints/`, and one entry in `FAMILIES`.
 """
 
 from __future__ import annotations
@@ -10,12 +11,10 @@ from tfhub_models.checkpoints import loader
 from tfhub_models.models import bart, electra, xlm_roberta
 
 FAMILIES = (xlm_roberta.FAMILY, electra.FAMILY, bart.FAMILY)
-_MODULES = {xlm_roberta.FAMILY.name: xlm_roberta, electra.FAMILY.name: electra,
-            bart.FAMILY.name: bart}
 
-# Every preset name -> (its family's module, its config).
-PRESETS = {name: (module, config) for module in _MODULES.values()
-           for name, config in module.PRESETS.items()}
+# Every preset name -> (its family's row, its config).
+PRESETS = {name: (family, config) for family in FAMILIES
+           for name, config in family.presets.items()}
 
 
 def load(source, task: str | None = None, *, dtype="float32", sequence_length: int | None = None,
@@ -30,8 +29,8 @@ def load(source, task: str | None = None, *, dtype="float32", sequence_length: i
                      load_weights=load_weights)
 
 
-def family_of(preset: str):
-  """The family module (xlm_roberta, electra, bart) of a preset name; KeyError if unknown."""
+def family_of(preset: str) -> loader.Family:
+  """The family row of a preset name; KeyError if unknown."""
   return PRESETS[preset][0]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import NamedTuple
 from collections.abc import Sequence
 
@@ -25,6 +26,7 @@ from tfhub_models.checkpoints import loader
 from tfhub_models.generation import GenerationConfig
 from tfhub_models.preprocessing import BartPreprocessor
 from tfhub_models.tokenizers import ByteLevelBPETokenizer
+from tfhub_models.tokenizers import demo as demo_vocabularies
 
 POSITION_OFFSET = files.POSITION_OFFSET   # upstream's learned positions start at row 2
 
@@ -132,9 +134,10 @@ class DecoderState(NamedTuple):
     return tf.nest.map_structure(lambda x: tf.gather(x, rows), self)
 
 
-class BartBackbone(layers.Module):
+class BartBackbone(tasks.Backbone):
   """Shared embeddings, encoder, decoder, and the tied LM head with its bias."""
 
+  config_class = BartConfig
   presets = PRESETS
 
   def __init__(self, config: BartConfig | None = None, *, vocabulary_size: int | None = None,
@@ -143,15 +146,11 @@ class BartBackbone(layers.Module):
                dropout: float | None = None, max_sequence_length: int | None = None,
                dtype="float32", name: str = "backbone"):
     """Takes a config, or keras-hub's argument names (unset ones keep the config's)."""
-    super().__init__(name=name)
-    named = dict(vocabulary_size=vocabulary_size, num_layers=num_layers, num_heads=num_heads,
-                 hidden_dim=hidden_dim, intermediate_dim=intermediate_dim, dropout=dropout,
-                 max_sequence_length=max_sequence_length)
-    config = dataclasses.replace(config or BartConfig(),
-                                 **{k: v for k, v in named.items() if v is not None})
-    self.config = config
-    self.dtype = layers.as_dtype(dtype)
-    c = config
+    super().__init__(config, dict(
+        vocabulary_size=vocabulary_size, num_layers=num_layers, num_heads=num_heads,
+        hidden_dim=hidden_dim, intermediate_dim=intermediate_dim, dropout=dropout,
+        max_sequence_length=max_sequence_length), dtype=dtype, name=name)
+    c = self.config
     self.embed_scale = math.sqrt(c.hidden_dim) if c.scale_embedding else 1.0
     positions = c.max_sequence_length + POSITION_OFFSET
     with self.name_scope:
@@ -178,12 +177,6 @@ class BartBackbone(layers.Module):
       # A buffer upstream, not a parameter: training leaves it as loaded.
       self.final_logits_bias = tf.Variable(tf.zeros([c.vocabulary_size], self.dtype),
                                            trainable=False, name="final_logits_bias")
-
-  @classmethod
-  def from_preset(cls, preset: str, load_weights: bool = True, *,
-                  dtype="float32") -> BartBackbone:
-    """The backbone of a checkpoint directory, hf:// handle, or preset name."""
-    return tasks.load_preset(FAMILY, "backbone", preset, load_weights, dtype=dtype)
 
   def _embed(self, token_ids, positions, position_embedding, layer_norm, training):
     x = self.token_embedding(token_ids) * tf.cast(self.embed_scale, self.dtype)
@@ -468,15 +461,11 @@ class BartSeq2SeqLM(tasks.Task, training.Trainable):
                      f"\"encoder_padding_mask\"}}, not {{{', '.join(sorted(map(repr, keys)))}}}")
 
 def build(config: BartConfig, tokenizer: ByteLevelBPETokenizer, task: str = "generate", *,
-          dtype="float32", sequence_length: int | None = None):
+          dtype="float32", sequence_length: int | None = None, **options):
   """The module of `task` (generate, backbone) with random weights."""
-  backbone = BartBackbone(config, dtype=dtype)
-  if task == "backbone":
-    return backbone
-  if task == "generate":   # without a tokenizer: a task on token ids
-    return BartSeq2SeqLM(backbone, None if tokenizer is None else BartPreprocessor(
-        tokenizer, sequence_length or config.max_sequence_length))
-  raise ValueError(f"unknown BART task {task!r} ({', '.join(files.TASKS)})")
+  preprocessor = (None if tokenizer is None else   # None: a task on token ids
+                  BartPreprocessor(tokenizer, sequence_length or config.max_sequence_length))
+  return tasks.build(FAMILY, BartBackbone(config, dtype=dtype), preprocessor, task, **options)
 
 
 def _config(checkpoint) -> BartConfig:
@@ -484,12 +473,21 @@ def _config(checkpoint) -> BartConfig:
   return BartConfig(**dict(fields, generation=GenerationConfig.from_dict(fields["generation"])))
 
 
+def _tokenizer_beside(path: str) -> ByteLevelBPETokenizer:
+  """The tokenizer of the vocab.json and merges.txt in the folder of `path`."""
+  folder = os.path.dirname(os.path.abspath(path))
+  return ByteLevelBPETokenizer.from_files(os.path.join(folder, "vocab.json"),
+                                          os.path.join(folder, "merges.txt"))
+
+
 FAMILY = loader.Family(
     name="BART", hf_model_types=("bart",), keras_hub_classes=("BartBackbone",), tasks=files.TASKS,
     config=_config, tokenizer=files.tokenizer, task=files.task, build=build, assign=files.assign,
     save=files.hf_files,
+    demo_tokenizer=lambda: ByteLevelBPETokenizer(*demo_vocabularies.demo_bpe_vocabulary()),
+    tokenizer_from_file=_tokenizer_beside, backbone_class=BartBackbone,
+    task_classes={"generate": BartSeq2SeqLM},
     handles=PRESET_HANDLES, presets=PRESETS)
-BartSeq2SeqLM.family = FAMILY
 
 __all__ = ["BartConfig", "BartBackbone", "BartSeq2SeqLM", "DecoderLayer", "DecoderState",
            "PRESETS", "PRESET_HANDLES", "FAMILY", "build"]

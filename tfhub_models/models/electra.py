@@ -17,6 +17,7 @@ from tfhub_models.checkpoints import electra as files
 from tfhub_models.checkpoints import loader
 from tfhub_models.preprocessing import BertPreprocessor
 from tfhub_models.tokenizers import WordPieceTokenizer
+from tfhub_models.tokenizers import demo as demo_vocabularies
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +67,7 @@ def _presets_of(task: str) -> dict:
   return {name: config for name, config in PRESETS.items() if PRESET_TASKS[name] == task}
 
 
-class ElectraBackbone(layers.Module):
+class ElectraBackbone(tasks.Backbone):
   """Embeddings (projected when embedding_dim != hidden_dim) and the encoder stack.
 
   `pooled_output` is the hidden state of the first token (`[CLS]`): no public
@@ -74,6 +75,7 @@ class ElectraBackbone(layers.Module):
   (`pooler.dense.*`, built with `pooler=True`), it is tanh(dense([CLS])).
   """
 
+  config_class = ElectraConfig
   presets = PRESETS
 
   def __init__(self, config: ElectraConfig | None = None, *, vocabulary_size: int | None = None,
@@ -85,18 +87,15 @@ class ElectraBackbone(layers.Module):
                name: str = "backbone"):
     """Takes a config, or keras-hub's argument names (unset ones keep the config's);
     `vocab_size` (keras-hub's name for ELECTRA) and `vocabulary_size` are the same."""
-    super().__init__(name=name)
     if vocab_size is not None and vocabulary_size not in (None, vocab_size):
       raise ValueError(f"vocab_size {vocab_size} and vocabulary_size {vocabulary_size} differ")
-    named = dict(vocabulary_size=vocabulary_size or vocab_size, num_layers=num_layers,
-                 num_heads=num_heads, hidden_dim=hidden_dim, embedding_dim=embedding_dim,
-                 intermediate_dim=intermediate_dim, dropout=dropout,
-                 max_sequence_length=max_sequence_length, num_segments=num_segments)
-    config = dataclasses.replace(config or ElectraConfig(),
-                                 **{k: v for k, v in named.items() if v is not None})
-    self.config = config
-    self.dtype = layers.as_dtype(dtype)
-    c = config
+    super().__init__(config, dict(
+        vocabulary_size=vocabulary_size or vocab_size, num_layers=num_layers,
+        num_heads=num_heads, hidden_dim=hidden_dim, embedding_dim=embedding_dim,
+        intermediate_dim=intermediate_dim, dropout=dropout,
+        max_sequence_length=max_sequence_length, num_segments=num_segments),
+        dtype=dtype, name=name)
+    c = self.config
     with self.name_scope:
       self.token_embedding = layers.Embedding(c.vocabulary_size, c.embedding_dim, dtype=dtype,
                                               name="token_embedding")
@@ -109,21 +108,8 @@ class ElectraBackbone(layers.Module):
       self.embeddings_projection = (
           layers.Dense(c.embedding_dim, c.hidden_dim, dtype=dtype, name="embeddings_projection")
           if c.embedding_dim != c.hidden_dim else None)
-      self.transformer_layers = [
-          layers.TransformerEncoderLayer(
-              c.hidden_dim, c.num_heads, c.intermediate_dim, dropout=c.dropout,
-              activation_name=c.hidden_activation, layer_norm_epsilon=c.layer_norm_epsilon,
-              dtype=dtype, name=f"transformer_layer_{i}")
-          for i in range(c.num_layers)
-      ]
-      self.pooler = (layers.Dense(c.hidden_dim, c.hidden_dim, dtype=dtype, name="pooler")
-                     if pooler else None)
-
-  @classmethod
-  def from_preset(cls, preset: str, load_weights: bool = True, *,
-                  dtype="float32") -> ElectraBackbone:
-    """The backbone of a checkpoint directory, hf:// or kaggle:// handle, or preset name."""
-    return tasks.load_preset(FAMILY, "backbone", preset, load_weights, dtype=dtype)
+      self.transformer_layers = layers.encoder_stack(c, dtype)
+      self.pooler = layers.optional_pooler(c.hidden_dim, pooler, dtype)
 
   def __call__(self, inputs: dict, training: bool = False) -> dict:
     """Encodes a batch.
@@ -151,9 +137,7 @@ class ElectraBackbone(layers.Module):
       x = self.embeddings_projection(x)                                  # [B, L, D]
     for layer in self.transformer_layers:
       x = layer(x, padding_mask, training=training)
-    first = x[:, 0]
-    pooled = tf.math.tanh(self.pooler(first)) if self.pooler is not None else first
-    return {"sequence_output": x, "pooled_output": pooled}
+    return {"sequence_output": x, "pooled_output": layers.pool(x, self.pooler)}
 
 
 class ElectraDiscriminatorHead(layers.Module):
@@ -230,62 +214,43 @@ class ElectraTextClassifier(classification.TextClassifier):
   """`ElectraForSequenceClassification`: dense + GELU + out_proj on `[CLS]`."""
 
   presets = PRESETS
-
-  def __init__(self, backbone: ElectraBackbone, preprocessor: BertPreprocessor,
-               num_classes: int, *, labels=None, problem_type: str = "single_label_classification",
-               head: classification.ClassificationHead | None = None,
-               name: str = "electra_text_classifier"):
-    super().__init__(backbone, preprocessor, num_classes, labels=labels,
-                     problem_type=problem_type, activation="gelu", head=head, name=name)
-
+  head_activation = "gelu"
+  module_name = "electra_text_classifier"
 
 
 class ElectraTokenClassifier(classification.TokenClassifier):
   """`ElectraForTokenClassification`: one dense layer at every token."""
 
   presets = PRESETS
+  module_name = "electra_token_classifier"
 
-  def __init__(self, backbone: ElectraBackbone, preprocessor: BertPreprocessor, num_classes: int, *,
-               labels=None, head: classification.TokenClassificationHead | None = None,
-               name: str = "electra_token_classifier"):
-    super().__init__(backbone, preprocessor, num_classes, labels=labels, head=head, name=name)
 
 def build(config: ElectraConfig, tokenizer: WordPieceTokenizer,
           task: str = "replaced_token_detection", *, dtype="float32",
-          sequence_length: int | None = None, pooler: bool = False, num_classes: int = 2,
-          labels=None, problem_type: str = "single_label_classification",
-          fresh_head: bool = False):
-  """The module of `task` (replaced_token_detection, fill_mask, text_classification,
-  embedding, backbone) with random weights."""
+          sequence_length: int | None = None, pooler: bool = False, fresh_head: bool = False,
+          **options):
+  """The module of `task` (FAMILY.tasks) with random weights; options: a
+  classifier's num_classes, labels, problem_type."""
   del fresh_head   # the loader's concern (assign)
-  backbone = ElectraBackbone(config, pooler=pooler, dtype=dtype)
-  if task == "backbone":
-    return backbone
   preprocessor = (None if tokenizer is None else   # None: a task on token ids
                   BertPreprocessor(tokenizer, sequence_length or config.max_sequence_length))
-  if task == "replaced_token_detection":
-    return ElectraDiscriminator(backbone, preprocessor)
-  if task == "fill_mask":
-    return ElectraMaskedLM(backbone, preprocessor)
-  if task == "embedding":
-    return ElectraEncoder(backbone, preprocessor)
-  if task == "token_classification":
-    return ElectraTokenClassifier(backbone, preprocessor, num_classes, labels=labels)
-  if task == "text_classification":
-    return ElectraTextClassifier(backbone, preprocessor, num_classes, labels=labels,
-                                 problem_type=problem_type)
-  raise ValueError(f"unknown ELECTRA task {task!r} ({', '.join(files.TASKS)})")
+  return tasks.build(FAMILY, ElectraBackbone(config, pooler=pooler, dtype=dtype), preprocessor,
+                     task, **options)
 
 
 FAMILY = loader.Family(
     name="ELECTRA", hf_model_types=("electra",), keras_hub_classes=("ElectraBackbone",),
     tasks=files.TASKS, config=lambda checkpoint: ElectraConfig(**files.config_fields(checkpoint)),
     tokenizer=files.tokenizer, task=files.task, build=build, assign=files.assign,
-    save=files.hf_files,
-    options=files.options, handles=PRESET_HANDLES, presets=PRESETS)
-for _task in (ElectraEncoder, ElectraDiscriminator, ElectraMaskedLM, ElectraTextClassifier,
-              ElectraTokenClassifier):
-  _task.family = FAMILY
+    save=files.hf_files, options=files.options,
+    demo_tokenizer=lambda: WordPieceTokenizer(list(
+        demo_vocabularies.demo_wordpiece_vocabulary())),
+    tokenizer_from_file=WordPieceTokenizer.from_files,
+    task_classes={"replaced_token_detection": ElectraDiscriminator, "fill_mask": ElectraMaskedLM,
+                  "embedding": ElectraEncoder, "text_classification": ElectraTextClassifier,
+                  "token_classification": ElectraTokenClassifier},
+    backbone_class=ElectraBackbone,
+    handles=PRESET_HANDLES, presets=PRESETS, preset_tasks=PRESET_TASKS)
 
 __all__ = ["ElectraConfig", "ElectraBackbone", "ElectraDiscriminatorHead", "ElectraEncoder",
            "ElectraTextClassifier", "ElectraTokenClassifier",

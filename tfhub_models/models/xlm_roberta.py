@@ -15,6 +15,7 @@ from tfhub_models.checkpoints import loader
 from tfhub_models.checkpoints import xlm_roberta as files
 from tfhub_models.preprocessing import XLMRobertaPreprocessor
 from tfhub_models.tokenizers import XLMRobertaTokenizer
+from tfhub_models.tokenizers import demo as demo_vocabularies
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +55,7 @@ PRESET_HANDLES = {
 }
 
 
-class XLMRobertaBackbone(layers.Module):
+class XLMRobertaBackbone(tasks.Backbone):
   """Token + position (+ type) embeddings, layer norm, post-norm encoder stack.
 
   `pooled_output` is tanh(dense(`<s>` state)) when built with `pooler=True` (an
@@ -62,6 +63,7 @@ class XLMRobertaBackbone(layers.Module):
   `pooler_output`), else the `<s>` state itself.
   """
 
+  config_class = XLMRobertaConfig
   presets = PRESETS
 
   def __init__(self, config: XLMRobertaConfig | None = None, *,
@@ -71,15 +73,11 @@ class XLMRobertaBackbone(layers.Module):
                max_sequence_length: int | None = None, pooler: bool = False, dtype="float32",
                name: str = "backbone"):
     """Takes a config, or keras-hub's argument names (unset ones keep the config's)."""
-    super().__init__(name=name)
-    named = dict(vocabulary_size=vocabulary_size, num_layers=num_layers, num_heads=num_heads,
-                 hidden_dim=hidden_dim, intermediate_dim=intermediate_dim, dropout=dropout,
-                 max_sequence_length=max_sequence_length)
-    config = dataclasses.replace(config or XLMRobertaConfig(),
-                                 **{k: v for k, v in named.items() if v is not None})
-    self.config = config
-    self.dtype = layers.as_dtype(dtype)
-    c = config
+    super().__init__(config, dict(
+        vocabulary_size=vocabulary_size, num_layers=num_layers, num_heads=num_heads,
+        hidden_dim=hidden_dim, intermediate_dim=intermediate_dim, dropout=dropout,
+        max_sequence_length=max_sequence_length), dtype=dtype, name=name)
+    c = self.config
     with self.name_scope:
       self.token_embedding = layers.Embedding(c.vocabulary_size, c.hidden_dim, dtype=dtype,
                                               name="token_embedding")
@@ -89,21 +87,8 @@ class XLMRobertaBackbone(layers.Module):
                                              name="type_embedding")
       self.embeddings_layer_norm = layers.LayerNorm(c.hidden_dim, epsilon=c.layer_norm_epsilon,
                                                     dtype=dtype, name="embeddings_layer_norm")
-      self.transformer_layers = [
-          layers.TransformerEncoderLayer(
-              c.hidden_dim, c.num_heads, c.intermediate_dim, dropout=c.dropout,
-              activation_name=c.hidden_activation, layer_norm_epsilon=c.layer_norm_epsilon,
-              dtype=dtype, name=f"transformer_layer_{i}")
-          for i in range(c.num_layers)
-      ]
-      self.pooler = (layers.Dense(c.hidden_dim, c.hidden_dim, dtype=dtype, name="pooler")
-                     if pooler else None)
-
-  @classmethod
-  def from_preset(cls, preset: str, load_weights: bool = True, *,
-                  dtype="float32") -> XLMRobertaBackbone:
-    """The backbone of a checkpoint directory, hf:// or kaggle:// handle, or preset name."""
-    return tasks.load_preset(FAMILY, "backbone", preset, load_weights, dtype=dtype)
+      self.transformer_layers = layers.encoder_stack(c, dtype)
+      self.pooler = layers.optional_pooler(c.hidden_dim, pooler, dtype)
 
   def __call__(self, inputs: dict, training: bool = False) -> dict:
     """Encodes a batch.
@@ -128,9 +113,7 @@ class XLMRobertaBackbone(layers.Module):
     x = layers.dropout(self.embeddings_layer_norm(x), self.config.dropout, training)
     for layer in self.transformer_layers:
       x = layer(x, real, training=training)
-    first = x[:, 0]
-    pooled = tf.math.tanh(self.pooler(first)) if self.pooler is not None else first
-    return {"sequence_output": x, "pooled_output": pooled}
+    return {"sequence_output": x, "pooled_output": layers.pool(x, self.pooler)}
 
 
 class XLMRobertaMaskedLM(tasks.MaskedLM):
@@ -159,49 +142,28 @@ class XLMRobertaTextClassifier(classification.TextClassifier):
   """`XLMRobertaForSequenceClassification`: dense + tanh + out_proj on `<s>`."""
 
   presets = PRESETS
-
-  def __init__(self, backbone: XLMRobertaBackbone, preprocessor: XLMRobertaPreprocessor,
-               num_classes: int, *, labels=None, problem_type: str = "single_label_classification",
-               head: classification.ClassificationHead | None = None,
-               name: str = "xlm_roberta_text_classifier"):
-    super().__init__(backbone, preprocessor, num_classes, labels=labels,
-                     problem_type=problem_type, activation="tanh", head=head, name=name)
-
+  head_activation = "tanh"
+  module_name = "xlm_roberta_text_classifier"
 
 
 class XLMRobertaTokenClassifier(classification.TokenClassifier):
   """`XLMRobertaForTokenClassification`: one dense layer at every token."""
 
   presets = PRESETS
+  module_name = "xlm_roberta_token_classifier"
 
-  def __init__(self, backbone: XLMRobertaBackbone, preprocessor: XLMRobertaPreprocessor,
-               num_classes: int, *,
-               labels=None, head: classification.TokenClassificationHead | None = None,
-               name: str = "xlm_roberta_token_classifier"):
-    super().__init__(backbone, preprocessor, num_classes, labels=labels, head=head, name=name)
 
 def build(config: XLMRobertaConfig, tokenizer: XLMRobertaTokenizer, task: str = "fill_mask", *,
-          dtype="float32", sequence_length: int | None = None, num_classes: int = 2, labels=None,
-          problem_type: str = "single_label_classification", fresh_head: bool = False,
-          pooler: bool = False):
-  """The module of `task` (fill_mask, text_classification, embedding, backbone) with
-  random weights; `pooler` for the tasks of an XLMRobertaModel (backbone, embedding)."""
+          dtype="float32", sequence_length: int | None = None, pooler: bool = False,
+          fresh_head: bool = False, **options):
+  """The module of `task` (FAMILY.tasks) with random weights; `pooler` for the
+  tasks of an XLMRobertaModel (backbone, embedding); options: a classifier's
+  num_classes, labels, problem_type."""
   del fresh_head   # the loader's concern (assign)
-  backbone = XLMRobertaBackbone(config, pooler=pooler, dtype=dtype)
-  if task == "backbone":
-    return backbone
   preprocessor = (None if tokenizer is None else   # None: a task on token ids
                   XLMRobertaPreprocessor(tokenizer, sequence_length or config.max_sequence_length))
-  if task == "fill_mask":
-    return XLMRobertaMaskedLM(backbone, preprocessor)
-  if task == "embedding":
-    return XLMRobertaEncoder(backbone, preprocessor)
-  if task == "token_classification":
-    return XLMRobertaTokenClassifier(backbone, preprocessor, num_classes, labels=labels)
-  if task == "text_classification":
-    return XLMRobertaTextClassifier(backbone, preprocessor, num_classes, labels=labels,
-                                    problem_type=problem_type)
-  raise ValueError(f"unknown XLM-RoBERTa task {task!r} ({', '.join(files.TASKS)})")
+  return tasks.build(FAMILY, XLMRobertaBackbone(config, pooler=pooler, dtype=dtype), preprocessor,
+                     task, **options)
 
 
 FAMILY = loader.Family(
@@ -210,10 +172,13 @@ FAMILY = loader.Family(
     config=lambda checkpoint: XLMRobertaConfig(**files.config_fields(checkpoint)),
     tokenizer=files.tokenizer, task=files.task, build=build, assign=files.assign,
     save=files.hf_files, options=files.options,
-    handles=PRESET_HANDLES, presets=PRESETS)
-for _task in (XLMRobertaMaskedLM, XLMRobertaEncoder, XLMRobertaTextClassifier,
-              XLMRobertaTokenClassifier):
-  _task.family = FAMILY
+    demo_tokenizer=lambda: XLMRobertaTokenizer(demo_vocabularies.demo_sentencepiece()),
+    tokenizer_from_file=XLMRobertaTokenizer.from_file,
+    task_classes={"fill_mask": XLMRobertaMaskedLM, "embedding": XLMRobertaEncoder,
+                  "text_classification": XLMRobertaTextClassifier,
+                  "token_classification": XLMRobertaTokenClassifier},
+    backbone_class=XLMRobertaBackbone,
+    handles=PRESET_HANDLES, presets=PRESETS, preset_tasks=dict.fromkeys(PRESETS, "fill_mask"))
 
 __all__ = ["XLMRobertaConfig", "XLMRobertaBackbone", "XLMRobertaMaskedLM", "XLMRobertaEncoder",
            "XLMRobertaTextClassifier", "XLMRobertaTokenClassifier",

@@ -21,42 +21,48 @@ def _check(peak: float, warmup_steps: int, total_steps: int) -> None:
                      f"warmup_steps={warmup_steps}, total_steps={total_steps}")
 
 
-class LinearWarmupDecay(tf.Module):
+class WarmupDecay(tf.Module):
+  """0 -> peak linearly over warmup_steps, then down to 0 at total_steps as
+  `decay(step)` says (a subclass's)."""
+
+  def __init__(self, peak: float, warmup_steps: int, total_steps: int, *, name: str):
+    super().__init__(name=name)
+    _check(peak, warmup_steps, total_steps)
+    self.peak, self.warmup_steps = float(peak), int(warmup_steps)
+    self.total_steps = int(total_steps)
+
+  def decay(self, step: tf.Tensor) -> tf.Tensor:
+    raise NotImplementedError
+
+  def __call__(self, step) -> tf.Tensor:
+    """step: int scalar (updates done) -> float32 scalar learning rate."""
+    step = tf.cast(step, tf.float32)
+    warmup = step / max(1, self.warmup_steps)
+    return self.peak * tf.where(step < self.warmup_steps, warmup,
+                                tf.maximum(0.0, self.decay(step)))
+
+
+class LinearWarmupDecay(WarmupDecay):
   """0 -> peak linearly over warmup_steps, then linearly down to 0 at total_steps."""
 
   def __init__(self, peak: float, warmup_steps: int, total_steps: int, *,
                name: str = "linear_warmup_decay"):
-    super().__init__(name=name)
-    _check(peak, warmup_steps, total_steps)
-    self.peak, self.warmup_steps = float(peak), int(warmup_steps)
-    self.total_steps = int(total_steps)
+    super().__init__(peak, warmup_steps, total_steps, name=name)
 
-  def __call__(self, step) -> tf.Tensor:
-    """step: int scalar (updates done) -> float32 scalar learning rate."""
-    step = tf.cast(step, tf.float32)
-    warmup = step / max(1, self.warmup_steps)
-    decay = tf.maximum(0.0, (self.total_steps - step)
-                       / max(1, self.total_steps - self.warmup_steps))
-    return self.peak * tf.where(step < self.warmup_steps, warmup, decay)
+  def decay(self, step: tf.Tensor) -> tf.Tensor:
+    return (self.total_steps - step) / max(1, self.total_steps - self.warmup_steps)
 
 
-class CosineWarmupDecay(tf.Module):
+class CosineWarmupDecay(WarmupDecay):
   """0 -> peak linearly over warmup_steps, then half a cosine down to 0 at total_steps."""
 
   def __init__(self, peak: float, warmup_steps: int, total_steps: int, *,
                name: str = "cosine_warmup_decay"):
-    super().__init__(name=name)
-    _check(peak, warmup_steps, total_steps)
-    self.peak, self.warmup_steps = float(peak), int(warmup_steps)
-    self.total_steps = int(total_steps)
+    super().__init__(peak, warmup_steps, total_steps, name=name)
 
-  def __call__(self, step) -> tf.Tensor:
-    """step: int scalar (updates done) -> float32 scalar learning rate."""
-    step = tf.cast(step, tf.float32)
-    warmup = step / max(1, self.warmup_steps)
+  def decay(self, step: tf.Tensor) -> tf.Tensor:
     progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
-    decay = tf.maximum(0.0, 0.5 * (1.0 + tf.cos(math.pi * progress)))
-    return self.peak * tf.where(step < self.warmup_steps, warmup, decay)
+    return 0.5 * (1.0 + tf.cos(math.pi * progress))
 
 
 __all__ = ["LinearWarmupDecay", "CosineWarmupDecay"]

@@ -1,7 +1,7 @@
 """One list of conformance cases, every module of the package through the same checks.
 
 A case is a factory (seed -> a module with fresh random weights), the inputs it
-is called on, and how it is called.  `tests/test_conformance.py` runs each case
+is called on, and how it is called.  `tests/models/test_conformance.py` runs each case
 eagerly, as a tf.function, compiled with XLA, with an unknown batch size,
 after a SavedModel round trip and after a checkpoint restore into a module
 built with other random weights, and requires the same answer every time (the

@@ -5,11 +5,10 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
 PEERS = {
     "encoder": {"encoder": {"ours", "keras_hub", "pytorch", "onnxruntime"}},
     "fill_mask": {"fill_mask": {"ours", "pytorch", "keras_hub"}},

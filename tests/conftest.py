@@ -31,6 +31,26 @@ from tfhub_models import demo
 CORPUS = [line for line in demo.CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+# The files that take minutes, longest first: run first, so that the two
+# workers of `-n 2 --dist loadfile` (.ci/run) finish together instead of one
+# waiting out the benchmark alone at the end.  The rest keep their order.
+SLOW_FILES = ("deploy/test_benchmark.py", "export/test_demo.py", "serving/test_server.py",
+              "models/test_conformance.py", "models/test_electra.py", "export/test_export.py",
+              "models/test_classification.py", "models/test_token_classification.py",
+              "models/test_generation_options.py", "training/test_finetune_classifiers.py",
+              "models/test_bart.py", "training/test_training.py", "serving/test_adversarial.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+  rank = {name: i for i, name in enumerate(SLOW_FILES)}
+  tests = pathlib.Path(__file__).parent
+
+  def file_rank(item):
+    return rank.get(pathlib.Path(item.fspath).relative_to(tests).as_posix(), len(rank))
+
+  items.sort(key=file_rank)
+
+
 # The legacy tokenizer files of each family, and the transformers class that reads them.
 LEGACY_TOKENIZER_FILES = {"XLMRobertaTokenizer": ("sentencepiece.bpe.model",),
                           "ElectraTokenizer": ("vocab.txt",),

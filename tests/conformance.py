@@ -169,7 +169,7 @@ NOT_NUMERIC_MODULES = {
     "XLMRobertaPreprocessor", "BertPreprocessor", "BartPreprocessor", "_SegmentPreprocessor",
     # Export wrappers: the signatures around the cases above (tests/test_export.py and
     # the family tests serve them through the C API loader).
-    "ServingModule", "FillMask", "ReplacedTokens", "TextClassification",
+    "ServingModule", "TextPart", "FillMask", "ReplacedTokens", "TextClassification",
     "TokenClassification", "Embedding", "Generate", "Tokenize", "Detokenize",
     "HubEncoder", "HubPreprocessor",
     # Training state, checked step by step against torch (tests/test_optimizers.py).

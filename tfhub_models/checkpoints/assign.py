@@ -109,6 +109,20 @@ HF_BERT_NAMES = {"num_heads": "num_attention_heads", "hidden_dim": "hidden_size"
                  "layer_norm_epsilon": "layer_norm_eps"}
 
 
+def bert_config_fields(checkpoint, keras_hub, hugging_face) -> dict:
+  """A BERT-like family's config keyword arguments: keras_hub(the keras-hub
+  config's "config") or hugging_face(config.json); a missing or bad field is a
+  CheckpointError naming the file, and the sizes are checked (check_config)."""
+  where = checkpoint.path("config.json")
+  try:
+    fields = (keras_hub(checkpoint.config["config"]) if checkpoint.format == "keras_hub"
+              else hugging_face(checkpoint.config))
+  except (KeyError, TypeError, ValueError) as e:
+    raise CheckpointError(f"{where}: missing or bad {e}") from None
+  check_config(where, fields, {} if checkpoint.format == "keras_hub" else HF_BERT_NAMES)
+  return fields
+
+
 def check_config(where, fields: dict, names: dict) -> None:
   """CheckpointError naming the config field that would break every output:
   num_heads < 1, a hidden_dim that is not a positive multiple of it, a

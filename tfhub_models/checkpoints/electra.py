@@ -19,34 +19,29 @@ _HEADS = {"replaced_token_detection": "discriminator_predictions.", "fill_mask":
 
 def config_fields(checkpoint: Checkpoint) -> dict:
   """ElectraConfig keyword arguments from the checkpoint's config.json."""
-  c = checkpoint.config
-  where = checkpoint.path("config.json")
-  try:
-    if checkpoint.format == "keras_hub":
-      c = c["config"]
-      fields = dict(a.keras_hub_sizes(dict(c, vocabulary_size=c.get("vocab_size",
-                                                                  c.get("vocabulary_size")))),
-                    embedding_dim=int(c.get("embedding_dim", c["hidden_dim"])),
-                    max_sequence_length=int(c.get("max_sequence_length", 512)),
-                    num_segments=int(c.get("num_segments", 2)),
-                    # Fixed in keras-hub's ElectraBackbone, not in its config.
-                    layer_norm_epsilon=1e-12, hidden_activation="gelu_new")
-    else:
-      hidden = int(c["hidden_size"])
-      fields = dict(vocabulary_size=int(c["vocab_size"]), num_layers=int(c["num_hidden_layers"]),
-                    num_heads=int(c["num_attention_heads"]), hidden_dim=hidden,
-                    embedding_dim=int(c.get("embedding_size", hidden)),
-                    intermediate_dim=int(c["intermediate_size"]),
-                    dropout=float(c.get("hidden_dropout_prob", 0.1)),
-                    max_sequence_length=int(c.get("max_position_embeddings", 512)),
-                    num_segments=int(c.get("type_vocab_size", 2)),
-                    layer_norm_epsilon=float(c.get("layer_norm_eps", 1e-12)),
-                    hidden_activation=str(c.get("hidden_act", "gelu")),
-                    pad_token_id=int(c.get("pad_token_id", 0) or 0))
-  except (KeyError, TypeError, ValueError) as e:
-    raise CheckpointError(f"{where}: missing or bad {e}") from None
-  a.check_config(where, fields, {} if checkpoint.format == "keras_hub" else a.HF_BERT_NAMES)
-  return fields
+  def keras_hub(c):
+    return dict(a.keras_hub_sizes(dict(c, vocabulary_size=c.get("vocab_size",
+                                                              c.get("vocabulary_size")))),
+                embedding_dim=int(c.get("embedding_dim", c["hidden_dim"])),
+                max_sequence_length=int(c.get("max_sequence_length", 512)),
+                num_segments=int(c.get("num_segments", 2)),
+                # Fixed in keras-hub's ElectraBackbone, not in its config.
+                layer_norm_epsilon=1e-12, hidden_activation="gelu_new")
+
+  def hugging_face(c):
+    hidden = int(c["hidden_size"])
+    return dict(vocabulary_size=int(c["vocab_size"]), num_layers=int(c["num_hidden_layers"]),
+                num_heads=int(c["num_attention_heads"]), hidden_dim=hidden,
+                embedding_dim=int(c.get("embedding_size", hidden)),
+                intermediate_dim=int(c["intermediate_size"]),
+                dropout=float(c.get("hidden_dropout_prob", 0.1)),
+                max_sequence_length=int(c.get("max_position_embeddings", 512)),
+                num_segments=int(c.get("type_vocab_size", 2)),
+                layer_norm_epsilon=float(c.get("layer_norm_eps", 1e-12)),
+                hidden_activation=str(c.get("hidden_act", "gelu")),
+                pad_token_id=int(c.get("pad_token_id", 0) or 0))
+
+  return a.bert_config_fields(checkpoint, keras_hub, hugging_face)
 
 
 def _legacy_options(settings: dict) -> dict:

@@ -23,27 +23,21 @@ POOLER_TASKS = ("backbone", "embedding")
 
 def config_fields(checkpoint: Checkpoint) -> dict:
   """XLMRobertaConfig keyword arguments from the checkpoint's config.json."""
-  c = checkpoint.config
-  where = checkpoint.path("config.json")
-  try:
-    if checkpoint.format == "keras_hub":
-      c = c["config"]
-      fields = dict(a.keras_hub_sizes(c),
-                    max_sequence_length=int(c.get("max_sequence_length", 512)))
-    else:
-      pad = int(c.get("pad_token_id", 1))
-      fields = dict(vocabulary_size=int(c["vocab_size"]), num_layers=int(c["num_hidden_layers"]),
-                    num_heads=int(c["num_attention_heads"]), hidden_dim=int(c["hidden_size"]),
-                    intermediate_dim=int(c["intermediate_size"]),
-                    dropout=float(c.get("hidden_dropout_prob", 0.1)),
-                    max_sequence_length=int(c["max_position_embeddings"]) - pad - 1,
-                    layer_norm_epsilon=float(c.get("layer_norm_eps", 1e-5)),
-                    type_vocabulary_size=int(c.get("type_vocab_size", 1)), pad_token_id=pad,
-                    hidden_activation=str(c.get("hidden_act", "gelu")))
-  except (KeyError, TypeError, ValueError) as e:
-    raise CheckpointError(f"{where}: missing or bad {e}") from None
-  a.check_config(where, fields, {} if checkpoint.format == "keras_hub" else a.HF_BERT_NAMES)
-  return fields
+  def hugging_face(c):
+    pad = int(c.get("pad_token_id", 1))
+    return dict(vocabulary_size=int(c["vocab_size"]), num_layers=int(c["num_hidden_layers"]),
+                num_heads=int(c["num_attention_heads"]), hidden_dim=int(c["hidden_size"]),
+                intermediate_dim=int(c["intermediate_size"]),
+                dropout=float(c.get("hidden_dropout_prob", 0.1)),
+                max_sequence_length=int(c["max_position_embeddings"]) - pad - 1,
+                layer_norm_epsilon=float(c.get("layer_norm_eps", 1e-5)),
+                type_vocabulary_size=int(c.get("type_vocab_size", 1)), pad_token_id=pad,
+                hidden_activation=str(c.get("hidden_act", "gelu")))
+
+  return a.bert_config_fields(
+      checkpoint, lambda c: dict(a.keras_hub_sizes(c),
+                                 max_sequence_length=int(c.get("max_sequence_length", 512))),
+      hugging_face)
 
 
 def tokenizer(checkpoint: Checkpoint, config) -> XLMRobertaTokenizer:

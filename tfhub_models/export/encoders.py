@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 from tfhub_models import entities
-from tfhub_models.export.parts import (Compiled, ExportOptions, checked_ids, text_warmup,
+from tfhub_models.export.parts import (Compiled, ExportOptions, TextPart, checked_ids, text_warmup,
                                        make_signature, text_signature, text_spec)
 from tfhub_models.export.warmup import predict_log, strings, text_of_length
 from tfhub_models.preprocessing import POWERS_OF_TWO, pad_columns, round_up
@@ -121,7 +121,7 @@ class FillMask(tf.Module):
     return logs
 
 
-class ReplacedTokens(tf.Module):
+class ReplacedTokens(TextPart):
   """ELECTRA's discriminator: serving_default, the probability that each token was replaced."""
 
   def __init__(self, task, options: ExportOptions):
@@ -143,15 +143,8 @@ class ReplacedTokens(tf.Module):
             "padding_mask": inputs["padding_mask"],
             "replaced_probability": tf.where(real, probability, 0.0)}
 
-  def signatures(self) -> dict:
-    return {"serving_default": self.serving_default}
 
-  def warmup(self, model_name: str, batch_sizes) -> list:
-    return text_warmup(self.task.preprocessor, model_name, "serving_default", batch_sizes,
-                       pair=self.pair)
-
-
-class TextClassification(tf.Module):
+class TextClassification(TextPart):
   """Text classifiers: serving_default, the top label and scores of each text."""
 
   def __init__(self, task, options: ExportOptions):
@@ -178,13 +171,6 @@ class TextClassification(tf.Module):
     names = tf.gather(self.labels, ids)
     return {"label": names[:, 0], "score": scores[:, 0], "top_k_labels": names,
             "top_k_scores": scores, "logits": logits}
-
-  def signatures(self) -> dict:
-    return {"serving_default": self.serving_default}
-
-  def warmup(self, model_name: str, batch_sizes) -> list:
-    return text_warmup(self.task.preprocessor, model_name, "serving_default", batch_sizes,
-                       pair=self.pair)
 
 
 class TokenClassification(tf.Module):

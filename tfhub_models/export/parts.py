@@ -140,6 +140,18 @@ def text_warmup(preprocessor, model_name: str, signature: str, batch_sizes, *,
   return logs
 
 
+class TextPart(tf.Module):
+  """A part whose one signature is serving_default on text (and text_pair when
+  `pair`), warmed up at every length bucket."""
+
+  def signatures(self) -> dict:
+    return {"serving_default": self.serving_default}
+
+  def warmup(self, model_name: str, batch_sizes) -> list:
+    return text_warmup(self.task.preprocessor, model_name, "serving_default", batch_sizes,
+                       pair=self.pair)
+
+
 class Tokenize(tf.Module):
   """tokenize: text string [B] -> token_ids, padding_mask int32 [B, L], L a bucket."""
 

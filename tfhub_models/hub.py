@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from tfhub_models.export.versioned import write_atomically
 from tfhub_models.preprocessing import pack, special_count, truncate_longest_first
+from tfhub_models.tasks import Task
 
 DEFAULT_SEQ_LENGTH = 128
 _INPUT_SPECS = {name: tf.TensorSpec([None, None], tf.int32, name=name)
@@ -120,7 +121,7 @@ class HubPreprocessor(tf.Module):
 
 def _parts(model):
   """(backbone, preprocessor) of a task module or encoder."""
-  if not hasattr(model, "backbone") or not hasattr(model, "preprocessor"):
+  if not isinstance(model, Task):
     raise TypeError(f"--format hub needs a model with a backbone and a preprocessor, "
                     f"not a {type(model).__name__}")
   if model.preprocessor is None:

@@ -26,6 +26,7 @@ from tfhub_models.export.encoders import (FillMask, ReplacedTokens, TextClassifi
 from tfhub_models.export.generate import GENERATION_OPTIONS, Detokenize, Generate
 from tfhub_models.export.parts import (TPU_FUNCTION_ALIAS, Compiled, Embedding, ExportOptions,
                                        Tokenize, checked_ids, id_checks, text_warmup)
+from tfhub_models.tasks import Task
 
 
 # The parts of each task's export, by the task's name.
@@ -36,7 +37,7 @@ PARTS = {
     "token_classification": lambda task, options: [TokenClassification(task, options)],
     "embedding": lambda task, options: [
         Embedding(task, options, names=("serving_default", "embedding")
-                  if "embedding" in getattr(task, "extra_signatures", ()) else
+                  if "embedding" in task.extra_signatures else
                   ("serving_default",))],
     "generate": lambda task, options: [Generate(task, options), Tokenize(task, options),
                                        Detokenize(task, options)],
@@ -47,12 +48,12 @@ class ServingModule(tf.Module):
   """What an export saves: the task and its signature parts."""
 
   def __init__(self, task, options: ExportOptions | None = None):
-    name = getattr(task, "task", None)
+    name = task.task if isinstance(task, Task) else None
     if name not in PARTS:
       raise TypeError(f"cannot export a {type(task).__name__} for serving (exports take a "
                       f"task module: {', '.join(PARTS)}; XLM-RoBERTa fill-mask exports need "
                       "the masked-LM head)")
-    if getattr(task, "preprocessor", None) is None:
+    if task.preprocessor is None:
       raise ValueError(f"cannot export a {type(task).__name__} without a preprocessor (built "
                        "with preprocessor=None): serving signatures take raw text; load it "
                        "with preprocessor=\"auto\" or set task.preprocessor")
@@ -60,7 +61,7 @@ class ServingModule(tf.Module):
     options = options or ExportOptions()
     self.task = task
     self.parts = PARTS[name](task, options)
-    if "embedding" in getattr(task, "extra_signatures", ()) and name != "embedding":
+    if "embedding" in task.extra_signatures and name != "embedding":
       # The generator's embedding takes one text, as its fill-mask signatures.
       self.parts.append(Embedding(task, options, pair=options.pair and name != "fill_mask"))
 

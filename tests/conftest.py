@@ -32,8 +32,9 @@ CORPUS = [line for line in demo.CORPUS.read_text(encoding="utf-8").splitlines() 
 
 
 # The files that take minutes, longest first: run first, so that the two
-# workers of `-n 2 --dist loadfile` (.ci/run) finish together instead of one
-# waiting out the benchmark alone at the end.  The rest keep their order.
+# workers of `-n 2 --dist loadfile --no-loadscope-reorder` (.ci/run; xdist
+# would otherwise order files by their number of tests) finish together instead
+# of one waiting out the benchmark alone at the end.  The rest keep their order.
 SLOW_FILES = ("deploy/test_benchmark.py", "export/test_demo.py", "serving/test_server.py",
               "models/test_conformance.py", "models/test_electra.py", "export/test_export.py",
               "models/test_classification.py", "models/test_token_classification.py",
